@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The one list of Debian 12 packages fluxpipe needs to build, test and run.
+# Each is named in README.md with the reason it was chosen.
+set -euo pipefail
+PACKAGES=(
+  g++ cmake ninja-build pkg-config      # toolchain
+  libcpp-httplib-dev                    # HTTP server and test client
+  nlohmann-json3-dev                    # JSON
+  libsqlite3-dev                        # embedded durable store
+  libssl-dev                            # SHA-256, HMAC, CSPRNG, constant-time compare
+  libcurl4-openssl-dev                  # outgoing webhooks
+  libpng-dev                            # PNG images with text chunks
+  libgtest-dev                          # tests
+  clang libclang-rt-14-dev              # libFuzzer targets (run briefly in the test command)
+  curl                                  # smoke checks in scripts
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi

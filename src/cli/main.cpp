@@ -1,0 +1,163 @@
+// fluxpipe: the command line. Subcommands: serve, keys, webhook-secret.
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "pipeline/pipeline.h"
+#include "server/api_server.h"
+#include "server/keys.h"
+#include "server/options.h"
+#include "server/store.h"
+
+namespace {
+
+using namespace fluxpipe;
+
+const char* kUsage =
+    "usage: fluxpipe <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  serve --data DIR [--listen HOST:PORT] [--model PATH]   serve the generate v3 API\n"
+    "  keys add --data DIR [--name NAME]    create an API key (printed alone on the last line)\n"
+    "  keys list --data DIR                 list keys (id, name, created, state)\n"
+    "  keys revoke --data DIR ID|NAME       revoke a key\n"
+    "  webhook-secret --data DIR            print the secret that signs webhooks\n"
+    "  help [COMMAND]                       this text, or a command's options\n"
+    "\n"
+    "Every --data has the environment twin FLUXPIPE_DATA.\n";
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+struct KeyArgs {
+  std::string data_dir;
+  std::string name;
+  std::vector<std::string> positional;
+};
+
+KeyArgs parse_key_args(const std::vector<std::string>& args, size_t from) {
+  KeyArgs k;
+  if (const char* d = std::getenv("FLUXPIPE_DATA")) k.data_dir = d;
+  for (size_t i = from; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    auto value = [&](const char* flag) {
+      if (i + 1 >= args.size()) throw UserError(std::string("[keys] ") + flag + " needs a value");
+      return args[++i];
+    };
+    if (a == "--data") {
+      k.data_dir = value("--data");
+    } else if (a.rfind("--data=", 0) == 0) {
+      k.data_dir = a.substr(7);
+    } else if (a == "--name") {
+      k.name = value("--name");
+    } else if (a.rfind("--name=", 0) == 0) {
+      k.name = a.substr(7);
+    } else if (a.rfind("--", 0) == 0) {
+      throw UserError("[keys] unknown option '" + a + "'");
+    } else {
+      k.positional.push_back(a);
+    }
+  }
+  if (k.data_dir.empty()) throw UserError("[keys] --data DIR is required (or FLUXPIPE_DATA)");
+  if (mkdir(k.data_dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    throw IoError("[keys] cannot create data folder '" + k.data_dir + "': " + std::strerror(errno));
+  }
+  return k;
+}
+
+std::string format_time(int64_t ms) {
+  std::time_t t = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+int cmd_keys(const std::vector<std::string>& args) {
+  if (args.size() < 2) throw UserError("[keys] expected add, list or revoke");
+  const std::string& verb = args[1];
+  KeyArgs k = parse_key_args(args, 2);
+  std::unique_ptr<server::Store> store = server::open_sqlite_store(k.data_dir + "/fluxpipe.db");
+  if (verb == "add") {
+    if (!k.positional.empty()) throw UserError("[keys add] unexpected argument '" + k.positional[0] + "'");
+    server::NewKey key = server::make_api_key(k.name, now_ms());
+    store->add_key(key.record);
+    std::cout << "created key " << key.record.id << (k.name.empty() ? "" : " (" + k.name + ")")
+              << "; it is shown only now:\n"
+              << key.secret << std::endl;
+    return 0;
+  }
+  if (verb == "list") {
+    for (const server::ApiKeyRecord& r : store->list_keys()) {
+      std::cout << r.id << "\t" << (r.name.empty() ? "-" : r.name) << "\t" << format_time(r.created_ms) << "\t"
+                << (r.revoked ? "revoked" : "active") << "\n";
+    }
+    return 0;
+  }
+  if (verb == "revoke") {
+    if (k.positional.size() != 1) throw UserError("[keys revoke] expected one key id or name");
+    int n = store->revoke_key(k.positional[0]);
+    if (n == 0) throw UserError("[keys revoke] no active key with id or name '" + k.positional[0] + "'");
+    std::cout << "revoked " << n << " key" << (n == 1 ? "" : "s") << std::endl;
+    return 0;
+  }
+  throw UserError("[keys] unknown verb '" + verb + "' (expected add, list or revoke)");
+}
+
+int cmd_webhook_secret(const std::vector<std::string>& args) {
+  KeyArgs k = parse_key_args(args, 1);
+  std::cout << server::load_or_create_webhook_secret(k.data_dir, "") << std::endl;
+  return 0;
+}
+
+int cmd_serve(const std::vector<std::string>& args) {
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  for (const std::string& a : rest) {
+    if (a == "--help" || a == "-h") {
+      std::cout << server::serve_usage();
+      return 0;
+    }
+  }
+  server::ServeOptions options = server::parse_serve_options(rest);
+  std::unique_ptr<Engine> engine;
+  if (!options.model_path.empty()) engine = load_engine(options.model_path);
+  return server::run_server_until_signal(std::move(options), std::move(engine));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "help" || args[0] == "--help" || args[0] == "-h") {
+    if (args.size() >= 2 && args[1] == "serve") {
+      std::cout << fluxpipe::server::serve_usage();
+    } else {
+      std::cout << kUsage;
+    }
+    return args.empty() ? 2 : 0;
+  }
+  try {
+    if (args[0] == "serve") return cmd_serve(args);
+    if (args[0] == "keys") return cmd_keys(args);
+    if (args[0] == "webhook-secret") return cmd_webhook_secret(args);
+    std::cerr << "fluxpipe: unknown command '" << args[0] << "'\n\n" << kUsage;
+    return 2;
+  } catch (const fluxpipe::UserError& e) {
+    std::cerr << "fluxpipe: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "fluxpipe: " << e.what() << "\n";
+    return 1;
+  }
+}

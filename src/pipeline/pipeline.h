@@ -1,0 +1,69 @@
+// fluxpipe pipeline: the seam between the image engine and everything that serves it.
+//
+// The server and the CLI know the engine only through this header. An Engine turns
+// one GenerateJob (prompt, size, steps, one seed per image) into RGB images, reporting
+// each denoising step through a callback that can also cancel the job.
+//
+// Ownership: an Engine owns its weights; callers hold it by unique_ptr and share a
+// reference with one job runner. Thread-safety: generate() is NOT re-entrant; one
+// job at a time per Engine (the server's runner guarantees it).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace fluxpipe {
+
+// What one job asks the engine for. Sizes are already validated and rounded to
+// multiples of 16 by whoever builds the job.
+struct GenerateJob {
+  std::string prompt;
+  std::string negative_prompt;     // empty: no classifier-free guidance
+  float true_cfg_scale = 1.0f;     // used only with a negative prompt
+  int width = 1024;
+  int height = 1024;
+  int steps = 4;
+  std::vector<int64_t> seeds;      // one per image; images.size() == seeds.size()
+};
+
+// An 8-bit RGB image, row-major, 3 bytes per pixel.
+struct Image {
+  int width = 0;
+  int height = 0;
+  std::vector<uint8_t> rgb;        // [height, width, 3]
+};
+
+// Called after each step with (steps done, steps total). Returning false asks the
+// engine to stop; it then throws Cancelled at the next step boundary.
+using StepCallback = std::function<bool(int done, int total)>;
+
+struct Cancelled : std::runtime_error {
+  Cancelled() : std::runtime_error("cancelled") {}
+};
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  // A short human-readable name of the loaded model, recorded in image metadata.
+  virtual std::string model_name() const = 0;
+  // REQUIRES: job validated (width/height multiples of 16, steps >= 1, seeds non-empty).
+  // Throws Cancelled when on_step returned false; UserError for requests the model
+  // cannot serve; IoError/InternalError otherwise.
+  virtual std::vector<Image> generate(const GenerateJob& job, const StepCallback& on_step) = 0;
+};
+
+// Loads the model found at `model_path` (a folder or a file).
+// Throws UserError naming what is missing or wrong.
+std::unique_ptr<Engine> load_engine(const std::string& model_path);
+
+// Encodes `image` as PNG with tEXt chunks (key, value) in the given order — the
+// "parameters" chunk image tools read goes here. Throws InternalError on failure.
+std::vector<uint8_t> encode_png(const Image& image,
+                                const std::vector<std::pair<std::string, std::string>>& text);
+
+}  // namespace fluxpipe

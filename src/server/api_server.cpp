@@ -1,0 +1,164 @@
+// ApiServer lifecycle: open the data folder, recover interrupted jobs, start and stop threads.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "server/api_server_impl.h"
+#include "server/log.h"
+
+namespace fluxpipe::server {
+
+int64_t wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+void send_json(httplib::Response& res, int status, const nlohmann::json& body) {
+  res.status = status;
+  res.set_content(body.dump(), "application/json");
+}
+
+void send_failure(httplib::Response& res, int status, const std::string& error) {
+  send_json(res, status, {{"status", "FAILURE"}, {"error", error}});
+}
+
+std::string load_or_create_webhook_secret(const std::string& data_dir, const std::string& configured) {
+  if (!configured.empty()) return configured;
+  std::string path = data_dir + "/webhook_secret";
+  std::ifstream in(path);
+  std::string secret;
+  if (in && std::getline(in, secret) && !secret.empty()) return secret;
+  secret = WebhookSigner::generate_secret();
+  std::string tmp = path + ".tmp";
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) throw IoError("[serve] cannot create '" + tmp + "': " + std::strerror(errno));
+  std::string line = secret + "\n";
+  bool ok = write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()) && fsync(fd) == 0;
+  close(fd);
+  if (!ok || rename(tmp.c_str(), path.c_str()) != 0) {
+    throw IoError("[serve] cannot write '" + path + "': " + std::strerror(errno));
+  }
+  return secret;
+}
+
+ApiServer::Impl::Impl(ServeOptions opts, std::unique_ptr<Engine> eng)
+    : options(std::move(opts)), engine(std::move(eng)), rate_limiter(options.rate_limit_per_minute) {
+  set_log_quiet(options.quiet);
+  if (mkdir(options.data_dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    throw IoError("[serve] cannot create data folder '" + options.data_dir + "': " + std::strerror(errno));
+  }
+  std::string lock_path = options.data_dir + "/lock";
+  lock_fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd < 0) throw IoError("[serve] cannot open '" + lock_path + "': " + std::strerror(errno));
+  if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    close(lock_fd);
+    throw UserError("[serve] data folder '" + options.data_dir + "' is in use by another fluxpipe server");
+  }
+  store = open_sqlite_store(options.data_dir + "/fluxpipe.db");
+  keys = std::make_unique<KeyRing>(*store, options.env_api_keys);
+  images = std::make_unique<ImageStore>(options.data_dir);
+  signer = std::make_unique<WebhookSigner>(load_or_create_webhook_secret(options.data_dir, options.webhook_secret));
+  sender = make_curl_sender(options.allow_private_webhooks, options.webhook_timeout_ms);
+  outbox = std::make_unique<WebhookOutbox>(
+      *store, *sender, *signer,
+      [this](const std::string& id) {
+        std::optional<RequestRecord> r = store->get_request(id);
+        return r ? status_json(*r).dump() : nlohmann::json{{"status", "FAILURE"}, {"id", id}, {"error", "request not found"}}.dump();
+      },
+      options.webhook_policy, metrics);
+  server_ids.insert(options.server_id);
+  server_ids.insert(options.known_server_ids.begin(), options.known_server_ids.end());
+  metrics.set_queue_depth_source([this] { return store->count_active(); });
+
+  RecoveryReport rec = store->recover_interrupted(options.max_attempts, wall_ms());
+  if (rec.requeued || rec.failed) {
+    log("warn", "recovered after an interruption: " + std::to_string(rec.requeued) + " jobs queued again, " +
+                    std::to_string(rec.failed) + " failed after " + std::to_string(options.max_attempts) + " attempts");
+  }
+  if (engine) {
+    runner = std::make_unique<JobRunner>(*store, *engine, *images, metrics, RunnerOptions{options.server_id, 1000},
+                                         [this](const std::string&) { outbox->wake(); });
+  }
+}
+
+ApiServer::Impl::~Impl() {
+  if (lock_fd >= 0) close(lock_fd);
+}
+
+ApiServer::ApiServer(ServeOptions options, std::unique_ptr<Engine> engine)
+    : impl_(std::make_unique<Impl>(std::move(options), std::move(engine))) {}
+
+ApiServer::~ApiServer() { stop(); }
+
+int ApiServer::start() {
+  Impl& s = *impl_;
+  s.install_routes();
+  int threads = s.options.http_threads;
+  s.http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+  s.http.set_payload_max_length(s.options.max_body_bytes);
+  s.http.set_keep_alive_max_count(1000);
+  s.http.set_keep_alive_timeout(5);
+  s.http.set_read_timeout(10, 0);
+  s.http.set_write_timeout(10, 0);
+  int port = s.options.listen_port;
+  if (port == 0) {
+    port = s.http.bind_to_any_port(s.options.listen_host);
+  } else if (!s.http.bind_to_port(s.options.listen_host, port)) {
+    port = -1;
+  }
+  if (port < 0) {
+    throw IoError("[serve] cannot listen on " + s.options.listen_host + ":" + std::to_string(s.options.listen_port));
+  }
+  std::string host = s.options.listen_host.find(':') != std::string::npos ? "[" + s.options.listen_host + "]"
+                                                                          : s.options.listen_host;
+  s.base_url = s.options.public_url.empty() ? "http://" + host + ":" + std::to_string(port) : s.options.public_url;
+  s.http_thread = std::thread([&s] { s.http.listen_after_bind(); });
+  s.outbox->start();
+  if (s.runner) s.runner->start();
+  log("info", "fluxpipe serving on " + host + ":" + std::to_string(port) + " (data " + s.options.data_dir + ", " +
+                  (s.engine ? "model " + s.engine->model_name() : std::string("no model: generation answers 503")) + ")");
+  return port;
+}
+
+void ApiServer::wait() {
+  if (impl_->http_thread.joinable()) impl_->http_thread.join();
+}
+
+void ApiServer::stop() {
+  Impl& s = *impl_;
+  if (s.stopped.exchange(true)) return;
+  s.http.stop();
+  if (s.http_thread.joinable()) s.http_thread.join();
+  if (s.runner) s.runner->stop();
+  s.outbox->stop();
+}
+
+Store& ApiServer::store() { return *impl_->store; }
+const std::string& ApiServer::public_url() const { return impl_->base_url; }
+
+int run_server_until_signal(ServeOptions options, std::unique_ptr<Engine> engine) {
+  // Block the stop signals in every thread; this one waits for them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  ApiServer server(std::move(options), std::move(engine));
+  server.start();
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  log("info", std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") + ", stopping");
+  server.stop();
+  return 0;
+}
+
+}  // namespace fluxpipe::server

@@ -1,0 +1,54 @@
+// fluxpipe server: the generate v3 HTTP API, assembled — store, keys, job runner, webhook
+// outbox, images, metrics — behind one object with a start/stop lifecycle.
+//
+// Ownership: ApiServer owns the engine it is given (nullptr = no model: generation
+// answers 503) and everything else it builds. It holds an exclusive lock on the data
+// folder while it lives, so two servers never share one SQLite queue.
+// Thread-safety: start/stop/wait from the owning thread; HTTP handlers run on the
+// server's own pool.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "pipeline/pipeline.h"
+#include "server/options.h"
+
+namespace fluxpipe::server {
+
+class Store;
+
+class ApiServer {
+ public:
+  // Opens the data folder and store, and queues again the jobs a crash interrupted.
+  // Throws UserError/IoError naming what failed.
+  ApiServer(ServeOptions options, std::unique_ptr<Engine> engine);
+  ~ApiServer();
+  ApiServer(const ApiServer&) = delete;
+  ApiServer& operator=(const ApiServer&) = delete;
+
+  // Binds, starts the HTTP pool, job runner and webhook outbox. Returns the bound port.
+  int start();
+  // Blocks until stop() is called (from another thread or a signal handler thread).
+  void wait();
+  // Stops accepting, finishes in-flight HTTP answers, interrupts the running job (it is
+  // queued again at the next start) and joins every thread. Idempotent.
+  void stop();
+
+  Store& store();
+  const std::string& public_url() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// `fluxpipe serve`: runs until SIGINT or SIGTERM, then stops cleanly. Returns an exit code.
+int run_server_until_signal(ServeOptions options, std::unique_ptr<Engine> engine);
+
+// The webhook secret in force: options.webhook_secret, or <data>/webhook_secret (created
+// with mode 0600 on first use).
+std::string load_or_create_webhook_secret(const std::string& data_dir, const std::string& configured);
+
+}  // namespace fluxpipe::server

@@ -1,0 +1,85 @@
+#include "server/images.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace fluxpipe::server {
+namespace {
+
+void make_dir(const std::string& path) {
+  if (mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) {
+    throw IoError("[images] cannot create folder '" + path + "': " + std::strerror(errno));
+  }
+}
+
+void fsync_path(const std::string& path, int flags) {
+  int fd = open(path.c_str(), flags);
+  if (fd < 0) throw IoError("[images] cannot open '" + path + "': " + std::strerror(errno));
+  int rc = fsync(fd);
+  close(fd);
+  if (rc != 0) throw IoError("[images] fsync of '" + path + "' failed: " + std::strerror(errno));
+}
+
+bool plain_name(const std::string& s) {
+  if (s.empty() || s.size() > 128 || s == "." || s == "..") return false;
+  for (char c : s) {
+    bool ok = std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+ImageStore::ImageStore(std::string root) : images_dir_(std::move(root) + "/images") { make_dir(images_dir_); }
+
+std::string ImageStore::path_for(const std::string& token, const std::string& name) const {
+  if (token.empty() || token.find_first_not_of("0123456789abcdef") != std::string::npos || !plain_name(name)) {
+    throw UserError("[images] invalid image path '" + token + "/" + name + "'");
+  }
+  return images_dir_ + "/" + token + "/" + name;
+}
+
+void ImageStore::write(const std::string& token, const std::string& name, const std::vector<uint8_t>& bytes) {
+  std::string final_path = path_for(token, name);
+  std::string dir = images_dir_ + "/" + token;
+  make_dir(dir);
+  std::string tmp = final_path + ".tmp";
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw IoError("[images] cannot create '" + tmp + "': " + std::strerror(errno));
+  size_t off = 0;
+  while (off < bytes.size()) {
+    ssize_t n = ::write(fd, bytes.data() + off, bytes.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      std::string err = std::strerror(errno);
+      close(fd);
+      throw IoError("[images] write to '" + tmp + "' failed: " + err);
+    }
+    off += static_cast<size_t>(n);
+  }
+  if (fsync(fd) != 0 || close(fd) != 0) throw IoError("[images] flushing '" + tmp + "' failed: " + std::strerror(errno));
+  if (rename(tmp.c_str(), final_path.c_str()) != 0) {
+    throw IoError("[images] rename to '" + final_path + "' failed: " + std::strerror(errno));
+  }
+  fsync_path(dir, O_RDONLY | O_DIRECTORY);
+}
+
+std::optional<std::string> ImageStore::read(const std::string& token, const std::string& name) const {
+  std::ifstream in(path_for(token, name), std::ios::binary);
+  if (!in) return std::nullopt;
+  std::ostringstream buf;
+  buf << in.rdbuf();
+  return buf.str();
+}
+
+}  // namespace fluxpipe::server

@@ -1,0 +1,160 @@
+#include "server/options.h"
+
+#include <cstdlib>
+#include <functional>
+#include <limits>
+
+#include "core/error.h"
+
+namespace fluxpipe::server {
+namespace {
+
+struct Option {
+  const char* flag;
+  const char* env;
+  const char* value_name;   // nullptr: a switch
+  const char* help;
+  std::function<void(ServeOptions&, const std::string&)> set;
+};
+
+int to_int(const std::string& flag, const std::string& v, long long lo, long long hi) {
+  size_t used = 0;
+  long long x = 0;
+  try {
+    x = std::stoll(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != v.size() || v.empty()) throw UserError("[serve] " + flag + ": '" + v + "' is not an integer");
+  if (x < lo || x > hi) {
+    throw UserError("[serve] " + flag + ": " + v + " is outside " + std::to_string(lo) + ".." + std::to_string(hi));
+  }
+  return static_cast<int>(x);
+}
+
+bool to_bool(const std::string& flag, const std::string& v) {
+  if (v == "1" || v == "true" || v == "yes" || v == "on") return true;
+  if (v == "0" || v == "false" || v == "no" || v == "off" || v.empty()) return false;
+  throw UserError("[serve] " + flag + ": '" + v + "' is not a boolean (1/0, true/false)");
+}
+
+std::vector<std::string> split_commas(const std::string& v) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= v.size()) {
+    size_t comma = v.find(',', start);
+    std::string part = v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    if (!part.empty()) out.push_back(part);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+const std::vector<Option>& options() {
+  static const std::vector<Option> table = {
+      {"--listen", "FLUXPIPE_LISTEN", "HOST:PORT", "address to listen on (default 127.0.0.1:8080; port 0 = any)",
+       [](ServeOptions& o, const std::string& v) {
+         size_t colon = v.rfind(':');
+         if (colon == std::string::npos || colon == 0) throw UserError("[serve] --listen: expected HOST:PORT, got '" + v + "'");
+         o.listen_host = v.substr(0, colon);
+         if (o.listen_host.size() > 2 && o.listen_host.front() == '[') o.listen_host = o.listen_host.substr(1, o.listen_host.size() - 2);
+         o.listen_port = to_int("--listen", v.substr(colon + 1), 0, 65535);
+       }},
+      {"--data", "FLUXPIPE_DATA", "DIR", "data folder: database, images, webhook secret (required)",
+       [](ServeOptions& o, const std::string& v) { o.data_dir = v; }},
+      {"--model", "FLUXPIPE_MODEL", "PATH", "model folder or file; without it generation answers 503",
+       [](ServeOptions& o, const std::string& v) { o.model_path = v; }},
+      {"--public-url", "FLUXPIPE_PUBLIC_URL", "URL", "base of image download URLs (default http://HOST:PORT)",
+       [](ServeOptions& o, const std::string& v) {
+         o.public_url = v;
+         while (!o.public_url.empty() && o.public_url.back() == '/') o.public_url.pop_back();
+       }},
+      {"--server-id", "FLUXPIPE_SERVER_ID", "ID", "name of the pool this server runs jobs for (default local)",
+       [](ServeOptions& o, const std::string& v) { o.server_id = v; }},
+      {"--known-server-ids", "FLUXPIPE_KNOWN_SERVER_IDS", "A,B", "other pools that requests may name in server_id",
+       [](ServeOptions& o, const std::string& v) { o.known_server_ids = split_commas(v); }},
+      {"--sync-wait", "FLUXPIPE_SYNC_WAIT_MS", "MS", "how long a submission waits to answer SUCCESS (default 10000)",
+       [](ServeOptions& o, const std::string& v) { o.sync_wait_ms = to_int("--sync-wait", v, 0, 600000); }},
+      {"--max-queue", "FLUXPIPE_MAX_QUEUE", "N", "queued+running requests before 429 (default 100)",
+       [](ServeOptions& o, const std::string& v) { o.max_queue = to_int("--max-queue", v, 1, 1000000); }},
+      {"--rate-limit", "FLUXPIPE_RATE_LIMIT", "N", "submissions per key per minute, 0 = unlimited (default 60)",
+       [](ServeOptions& o, const std::string& v) { o.rate_limit_per_minute = to_int("--rate-limit", v, 0, 1000000); }},
+      {"--max-body", "FLUXPIPE_MAX_BODY", "BYTES", "largest request body before 413 (default 65536)",
+       [](ServeOptions& o, const std::string& v) { o.max_body_bytes = static_cast<size_t>(to_int("--max-body", v, 1024, 64 << 20)); }},
+      {"--max-prompt-chars", "FLUXPIPE_MAX_PROMPT_CHARS", "N", "longest prompt in characters (default 10000)",
+       [](ServeOptions& o, const std::string& v) { o.limits.max_prompt_chars = to_int("--max-prompt-chars", v, 1, 1000000); }},
+      {"--default-steps", "FLUXPIPE_DEFAULT_STEPS", "N", "num_inference_steps when absent (default 20)",
+       [](ServeOptions& o, const std::string& v) { o.limits.default_steps = to_int("--default-steps", v, 1, 1000); }},
+      {"--max-steps", "FLUXPIPE_MAX_STEPS", "N", "largest num_inference_steps (default 50)",
+       [](ServeOptions& o, const std::string& v) { o.limits.max_steps = to_int("--max-steps", v, 1, 1000); }},
+      {"--max-attempts", "FLUXPIPE_MAX_ATTEMPTS", "N", "starts of one job before it fails for good (default 3)",
+       [](ServeOptions& o, const std::string& v) { o.max_attempts = to_int("--max-attempts", v, 1, 100); }},
+      {"--http-threads", "FLUXPIPE_HTTP_THREADS", "N", "HTTP worker threads = open connections served at once (default 128)",
+       [](ServeOptions& o, const std::string& v) { o.http_threads = to_int("--http-threads", v, 1, 8192); }},
+      {"--webhook-secret", "FLUXPIPE_WEBHOOK_SECRET", "whsec_...", "webhook signing secret (default: <data>/webhook_secret, created once)",
+       [](ServeOptions& o, const std::string& v) { o.webhook_secret = v; }},
+      {"--allow-private-webhooks", "FLUXPIPE_ALLOW_PRIVATE_WEBHOOKS", nullptr, "let webhooks reach loopback/private/link-local addresses",
+       [](ServeOptions& o, const std::string& v) { o.allow_private_webhooks = to_bool("--allow-private-webhooks", v); }},
+      {"--webhook-attempts", "FLUXPIPE_WEBHOOK_ATTEMPTS", "N", "delivery attempts per webhook (default 8)",
+       [](ServeOptions& o, const std::string& v) { o.webhook_policy.max_attempts = to_int("--webhook-attempts", v, 1, 100); }},
+      {"--webhook-retry-ms", "FLUXPIPE_WEBHOOK_RETRY_MS", "MS", "first retry delay, doubled each time (default 1000)",
+       [](ServeOptions& o, const std::string& v) { o.webhook_policy.base_delay_ms = to_int("--webhook-retry-ms", v, 1, 3600000); }},
+      {"--quiet", "FLUXPIPE_QUIET", nullptr, "log warnings and errors only",
+       [](ServeOptions& o, const std::string& v) { o.quiet = to_bool("--quiet", v); }},
+  };
+  return table;
+}
+
+}  // namespace
+
+std::string serve_usage() {
+  std::string s = "usage: fluxpipe serve --data DIR [--listen HOST:PORT] [--model PATH] [options]\n\noptions (each has an environment twin):\n";
+  for (const Option& o : options()) {
+    std::string left = std::string("  ") + o.flag + (o.value_name ? std::string(" ") + o.value_name : "");
+    left.resize(std::max<size_t>(left.size() + 1, 34), ' ');
+    s += left + o.help + "  [" + o.env + "]\n";
+  }
+  s += "\n  FLUXPIPE_API_KEYS=k1,k2 accepts these keys besides the ones made with `fluxpipe keys add`.\n";
+  return s;
+}
+
+ServeOptions parse_serve_options(const std::vector<std::string>& args) {
+  ServeOptions o;
+  for (const Option& opt : options()) {
+    if (const char* v = std::getenv(opt.env)) opt.set(o, v);
+  }
+  if (const char* keys = std::getenv("FLUXPIPE_API_KEYS")) o.env_api_keys = split_commas(keys);
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string arg = args[i];
+    std::string value;
+    bool has_inline = false;
+    if (size_t eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+      arg = arg.substr(0, eq);
+      has_inline = true;
+    }
+    const Option* match = nullptr;
+    for (const Option& opt : options()) {
+      if (arg == opt.flag) match = &opt;
+    }
+    if (!match) throw UserError("[serve] unknown option '" + args[i] + "' (see fluxpipe serve --help)");
+    if (!match->value_name) {
+      match->set(o, has_inline ? value : "1");
+      continue;
+    }
+    if (!has_inline) {
+      if (i + 1 >= args.size()) throw UserError(std::string("[serve] ") + match->flag + " needs a value " + match->value_name);
+      value = args[++i];
+    }
+    match->set(o, value);
+  }
+  if (o.data_dir.empty()) throw UserError("[serve] --data DIR is required (or FLUXPIPE_DATA)");
+  if (o.limits.default_steps > o.limits.max_steps) {
+    throw UserError("[serve] --default-steps " + std::to_string(o.limits.default_steps) + " exceeds --max-steps " +
+                    std::to_string(o.limits.max_steps));
+  }
+  return o;
+}
+
+}  // namespace fluxpipe::server

@@ -1,0 +1,41 @@
+// fluxpipe server: `fluxpipe serve` options. Every option has an environment-variable
+// twin (FLUXPIPE_<NAME>); a command-line flag wins over the environment.
+// Thread-safety: plain values.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "server/request.h"
+#include "server/webhook.h"
+
+namespace fluxpipe::server {
+
+struct ServeOptions {
+  std::string listen_host = "127.0.0.1";
+  int listen_port = 8080;
+  std::string data_dir;                  // required
+  std::string model_path;                // empty: no model, generation answers 503
+  std::string public_url;                // base of download URLs; default http://<listen>
+  std::string server_id = "local";       // the pool this server's runner serves
+  std::vector<std::string> known_server_ids;   // other pools a request may name (for routing)
+  int sync_wait_ms = 10000;
+  int max_queue = 100;
+  int rate_limit_per_minute = 60;        // submissions per key; 0 = unlimited
+  size_t max_body_bytes = 64 * 1024;
+  int max_attempts = 3;
+  int http_threads = 128;
+  std::string webhook_secret;            // empty: read or create <data>/webhook_secret
+  bool allow_private_webhooks = false;
+  int webhook_timeout_ms = 10000;
+  OutboxPolicy webhook_policy;
+  RequestLimits limits;
+  std::vector<std::string> env_api_keys; // FLUXPIPE_API_KEYS
+  bool quiet = false;
+};
+
+// Parses `args` (after "serve") and the environment. Throws UserError naming the flag.
+ServeOptions parse_serve_options(const std::vector<std::string>& args);
+std::string serve_usage();
+
+}  // namespace fluxpipe::server

@@ -1,0 +1,382 @@
+// The embedded store: one SQLite database in WAL mode, synchronous=FULL, so a commit
+// that returned survives kill -9 and power loss. One connection guarded by a mutex:
+// statements are microseconds long, and generation jobs, not the store, are the bottleneck.
+#include <sqlite3.h>
+
+#include <mutex>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "server/store.h"
+
+namespace fluxpipe::server {
+
+const char* to_string(JobState s) {
+  switch (s) {
+    case JobState::queued: return "queued";
+    case JobState::running: return "running";
+    case JobState::succeeded: return "succeeded";
+    case JobState::failed: return "failed";
+    case JobState::cancelled: return "cancelled";
+  }
+  return "failed";
+}
+
+JobState job_state_from_string(const std::string& s) {
+  if (s == "queued") return JobState::queued;
+  if (s == "running") return JobState::running;
+  if (s == "succeeded") return JobState::succeeded;
+  if (s == "failed") return JobState::failed;
+  if (s == "cancelled") return JobState::cancelled;
+  throw InternalError("[store] unknown job state '" + s + "'");
+}
+
+namespace {
+
+const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS api_keys(
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
+  created_ms INTEGER NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS requests(
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, key_id TEXT NOT NULL,
+  download_token TEXT NOT NULL UNIQUE, params TEXT NOT NULL, seeds TEXT NOT NULL,
+  file_names TEXT NOT NULL, server_id TEXT NOT NULL, batch_id TEXT NOT NULL, webhook TEXT NOT NULL,
+  state TEXT NOT NULL, error TEXT NOT NULL DEFAULT '', attempts INTEGER NOT NULL DEFAULT 0,
+  created_ms INTEGER NOT NULL, started_ms INTEGER NOT NULL DEFAULT 0, finished_ms INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS requests_by_state ON requests(state, seq);
+CREATE INDEX IF NOT EXISTS requests_by_batch ON requests(key_id, batch_id);
+CREATE TABLE IF NOT EXISTS outbox(
+  id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, url TEXT NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0, next_attempt_ms INTEGER NOT NULL,
+  last_error TEXT NOT NULL DEFAULT '', done INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(done, next_attempt_ms);
+)sql";
+
+const char* kRequestColumns =
+    "seq, id, key_id, download_token, params, seeds, file_names, server_id, batch_id, webhook, state, error, "
+    "attempts, created_ms, started_ms, finished_ms";
+
+// A prepared statement with positional binding; finalized on destruction.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) : db_(db) {
+    if (sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr) != SQLITE_OK) {
+      throw IoError(std::string("[store] prepare failed: ") + sqlite3_errmsg(db) + " in: " + sql);
+    }
+  }
+  ~Stmt() { sqlite3_finalize(stmt_); }
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+
+  Stmt& bind(const std::string& v) {
+    check(sqlite3_bind_text(stmt_, ++arg_, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
+    return *this;
+  }
+  Stmt& bind(int64_t v) {
+    check(sqlite3_bind_int64(stmt_, ++arg_, v));
+    return *this;
+  }
+  // True while a row is available.
+  bool step() {
+    int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    throw IoError(std::string("[store] ") + sqlite3_errmsg(db_));
+  }
+  std::string text(int col) {
+    const unsigned char* p = sqlite3_column_text(stmt_, col);
+    return p ? std::string(reinterpret_cast<const char*>(p), sqlite3_column_bytes(stmt_, col)) : std::string();
+  }
+  int64_t integer(int col) { return sqlite3_column_int64(stmt_, col); }
+
+ private:
+  void check(int rc) {
+    if (rc != SQLITE_OK) throw IoError(std::string("[store] bind failed: ") + sqlite3_errmsg(db_));
+  }
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+  int arg_ = 0;
+};
+
+RequestRecord read_request(Stmt& s) {
+  RequestRecord r;
+  r.seq = s.integer(0);
+  r.id = s.text(1);
+  r.key_id = s.text(2);
+  r.download_token = s.text(3);
+  r.params_json = s.text(4);
+  r.seeds = nlohmann::json::parse(s.text(5)).get<std::vector<int64_t>>();
+  r.file_names = nlohmann::json::parse(s.text(6)).get<std::vector<std::string>>();
+  r.server_id = s.text(7);
+  r.batch_id = s.text(8);
+  r.webhook = s.text(9);
+  r.state = job_state_from_string(s.text(10));
+  r.error = s.text(11);
+  r.attempts = static_cast<int>(s.integer(12));
+  r.created_ms = s.integer(13);
+  r.started_ms = s.integer(14);
+  r.finished_ms = s.integer(15);
+  return r;
+}
+
+OutboxMessage read_outbox(Stmt& s) {
+  OutboxMessage m;
+  m.id = s.integer(0);
+  m.request_id = s.text(1);
+  m.url = s.text(2);
+  m.attempts = static_cast<int>(s.integer(3));
+  m.next_attempt_ms = s.integer(4);
+  m.last_error = s.text(5);
+  m.done = s.integer(6) != 0;
+  return m;
+}
+
+class SqliteStore final : public Store {
+ public:
+  explicit SqliteStore(const std::string& path) : path_(path) {
+    if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        nullptr) != SQLITE_OK) {
+      std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
+      sqlite3_close(db_);
+      throw IoError("[store] cannot open SQLite database '" + path + "': " + msg);
+    }
+    sqlite3_busy_timeout(db_, 5000);
+    exec("PRAGMA journal_mode=WAL");
+    exec("PRAGMA synchronous=FULL");
+    exec("PRAGMA foreign_keys=ON");
+    exec(kSchema);
+  }
+  ~SqliteStore() override { sqlite3_close(db_); }
+
+  void add_key(const ApiKeyRecord& key) override {
+    std::lock_guard lock(mu_);
+    Stmt s(db_, "INSERT INTO api_keys(id, name, hash, created_ms, revoked) VALUES(?,?,?,?,0)");
+    s.bind(key.id).bind(key.name).bind(key.hash_hex).bind(key.created_ms).step();
+  }
+
+  std::vector<ApiKeyRecord> list_keys() override {
+    std::lock_guard lock(mu_);
+    Stmt s(db_, "SELECT id, name, hash, created_ms, revoked FROM api_keys ORDER BY created_ms, id");
+    std::vector<ApiKeyRecord> out;
+    while (s.step()) out.push_back({s.text(0), s.text(1), s.text(2), s.integer(3), s.integer(4) != 0});
+    return out;
+  }
+
+  int revoke_key(const std::string& id_or_name) override {
+    std::lock_guard lock(mu_);
+    Stmt s(db_, "UPDATE api_keys SET revoked=1 WHERE revoked=0 AND (id=? OR name=?)");
+    s.bind(id_or_name).bind(id_or_name).step();
+    return sqlite3_changes(db_);
+  }
+
+  void insert_request(RequestRecord& r) override {
+    std::lock_guard lock(mu_);
+    Stmt s(db_,
+           "INSERT INTO requests(id, key_id, download_token, params, seeds, file_names, server_id, batch_id, "
+           "webhook, state, error, attempts, created_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)");
+    s.bind(r.id).bind(r.key_id).bind(r.download_token).bind(r.params_json)
+        .bind(nlohmann::json(r.seeds).dump()).bind(nlohmann::json(r.file_names).dump())
+        .bind(r.server_id).bind(r.batch_id).bind(r.webhook).bind(std::string(to_string(r.state)))
+        .bind(r.error).bind(static_cast<int64_t>(r.attempts)).bind(r.created_ms).step();
+    r.seq = sqlite3_last_insert_rowid(db_);
+  }
+
+  std::optional<RequestRecord> get_request(const std::string& id) override {
+    return get_one("id", id);
+  }
+
+  std::optional<RequestRecord> get_request_by_token(const std::string& token) override {
+    return get_one("download_token", token);
+  }
+
+  std::vector<RequestRecord> list_batch(const std::string& key_id, const std::string& batch_id) override {
+    std::lock_guard lock(mu_);
+    std::string sql = std::string("SELECT ") + kRequestColumns +
+                      " FROM requests WHERE key_id=? AND batch_id=? ORDER BY seq LIMIT 1000";
+    Stmt s(db_, sql.c_str());
+    s.bind(key_id).bind(batch_id);
+    std::vector<RequestRecord> out;
+    while (s.step()) out.push_back(read_request(s));
+    return out;
+  }
+
+  std::optional<RequestRecord> claim_next(const std::string& server_id, int64_t now_ms) override {
+    std::lock_guard lock(mu_);
+    Transaction tx(this);
+    std::string sql = std::string("SELECT ") + kRequestColumns +
+                      " FROM requests WHERE state='queued' AND (server_id='' OR server_id=?) ORDER BY seq LIMIT 1";
+    Stmt s(db_, sql.c_str());
+    s.bind(server_id);
+    if (!s.step()) return std::nullopt;
+    RequestRecord r = read_request(s);
+    Stmt u(db_, "UPDATE requests SET state='running', attempts=attempts+1, started_ms=? WHERE seq=?");
+    u.bind(now_ms).bind(r.seq).step();
+    tx.commit();
+    r.state = JobState::running;
+    r.attempts += 1;
+    r.started_ms = now_ms;
+    return r;
+  }
+
+  bool finish_request(const std::string& id, JobState final_state, const std::string& error,
+                      int64_t now_ms) override {
+    std::lock_guard lock(mu_);
+    Transaction tx(this);
+    Stmt u(db_, "UPDATE requests SET state=?, error=?, finished_ms=? WHERE id=? AND state='running'");
+    u.bind(std::string(to_string(final_state))).bind(error).bind(now_ms).bind(id).step();
+    if (sqlite3_changes(db_) != 1) return false;
+    enqueue_webhook_locked(id, now_ms);
+    tx.commit();
+    return true;
+  }
+
+  bool cancel_queued(const std::string& id, int64_t now_ms) override {
+    std::lock_guard lock(mu_);
+    Transaction tx(this);
+    Stmt u(db_, "UPDATE requests SET state='cancelled', error=?, finished_ms=? WHERE id=? AND state='queued'");
+    u.bind(std::string("cancelled before it started")).bind(now_ms).bind(id).step();
+    if (sqlite3_changes(db_) != 1) return false;
+    enqueue_webhook_locked(id, now_ms);
+    tx.commit();
+    return true;
+  }
+
+  void release_running(const std::string& id) override {
+    std::lock_guard lock(mu_);
+    Stmt u(db_, "UPDATE requests SET state='queued', attempts=MAX(attempts-1,0) WHERE id=? AND state='running'");
+    u.bind(id).step();
+  }
+
+  int64_t count_active() override {
+    std::lock_guard lock(mu_);
+    Stmt s(db_, "SELECT COUNT(*) FROM requests WHERE state IN ('queued','running')");
+    s.step();
+    return s.integer(0);
+  }
+
+  int64_t count_ahead(int64_t seq) override {
+    std::lock_guard lock(mu_);
+    Stmt s(db_,
+           "SELECT (SELECT COUNT(*) FROM requests WHERE state='queued' AND seq<?) + "
+           "(SELECT COUNT(*) FROM requests WHERE state='running')");
+    s.bind(seq).step();
+    return s.integer(0);
+  }
+
+  RecoveryReport recover_interrupted(int max_attempts, int64_t now_ms) override {
+    std::lock_guard lock(mu_);
+    Transaction tx(this);
+    RecoveryReport report;
+    std::vector<std::string> to_fail;
+    {
+      Stmt s(db_, "SELECT id FROM requests WHERE state='running' AND attempts>=?");
+      s.bind(static_cast<int64_t>(max_attempts));
+      while (s.step()) to_fail.push_back(s.text(0));
+    }
+    for (const std::string& id : to_fail) {
+      Stmt u(db_, "UPDATE requests SET state='failed', error=?, finished_ms=? WHERE id=?");
+      u.bind("the job was interrupted " + std::to_string(max_attempts) +
+             " times (server stopped or crashed while it ran); not retried again")
+          .bind(now_ms).bind(id).step();
+      enqueue_webhook_locked(id, now_ms);
+      ++report.failed;
+    }
+    Stmt u(db_, "UPDATE requests SET state='queued' WHERE state='running'");
+    u.step();
+    report.requeued = sqlite3_changes(db_);
+    tx.commit();
+    return report;
+  }
+
+  std::vector<OutboxMessage> due_outbox(int64_t now_ms, int limit) override {
+    std::lock_guard lock(mu_);
+    Stmt s(db_,
+           "SELECT id, request_id, url, attempts, next_attempt_ms, last_error, done FROM outbox "
+           "WHERE done=0 AND next_attempt_ms<=? ORDER BY next_attempt_ms, id LIMIT ?");
+    s.bind(now_ms).bind(static_cast<int64_t>(limit));
+    std::vector<OutboxMessage> out;
+    while (s.step()) out.push_back(read_outbox(s));
+    return out;
+  }
+
+  void update_outbox(const OutboxMessage& m) override {
+    std::lock_guard lock(mu_);
+    Stmt u(db_, "UPDATE outbox SET attempts=?, next_attempt_ms=?, last_error=?, done=? WHERE id=?");
+    u.bind(static_cast<int64_t>(m.attempts)).bind(m.next_attempt_ms).bind(m.last_error)
+        .bind(static_cast<int64_t>(m.done ? 1 : 0)).bind(m.id).step();
+  }
+
+  std::optional<OutboxMessage> get_outbox_for_request(const std::string& request_id) override {
+    std::lock_guard lock(mu_);
+    Stmt s(db_,
+           "SELECT id, request_id, url, attempts, next_attempt_ms, last_error, done FROM outbox "
+           "WHERE request_id=? ORDER BY id DESC LIMIT 1");
+    s.bind(request_id);
+    if (!s.step()) return std::nullopt;
+    return read_outbox(s);
+  }
+
+  bool ping() override {
+    try {
+      std::lock_guard lock(mu_);
+      Stmt s(db_, "SELECT 1");
+      return s.step() && s.integer(0) == 1;
+    } catch (const std::exception&) {
+      return false;
+    }
+  }
+
+ private:
+  // BEGIN IMMEDIATE ... COMMIT, rolled back if commit() was not reached.
+  class Transaction {
+   public:
+    explicit Transaction(SqliteStore* store) : store_(store) { store_->exec("BEGIN IMMEDIATE"); }
+    ~Transaction() {
+      if (!done_) sqlite3_exec(store_->db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    }
+    void commit() {
+      store_->exec("COMMIT");
+      done_ = true;
+    }
+
+   private:
+    SqliteStore* store_;
+    bool done_ = false;
+  };
+
+  void exec(const char* sql) {
+    char* err = nullptr;
+    if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+      std::string msg = err ? err : "unknown error";
+      sqlite3_free(err);
+      throw IoError("[store] " + path_ + ": " + msg);
+    }
+  }
+
+  std::optional<RequestRecord> get_one(const char* column, const std::string& value) {
+    std::lock_guard lock(mu_);
+    std::string sql = std::string("SELECT ") + kRequestColumns + " FROM requests WHERE " + column + "=?";
+    Stmt s(db_, sql.c_str());
+    s.bind(value);
+    if (!s.step()) return std::nullopt;
+    return read_request(s);
+  }
+
+  void enqueue_webhook_locked(const std::string& request_id, int64_t now_ms) {
+    Stmt s(db_,
+           "INSERT INTO outbox(request_id, url, next_attempt_ms) "
+           "SELECT id, webhook, ? FROM requests WHERE id=? AND webhook<>''");
+    s.bind(now_ms).bind(request_id).step();
+  }
+
+  std::string path_;
+  sqlite3* db_ = nullptr;
+  std::mutex mu_;
+};
+
+}  // namespace
+
+std::unique_ptr<Store> open_sqlite_store(const std::string& path) { return std::make_unique<SqliteStore>(path); }
+
+}  // namespace fluxpipe::server

@@ -1,0 +1,192 @@
+#include "server/webhook.h"
+
+#include <curl/curl.h>
+
+#include <chrono>
+
+#include "core/error.h"
+#include "server/crypto.h"
+#include "server/log.h"
+#include "server/net_guard.h"
+
+namespace fluxpipe::server {
+namespace {
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+size_t discard_body(char*, size_t size, size_t n, void*) { return size * n; }
+
+struct ConnectGuard {
+  bool allow_private = false;
+  std::string refused;   // set when the guard refused an address
+};
+
+curl_socket_t open_checked_socket(void* clientp, curlsocktype, curl_sockaddr* address) {
+  auto* guard = static_cast<ConnectGuard*>(clientp);
+  if (!guard->allow_private) {
+    std::string why = refused_address_reason(&address->addr);
+    if (!why.empty()) {
+      guard->refused = why;
+      return CURL_SOCKET_BAD;
+    }
+  }
+  return socket(address->family, address->socktype, address->protocol);
+}
+
+class CurlSender final : public WebhookSender {
+ public:
+  CurlSender(bool allow_private, int timeout_ms) : allow_private_(allow_private), timeout_ms_(timeout_ms) {
+    static std::once_flag once;
+    std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+  }
+
+  DeliveryResult post(const std::string& url, const std::string& body,
+                      const std::map<std::string, std::string>& headers) override {
+    DeliveryResult result;
+    CURL* curl = curl_easy_init();
+    if (!curl) {
+      result.error = "curl_easy_init failed";
+      return result;
+    }
+    curl_slist* list = curl_slist_append(nullptr, "Content-Type: application/json");
+    list = curl_slist_append(list, "User-Agent: fluxpipe-webhook");
+    for (const auto& [name, value] : headers) list = curl_slist_append(list, (name + ": " + value).c_str());
+    ConnectGuard guard{allow_private_, {}};
+    curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+    curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, static_cast<long>(timeout_ms_));
+    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, list);
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.data());
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, static_cast<long>(body.size()));
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, discard_body);
+    curl_easy_setopt(curl, CURLOPT_OPENSOCKETFUNCTION, open_checked_socket);
+    curl_easy_setopt(curl, CURLOPT_OPENSOCKETDATA, &guard);
+    CURLcode rc = curl_easy_perform(curl);
+    if (rc == CURLE_OK) {
+      long status = 0;
+      curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+      result.http_status = static_cast<int>(status);
+      result.ok = status >= 200 && status < 300;
+      if (!result.ok) result.error = "receiver answered HTTP " + std::to_string(status);
+    } else if (!guard.refused.empty()) {
+      result.error = "refused to connect: the target is " + guard.refused;
+    } else {
+      result.error = curl_easy_strerror(rc);
+    }
+    curl_slist_free_all(list);
+    curl_easy_cleanup(curl);
+    return result;
+  }
+
+ private:
+  bool allow_private_;
+  int timeout_ms_;
+};
+
+}  // namespace
+
+WebhookSigner::WebhookSigner(const std::string& secret) {
+  if (secret.rfind("whsec_", 0) != 0) throw UserError("[webhook secret] must start with 'whsec_'");
+  key_ = base64_decode(secret.substr(6));
+  if (key_.size() < 24) throw UserError("[webhook secret] must hold at least 24 bytes of base64 after 'whsec_'");
+}
+
+std::string WebhookSigner::generate_secret() { return "whsec_" + base64_encode(random_bytes(32)); }
+
+std::map<std::string, std::string> WebhookSigner::sign(const std::string& id, int64_t timestamp_s,
+                                                       const std::string& body) const {
+  std::string ts = std::to_string(timestamp_s);
+  std::string signature = "v1," + base64_encode(hmac_sha256(key_, id + "." + ts + "." + body));
+  return {{"webhook-id", id}, {"webhook-timestamp", ts}, {"webhook-signature", signature}};
+}
+
+std::unique_ptr<WebhookSender> make_curl_sender(bool allow_private, int timeout_ms) {
+  return std::make_unique<CurlSender>(allow_private, timeout_ms);
+}
+
+WebhookOutbox::WebhookOutbox(Store& store, WebhookSender& sender, const WebhookSigner& signer,
+                             std::function<std::string(const std::string&)> payload, OutboxPolicy policy,
+                             Metrics& metrics)
+    : store_(store), sender_(sender), signer_(signer), payload_(std::move(payload)), policy_(policy),
+      metrics_(metrics) {}
+
+WebhookOutbox::~WebhookOutbox() { stop(); }
+
+void WebhookOutbox::start() { thread_ = std::thread([this] { loop(); }); }
+
+void WebhookOutbox::stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void WebhookOutbox::wake() {
+  {
+    std::lock_guard lock(mu_);
+    woken_ = true;
+  }
+  cv_.notify_all();
+}
+
+int WebhookOutbox::run_once() {
+  int attempts = 0;
+  for (OutboxMessage& m : store_.due_outbox(now_ms(), 32)) {
+    {
+      std::lock_guard lock(mu_);
+      if (stopping_) break;
+    }
+    std::string body = payload_(m.request_id);
+    std::string message_id = "msg_" + m.request_id + "_" + std::to_string(m.id);
+    DeliveryResult r = sender_.post(m.url, body, signer_.sign(message_id, now_ms() / 1000, body));
+    ++attempts;
+    m.attempts += 1;
+    if (r.ok) {
+      m.done = true;
+      m.last_error.clear();
+      metrics_.count_webhook("delivered");
+      log("info", "webhook " + message_id + " delivered to " + m.url + " (attempt " + std::to_string(m.attempts) +
+                      ", HTTP " + std::to_string(r.http_status) + ")");
+    } else if (m.attempts >= policy_.max_attempts) {
+      m.done = true;
+      m.last_error = r.error;
+      metrics_.count_webhook("gave_up");
+      log("warn", "webhook " + message_id + " to " + m.url + " failed (attempt " + std::to_string(m.attempts) +
+                      "): " + r.error + "; giving up after " + std::to_string(policy_.max_attempts) + " attempts");
+    } else {
+      int64_t delay = policy_.base_delay_ms << std::min(m.attempts - 1, 30);
+      if (delay > policy_.max_delay_ms || delay <= 0) delay = policy_.max_delay_ms;
+      m.next_attempt_ms = now_ms() + delay;
+      m.last_error = r.error;
+      metrics_.count_webhook("retry");
+      log("warn", "webhook " + message_id + " to " + m.url + " failed (attempt " + std::to_string(m.attempts) +
+                      "): " + r.error + "; retrying in " + std::to_string(delay) + " ms");
+    }
+    store_.update_outbox(m);
+  }
+  return attempts;
+}
+
+void WebhookOutbox::loop() {
+  while (true) {
+    try {
+      run_once();
+    } catch (const std::exception& e) {
+      metrics_.count_error("io");
+      log("error", std::string("webhook outbox: ") + e.what());
+    }
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, std::chrono::milliseconds(policy_.poll_ms), [this] { return stopping_ || woken_; });
+    if (stopping_) return;
+    woken_ = false;
+  }
+}
+
+}  // namespace fluxpipe::server
