@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -108,6 +109,14 @@ int ApiServer::start() {
   s.http.set_keep_alive_timeout(5);
   s.http.set_read_timeout(10, 0);
   s.http.set_write_timeout(10, 0);
+  // The packaged cpp-httplib listens with a backlog of 5, which drops connections when
+  // many clients connect at once; remember the listening socket and widen its backlog.
+  int listen_fd = -1;
+  s.http.set_socket_options([&listen_fd](int sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    listen_fd = sock;
+  });
   int port = s.options.listen_port;
   if (port == 0) {
     port = s.http.bind_to_any_port(s.options.listen_host);
@@ -117,6 +126,7 @@ int ApiServer::start() {
   if (port < 0) {
     throw IoError("[serve] cannot listen on " + s.options.listen_host + ":" + std::to_string(s.options.listen_port));
   }
+  if (listen_fd >= 0) ::listen(listen_fd, SOMAXCONN);
   std::string host = s.options.listen_host.find(':') != std::string::npos ? "[" + s.options.listen_host + "]"
                                                                           : s.options.listen_host;
   s.base_url = s.options.public_url.empty() ? "http://" + host + ":" + std::to_string(port) : s.options.public_url;

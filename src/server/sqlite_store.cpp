@@ -1,6 +1,7 @@
 // The embedded store: one SQLite database in WAL mode, synchronous=FULL, so a commit
-// that returned survives kill -9 and power loss. One connection guarded by a mutex:
-// statements are microseconds long, and generation jobs, not the store, are the bottleneck.
+// that returned survives kill -9 and power loss. Two connections, each behind its own
+// mutex: one writes (each commit waits for fsync), one reads, so that pollers never wait
+// behind a submission's fsync (WAL lets a reader run beside the writer).
 #include <sqlite3.h>
 
 #include <mutex>
@@ -144,10 +145,19 @@ class SqliteStore final : public Store {
     sqlite3_busy_timeout(db_, 5000);
     exec("PRAGMA journal_mode=WAL");
     exec("PRAGMA synchronous=FULL");
-    exec("PRAGMA foreign_keys=ON");
     exec(kSchema);
+    if (sqlite3_open_v2(path.c_str(), &rdb_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
+      std::string msg = rdb_ ? sqlite3_errmsg(rdb_) : "out of memory";
+      sqlite3_close(rdb_);
+      sqlite3_close(db_);
+      throw IoError("[store] cannot open SQLite database '" + path + "' for reading: " + msg);
+    }
+    sqlite3_busy_timeout(rdb_, 5000);
   }
-  ~SqliteStore() override { sqlite3_close(db_); }
+  ~SqliteStore() override {
+    sqlite3_close(rdb_);
+    sqlite3_close(db_);
+  }
 
   void add_key(const ApiKeyRecord& key) override {
     std::lock_guard lock(mu_);
@@ -156,8 +166,8 @@ class SqliteStore final : public Store {
   }
 
   std::vector<ApiKeyRecord> list_keys() override {
-    std::lock_guard lock(mu_);
-    Stmt s(db_, "SELECT id, name, hash, created_ms, revoked FROM api_keys ORDER BY created_ms, id");
+    std::lock_guard lock(rmu_);
+    Stmt s(rdb_, "SELECT id, name, hash, created_ms, revoked FROM api_keys ORDER BY created_ms, id");
     std::vector<ApiKeyRecord> out;
     while (s.step()) out.push_back({s.text(0), s.text(1), s.text(2), s.integer(3), s.integer(4) != 0});
     return out;
@@ -191,10 +201,10 @@ class SqliteStore final : public Store {
   }
 
   std::vector<RequestRecord> list_batch(const std::string& key_id, const std::string& batch_id) override {
-    std::lock_guard lock(mu_);
+    std::lock_guard lock(rmu_);
     std::string sql = std::string("SELECT ") + kRequestColumns +
                       " FROM requests WHERE key_id=? AND batch_id=? ORDER BY seq LIMIT 1000";
-    Stmt s(db_, sql.c_str());
+    Stmt s(rdb_, sql.c_str());
     s.bind(key_id).bind(batch_id);
     std::vector<RequestRecord> out;
     while (s.step()) out.push_back(read_request(s));
@@ -249,15 +259,15 @@ class SqliteStore final : public Store {
   }
 
   int64_t count_active() override {
-    std::lock_guard lock(mu_);
-    Stmt s(db_, "SELECT COUNT(*) FROM requests WHERE state IN ('queued','running')");
+    std::lock_guard lock(rmu_);
+    Stmt s(rdb_, "SELECT COUNT(*) FROM requests WHERE state IN ('queued','running')");
     s.step();
     return s.integer(0);
   }
 
   int64_t count_ahead(int64_t seq) override {
-    std::lock_guard lock(mu_);
-    Stmt s(db_,
+    std::lock_guard lock(rmu_);
+    Stmt s(rdb_,
            "SELECT (SELECT COUNT(*) FROM requests WHERE state='queued' AND seq<?) + "
            "(SELECT COUNT(*) FROM requests WHERE state='running')");
     s.bind(seq).step();
@@ -290,8 +300,8 @@ class SqliteStore final : public Store {
   }
 
   std::vector<OutboxMessage> due_outbox(int64_t now_ms, int limit) override {
-    std::lock_guard lock(mu_);
-    Stmt s(db_,
+    std::lock_guard lock(rmu_);
+    Stmt s(rdb_,
            "SELECT id, request_id, url, attempts, next_attempt_ms, last_error, done FROM outbox "
            "WHERE done=0 AND next_attempt_ms<=? ORDER BY next_attempt_ms, id LIMIT ?");
     s.bind(now_ms).bind(static_cast<int64_t>(limit));
@@ -308,8 +318,8 @@ class SqliteStore final : public Store {
   }
 
   std::optional<OutboxMessage> get_outbox_for_request(const std::string& request_id) override {
-    std::lock_guard lock(mu_);
-    Stmt s(db_,
+    std::lock_guard lock(rmu_);
+    Stmt s(rdb_,
            "SELECT id, request_id, url, attempts, next_attempt_ms, last_error, done FROM outbox "
            "WHERE request_id=? ORDER BY id DESC LIMIT 1");
     s.bind(request_id);
@@ -319,8 +329,8 @@ class SqliteStore final : public Store {
 
   bool ping() override {
     try {
-      std::lock_guard lock(mu_);
-      Stmt s(db_, "SELECT 1");
+      std::lock_guard lock(rmu_);
+      Stmt s(rdb_, "SELECT 1");
       return s.step() && s.integer(0) == 1;
     } catch (const std::exception&) {
       return false;
@@ -355,9 +365,9 @@ class SqliteStore final : public Store {
   }
 
   std::optional<RequestRecord> get_one(const char* column, const std::string& value) {
-    std::lock_guard lock(mu_);
+    std::lock_guard lock(rmu_);
     std::string sql = std::string("SELECT ") + kRequestColumns + " FROM requests WHERE " + column + "=?";
-    Stmt s(db_, sql.c_str());
+    Stmt s(rdb_, sql.c_str());
     s.bind(value);
     if (!s.step()) return std::nullopt;
     return read_request(s);
@@ -371,8 +381,10 @@ class SqliteStore final : public Store {
   }
 
   std::string path_;
-  sqlite3* db_ = nullptr;
+  sqlite3* db_ = nullptr;    // writes, and reads inside write transactions
   std::mutex mu_;
+  sqlite3* rdb_ = nullptr;   // plain reads
+  std::mutex rmu_;
 };
 
 }  // namespace

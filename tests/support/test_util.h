@@ -3,7 +3,11 @@
 #pragma once
 
 #include <httplib.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
@@ -18,6 +22,7 @@
 #include "fake_engine.h"
 #include "server/api_server.h"
 #include "server/keys.h"
+#include "server/rate_limit.h"
 #include "server/store.h"
 
 namespace fluxpipe::testing {
@@ -39,6 +44,19 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// A port on 127.0.0.1 that nothing listens on right now.
+inline int free_port() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
 
 inline int64_t test_now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -87,7 +105,7 @@ struct TestServer {
   // POST /generate/v3; returns (HTTP status, parsed body or null).
   std::pair<int, json> submit(const json& body, const std::string& k = "") const {
     auto res = client().Post("/generate/v3", auth(k), body.dump(), "application/json");
-    if (!res) return {0, nullptr};
+    if (!res) return {0, httplib::to_string(res.error())};
     return {res->status, json::parse(res->body, nullptr, false)};
   }
   std::pair<int, json> status(const std::string& id, const std::string& k = "") const {

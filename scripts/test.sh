@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds fluxpipe and runs every test: the fuzz targets briefly, then the CTest suite
+# (whose summary is the last thing printed). Installs its Debian packages first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh
+
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j2
+
+# libFuzzer, briefly: a crash here fails the run.
+cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ \
+  -DFLUXPIPE_FUZZ=ON -DFLUXPIPE_TESTS=OFF >/dev/null
+cmake --build build-fuzz -j2 --target request_fuzz
+mkdir -p build-fuzz/corpus/request
+./build-fuzz/fuzz/request_fuzz -max_total_time="${FUZZ_SECONDS:-20}" -print_final_stats=1 \
+  build-fuzz/corpus/request fuzz/corpus/request 2>&1 | tail -n 3
+
+ctest --test-dir build --output-on-failure -j2
