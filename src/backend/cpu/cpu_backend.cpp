@@ -1,0 +1,355 @@
+// The CPU backend: GEMM-based linear, attention and convolution (gemm.cpp), and row-wise
+// loops for the rest, split over the global thread pool by rows (one row is always
+// handled by one thread, so results do not depend on the thread count).
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cpu/gemm.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+
+namespace fluxpipe {
+namespace {
+
+using cpu::BMatrix;
+
+BMatrix as_b(const Tensor& w) {
+  return {w.dtype(), w.data<uint8_t>(), static_cast<int64_t>(bytes_for(w.dtype(), w.size(-1)))};
+}
+
+void for_rows(int64_t rows, int64_t cost_per_row, const std::function<void(int64_t, int64_t)>& fn) {
+  if (rows * cost_per_row < 32768) {
+    fn(0, rows);
+    return;
+  }
+  ThreadPool::global().parallel_for(rows, [&](int, int64_t b, int64_t e) { fn(b, e); });
+}
+
+float unary_f(Unary op, float x) {
+  switch (op) {
+    case Unary::gelu_tanh: return 0.5f * x * (1.0f + std::tanh(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    case Unary::gelu_erf: return 0.5f * x * (1.0f + std::erf(x * 0.7071067811865476f));
+    case Unary::silu: return x / (1.0f + std::exp(-x));
+    case Unary::quick_gelu: return x / (1.0f + std::exp(-1.702f * x));
+  }
+  return x;
+}
+
+// Softmax of one row in place, in float with a float max and double sum.
+void softmax_row(float* x, int64_t n) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);
+  if (mx == -std::numeric_limits<float>::infinity()) {   // fully masked row: no attention
+    for (int64_t i = 0; i < n; ++i) x[i] = 0.0f;
+    return;
+  }
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += (x[i] = std::exp(x[i] - mx));
+  float inv = static_cast<float>(1.0 / sum);
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+class CpuBackend final : public Backend {
+ public:
+  std::string name() const override { return "cpu"; }
+  Device device() const override { return Device::CPU; }
+
+  void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, Compute c) override {
+    int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+    std::vector<float> widened;
+    const float* A = x.data<float>();
+    if (x.dtype() != DType::F32) {
+      widened.resize(static_cast<size_t>(M * K));
+      to_f32(x.dtype(), x.data<uint8_t>(), widened.data(), M * K);
+      A = widened.data();
+    }
+    cpu::gemm(A, K, as_b(w), out.data<float>(), N, M, N, K, c, true);
+    if (bias) {
+      std::vector<float> bv = bias->to_floats();
+      float* o = out.data<float>();
+      for_rows(M, N, [&](int64_t b, int64_t e) {
+        for (int64_t m = b; m < e; ++m)
+          for (int64_t n = 0; n < N; ++n) o[m * N + n] += bv[static_cast<size_t>(n)];
+      });
+    }
+  }
+
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor* bias, bool causal,
+                 Tensor& out, Compute c) override {
+    int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), Lk = k.size(2), D = q.size(3);
+    constexpr int64_t QB = 64;   // query rows per work unit: scores are QB x Lk, never Lq x Lk
+    // vᵀ per head, so that P·V is another A·Bᵀ product.
+    std::vector<float> vt(static_cast<size_t>(B * H * D * Lk));
+    const float* V = v.data<float>();
+    for_rows(B * H, Lk * D, [&](int64_t b, int64_t e) {
+      for (int64_t bh = b; bh < e; ++bh)
+        for (int64_t j = 0; j < Lk; ++j)
+          for (int64_t d = 0; d < D; ++d) vt[static_cast<size_t>((bh * D + d) * Lk + j)] = V[(bh * Lk + j) * D + d];
+    });
+    int64_t qblocks = (Lq + QB - 1) / QB;
+    const float* Q = q.data<float>();
+    const float* Kp = k.data<float>();
+    const float* Bi = bias ? bias->data<float>() : nullptr;
+    float* O = out.data<float>();
+    ThreadPool::global().parallel_for(B * H * qblocks, [&](int, int64_t ub, int64_t ue) {
+      std::vector<float> s(static_cast<size_t>(QB * Lk));
+      for (int64_t u = ub; u < ue; ++u) {
+        int64_t bh = u / qblocks, i0 = (u % qblocks) * QB, rows = std::min(QB, Lq - i0);
+        int64_t b = bh / H, h = bh % H;
+        BMatrix kb{DType::F32, reinterpret_cast<const uint8_t*>(Kp + bh * Lk * D), D * 4};
+        cpu::gemm(Q + (bh * Lq + i0) * D, D, kb, s.data(), Lk, rows, Lk, D, c, false);
+        for (int64_t i = 0; i < rows; ++i) {
+          float* row = s.data() + i * Lk;
+          const float* brow = nullptr;
+          if (Bi) {
+            int64_t bb = bias->size(0) == 1 ? 0 : b, hh = bias->size(1) == 1 ? 0 : h;
+            brow = Bi + ((bb * bias->size(1) + hh) * Lq + i0 + i) * Lk;
+          }
+          for (int64_t j = 0; j < Lk; ++j) {
+            row[j] = row[j] * scale + (brow ? brow[j] : 0.0f);
+            if (causal && j > i0 + i) row[j] = -std::numeric_limits<float>::infinity();
+          }
+          softmax_row(row, Lk);
+        }
+        BMatrix vb{DType::F32, reinterpret_cast<const uint8_t*>(vt.data() + bh * D * Lk), Lk * 4};
+        cpu::gemm(s.data(), Lk, vb, O + (bh * Lq + i0) * D, D, rows, D, Lk, c, false);
+      }
+    });
+  }
+
+  void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Tensor& out) override {
+    int64_t D = x.size(-1), rows = x.numel() / std::max<int64_t>(D, 1);
+    std::vector<float> wv = w ? w->to_floats() : std::vector<float>(), bv = b ? b->to_floats() : std::vector<float>();
+    const float* X = x.data<float>();
+    float* O = out.data<float>();
+    for_rows(rows, D, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* xr = X + r * D;
+        double mean = 0, var = 0;
+        for (int64_t i = 0; i < D; ++i) mean += xr[i];
+        mean /= static_cast<double>(D);
+        for (int64_t i = 0; i < D; ++i) var += (xr[i] - mean) * (xr[i] - mean);
+        float inv = static_cast<float>(1.0 / std::sqrt(var / static_cast<double>(D) + eps));
+        float mf = static_cast<float>(mean);
+        for (int64_t i = 0; i < D; ++i) {
+          float y = (xr[i] - mf) * inv;
+          if (w) y *= wv[static_cast<size_t>(i)];
+          if (b) y += bv[static_cast<size_t>(i)];
+          O[r * D + i] = y;
+        }
+      }
+    });
+  }
+
+  void rms_norm(const Tensor& x, const Tensor* w, float eps, Tensor& out) override {
+    int64_t D = x.size(-1), rows = x.numel() / std::max<int64_t>(D, 1);
+    std::vector<float> wv = w ? w->to_floats() : std::vector<float>();
+    const float* X = x.data<float>();
+    float* O = out.data<float>();
+    for_rows(rows, D, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* xr = X + r * D;
+        double ms = 0;
+        for (int64_t i = 0; i < D; ++i) ms += static_cast<double>(xr[i]) * xr[i];
+        float inv = static_cast<float>(1.0 / std::sqrt(ms / static_cast<double>(D) + eps));
+        for (int64_t i = 0; i < D; ++i) O[r * D + i] = xr[i] * inv * (w ? wv[static_cast<size_t>(i)] : 1.0f);
+      }
+    });
+  }
+
+  void group_norm(const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, Tensor& out) override {
+    int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), cg = C / groups;
+    std::vector<float> wv = w ? w->to_floats() : std::vector<float>(), bv = b ? b->to_floats() : std::vector<float>();
+    const float* X = x.data<float>();
+    float* O = out.data<float>();
+    for_rows(B * groups, cg * HW, [&](int64_t g0, int64_t g1) {
+      for (int64_t ng = g0; ng < g1; ++ng) {
+        int64_t n = ng / groups, g = ng % groups;
+        const float* xs = X + (n * C + g * cg) * HW;
+        int64_t cnt = cg * HW;
+        double mean = 0, var = 0;
+        for (int64_t i = 0; i < cnt; ++i) mean += xs[i];
+        mean /= static_cast<double>(cnt);
+        for (int64_t i = 0; i < cnt; ++i) var += (xs[i] - mean) * (xs[i] - mean);
+        float inv = static_cast<float>(1.0 / std::sqrt(var / static_cast<double>(cnt) + eps));
+        float mf = static_cast<float>(mean);
+        for (int64_t cc = 0; cc < cg; ++cc) {
+          int64_t ch = g * cg + cc;
+          float sc = inv * (w ? wv[static_cast<size_t>(ch)] : 1.0f), sh = b ? bv[static_cast<size_t>(ch)] : 0.0f;
+          float* o = O + (n * C + ch) * HW;
+          const float* xi = X + (n * C + ch) * HW;
+          for (int64_t i = 0; i < HW; ++i) o[i] = (xi[i] - mf) * sc + sh;
+        }
+      }
+    });
+  }
+
+  void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& out) override {
+    int64_t B = x.size(0), H = x.size(1), L = x.size(2), D = x.size(3), P = D / 2;
+    const float *X = x.data<float>(), *Cs = cos.data<float>(), *Sn = sin.data<float>();
+    float* O = out.data<float>();
+    for_rows(B * H * L, D, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        int64_t b = r / (H * L), l = r % L;
+        const float* c = Cs + ((cos.size(0) == 1 ? 0 : b) * L + l) * P;
+        const float* s = Sn + ((cos.size(0) == 1 ? 0 : b) * L + l) * P;
+        const float* xr = X + r * D;
+        float* o = O + r * D;
+        for (int64_t i = 0; i < P; ++i) {
+          float x0 = xr[2 * i], x1 = xr[2 * i + 1];
+          o[2 * i] = c[i] * x0 - s[i] * x1;
+          o[2 * i + 1] = s[i] * x0 + c[i] * x1;
+        }
+      }
+    });
+  }
+
+  void unary(Unary op, const Tensor& x, Tensor& out) override {
+    const float* X = x.data<float>();
+    float* O = out.data<float>();
+    int64_t n = x.numel(), chunk = 4096;
+    for_rows((n + chunk - 1) / chunk, chunk, [&](int64_t b, int64_t e) {
+      for (int64_t i = b * chunk; i < std::min(n, e * chunk); ++i) O[i] = unary_f(op, X[i]);
+    });
+  }
+
+  void binary(Binary op, const Tensor& a, const Tensor& b, Tensor& out) override {
+    // Broadcasting by collapsing to (outer, inner) strides per operand on the fly.
+    const Shape& s = out.shape();
+    size_t nd = s.size();
+    auto strides_for = [&](const Tensor& t) {
+      Shape st(nd, 0);
+      int64_t acc = 1;
+      for (size_t d = nd; d-- > 0;) {
+        if (d + t.shape().size() < nd) break;
+        int64_t ext = t.shape()[d + t.shape().size() - nd];
+        st[d] = ext == 1 ? 0 : acc;
+        acc *= ext;
+      }
+      return st;
+    };
+    Shape sa = strides_for(a), sb = strides_for(b);
+    int64_t inner = nd ? s.back() : 1;
+    int64_t rows = inner ? out.numel() / inner : 0;
+    const float *A = a.data<float>(), *Bv = b.data<float>();
+    float* O = out.data<float>();
+    int64_t ia_in = nd ? sa.back() : 0, ib_in = nd ? sb.back() : 0;
+    for_rows(rows, inner, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        int64_t rem = r, oa = 0, ob = 0;
+        for (size_t d = nd - 1; d-- > 0;) {
+          int64_t idx = rem % s[d];
+          rem /= s[d];
+          oa += idx * sa[d];
+          ob += idx * sb[d];
+        }
+        float* o = O + r * inner;
+        for (int64_t i = 0; i < inner; ++i) {
+          float x = A[oa + i * ia_in], y = Bv[ob + i * ib_in];
+          o[i] = op == Binary::add ? x + y : op == Binary::sub ? x - y : x * y;
+        }
+      }
+    });
+  }
+
+  void softmax(const Tensor& x, Tensor& out) override {
+    int64_t D = x.size(-1), rows = x.numel() / std::max<int64_t>(D, 1);
+    std::memcpy(out.data<float>(), x.data<float>(), x.nbytes());
+    float* O = out.data<float>();
+    for_rows(rows, D, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) softmax_row(O + r * D, D);
+    });
+  }
+
+  void conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p, Tensor& out,
+              Compute c) override {
+    int64_t B = x.size(0), Ci = x.size(1), H = x.size(2), W = x.size(3);
+    int64_t Co = w.size(0), KH = w.size(2), KW = w.size(3), OH = out.size(2), OW = out.size(3);
+    int64_t K = Ci * KH * KW;
+    // out[Co, pixels] = w[Co, K] · colsᵀ, with cols[pixel, K] gathered for a chunk of pixels at a time.
+    std::vector<float> wf = w.to_floats();
+    std::vector<float> bv = bias ? bias->to_floats() : std::vector<float>();
+    const int64_t chunk = std::max<int64_t>(256, (int64_t{8} << 20) / std::max<int64_t>(K * 4, 1));
+    std::vector<float> cols;
+    std::vector<float> tile;
+    const float* X = x.data<float>();
+    float* O = out.data<float>();
+    for (int64_t n = 0; n < B; ++n) {
+      for (int64_t p0 = 0; p0 < OH * OW; p0 += chunk) {
+        int64_t np = std::min(chunk, OH * OW - p0);
+        cols.assign(static_cast<size_t>(np * K), 0.0f);
+        for_rows(np, K, [&](int64_t b, int64_t e) {
+          for (int64_t pi = b; pi < e; ++pi) {
+            int64_t oy = (p0 + pi) / OW, ox = (p0 + pi) % OW;
+            float* col = cols.data() + pi * K;
+            for (int64_t ci = 0; ci < Ci; ++ci)
+              for (int64_t ky = 0; ky < KH; ++ky) {
+                int64_t iy = oy * p.stride + ky - p.pad_top;
+                for (int64_t kx = 0; kx < KW; ++kx) {
+                  int64_t ix = ox * p.stride + kx - p.pad_left;
+                  if (iy >= 0 && iy < H && ix >= 0 && ix < W) col[(ci * KH + ky) * KW + kx] = X[((n * Ci + ci) * H + iy) * W + ix];
+                }
+              }
+          }
+        });
+        tile.assign(static_cast<size_t>(Co * np), 0.0f);
+        BMatrix cb{DType::F32, reinterpret_cast<const uint8_t*>(cols.data()), K * 4};
+        cpu::gemm(wf.data(), K, cb, tile.data(), np, Co, np, K, c, true);
+        for (int64_t co = 0; co < Co; ++co) {
+          float add = bias ? bv[static_cast<size_t>(co)] : 0.0f;
+          float* o = O + (n * Co + co) * OH * OW + p0;
+          const float* t = tile.data() + co * np;
+          for (int64_t i = 0; i < np; ++i) o[i] = t[i] + add;
+        }
+      }
+    }
+  }
+
+  void upsample_nearest2x(const Tensor& x, Tensor& out) override {
+    int64_t BC = x.size(0) * x.size(1), H = x.size(2), W = x.size(3);
+    const float* X = x.data<float>();
+    float* O = out.data<float>();
+    for_rows(BC * H, 4 * W, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        int64_t c = r / H, y = r % H;
+        const float* src = X + (c * H + y) * W;
+        float* d0 = O + (c * 2 * H + 2 * y) * 2 * W;
+        for (int64_t i = 0; i < W; ++i) d0[2 * i] = d0[2 * i + 1] = src[i];
+        std::memcpy(d0 + 2 * W, d0, static_cast<size_t>(2 * W) * sizeof(float));
+      }
+    });
+  }
+
+  void concat(const std::vector<Tensor>& xs, int dim, Tensor& out) override {
+    int64_t outer = 1, inner = 1;
+    for (int d = 0; d < dim; ++d) outer *= out.size(d);
+    for (int d = dim + 1; d < out.dim(); ++d) inner *= out.size(d);
+    float* O = out.data<float>();
+    int64_t offset = 0;
+    for (const Tensor& t : xs) {
+      int64_t len = t.size(dim);
+      const float* X = t.data<float>();
+      for (int64_t o = 0; o < outer; ++o) {
+        std::memcpy(O + (o * out.size(dim) + offset) * inner, X + o * len * inner, static_cast<size_t>(len * inner) * 4);
+      }
+      offset += len;
+    }
+  }
+
+  void copy(const Tensor& x, Tensor& out) override {
+    std::vector<float> f = x.to_floats();
+    from_f32(out.dtype(), f.data(), out.data<uint8_t>(), out.numel());
+  }
+};
+
+}  // namespace
+
+Backend& cpu_backend() {
+  static CpuBackend backend;
+  return backend;
+}
+
+}  // namespace fluxpipe

@@ -1,0 +1,234 @@
+// Validation at the op boundary, then dispatch. Kernels trust what passes here.
+#include "ops/ops.h"
+
+#include "core/error.h"
+
+namespace fluxpipe {
+
+Tensor Ctx::empty(const Shape& shape, DType dtype) const {
+  return arena ? arena->empty(shape, dtype) : Tensor::zeros(shape, dtype);
+}
+
+namespace ops {
+namespace {
+
+[[noreturn]] void fail(const char* op, const std::string& why) { throw UserError(std::string("[") + op + "] " + why); }
+
+void need_float(const char* op, const char* what, const Tensor& t) {
+  if (!t.defined()) fail(op, std::string(what) + " is undefined");
+  if (t.dtype() != DType::F32) fail(op, std::string(what) + " " + t.describe() + " must be F32");
+}
+
+void need_contiguous(const char* op, const char* what, const Tensor& t) {
+  if (!t.is_contiguous()) fail(op, std::string(what) + " " + t.describe() + " must be contiguous");
+}
+
+void need_vector(const char* op, const char* what, const Tensor* t, int64_t n) {
+  if (!t) return;
+  if (t->dim() != 1 || t->size(0) != n || !info(t->dtype()).floating || is_quantized(t->dtype())) {
+    fail(op, std::string(what) + " " + t->describe() + " must be a dense float vector of " + std::to_string(n));
+  }
+  need_contiguous(op, what, *t);
+}
+
+Shape broadcast_shape(const char* op, const Tensor& a, const Tensor& b) {
+  size_t n = std::max(a.shape().size(), b.shape().size());
+  Shape out(n);
+  for (size_t i = 0; i < n; ++i) {
+    int64_t da = i < n - a.shape().size() ? 1 : a.shape()[i - (n - a.shape().size())];
+    int64_t db = i < n - b.shape().size() ? 1 : b.shape()[i - (n - b.shape().size())];
+    if (da != db && da != 1 && db != 1) fail(op, "shapes " + a.describe() + " and " + b.describe() + " do not broadcast");
+    out[i] = da == 1 ? db : da;
+  }
+  return out;
+}
+
+Tensor binary(Ctx& c, Binary op, const char* name, const Tensor& a, const Tensor& b) {
+  need_float(name, "a", a);
+  need_float(name, "b", b);
+  need_contiguous(name, "a", a);
+  need_contiguous(name, "b", b);
+  Tensor out = c.empty(broadcast_shape(name, a, b), DType::F32);
+  c.backend->binary(op, a, b, out);
+  return out;
+}
+
+Tensor unary(Ctx& c, Unary op, const char* name, const Tensor& x) {
+  need_float(name, "x", x);
+  need_contiguous(name, "x", x);
+  Tensor out = c.empty(x.shape(), DType::F32);
+  c.backend->unary(op, x, out);
+  return out;
+}
+
+}  // namespace
+
+Tensor linear(Ctx& c, const Tensor& x, const Tensor& w, const Tensor* bias) {
+  if (!x.defined() || !w.defined()) fail("linear", "undefined input");
+  if (x.dtype() != DType::F32 && x.dtype() != DType::BF16) fail("linear", "x " + x.describe() + " must be F32 or BF16");
+  if (w.dim() != 2 || !info(w.dtype()).floating) fail("linear", "w " + w.describe() + " must be a 2-D float or block-quantized matrix");
+  if (x.dim() < 1 || x.size(-1) != w.size(1)) {
+    fail("linear", "x " + x.describe() + " and w " + w.describe() + ": x's last dimension must equal w's second");
+  }
+  need_contiguous("linear", "x", x);
+  need_contiguous("linear", "w", w);
+  need_vector("linear", "bias", bias, w.size(0));
+  Shape out_shape = x.shape();
+  out_shape.back() = w.size(0);
+  Tensor out = c.empty(out_shape, DType::F32);
+  Tensor x2 = x.reshape({x.numel() / std::max<int64_t>(1, x.size(-1)), x.size(-1)});
+  Tensor o2 = out.reshape({x2.size(0), w.size(0)});
+  if (x2.size(0) > 0) c.backend->linear(x2, w, bias, o2, c.compute);
+  return out;
+}
+
+Tensor attention(Ctx& c, const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor* bias,
+                 bool causal) {
+  for (auto [n, t] : {std::pair{"q", &q}, {"k", &k}, {"v", &v}}) {
+    need_float("attention", n, *t);
+    need_contiguous("attention", n, *t);
+    if (t->dim() != 4) fail("attention", std::string(n) + " " + t->describe() + " must be [B, H, L, D]");
+  }
+  if (k.shape() != v.shape() || q.size(0) != k.size(0) || q.size(1) != k.size(1) || q.size(3) != k.size(3)) {
+    fail("attention", "q " + q.describe() + ", k " + k.describe() + ", v " + v.describe() + " do not agree");
+  }
+  if (bias) {
+    need_float("attention", "bias", *bias);
+    need_contiguous("attention", "bias", *bias);
+    const Tensor& b = *bias;
+    if (b.dim() != 4 || (b.size(0) != 1 && b.size(0) != q.size(0)) || (b.size(1) != 1 && b.size(1) != q.size(1)) ||
+        b.size(2) != q.size(2) || b.size(3) != k.size(2)) {
+      fail("attention", "bias " + b.describe() + " must be [1|B, 1|H, Lq, Lk] for q " + q.describe() + " and k " + k.describe());
+    }
+  }
+  Tensor out = c.empty(q.shape(), DType::F32);
+  c.backend->attention(q, k, v, scale, bias, causal, out, c.compute);
+  return out;
+}
+
+Tensor layer_norm(Ctx& c, const Tensor& x, const Tensor* w, const Tensor* b, float eps) {
+  need_float("layer_norm", "x", x);
+  need_contiguous("layer_norm", "x", x);
+  need_vector("layer_norm", "weight", w, x.size(-1));
+  need_vector("layer_norm", "bias", b, x.size(-1));
+  Tensor out = c.empty(x.shape(), DType::F32);
+  c.backend->layer_norm(x, w, b, eps, out);
+  return out;
+}
+
+Tensor rms_norm(Ctx& c, const Tensor& x, const Tensor* w, float eps) {
+  need_float("rms_norm", "x", x);
+  need_contiguous("rms_norm", "x", x);
+  need_vector("rms_norm", "weight", w, x.size(-1));
+  Tensor out = c.empty(x.shape(), DType::F32);
+  c.backend->rms_norm(x, w, eps, out);
+  return out;
+}
+
+Tensor group_norm(Ctx& c, const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps) {
+  need_float("group_norm", "x", x);
+  need_contiguous("group_norm", "x", x);
+  if (x.dim() != 4) fail("group_norm", "x " + x.describe() + " must be [B, C, H, W]");
+  if (groups <= 0 || x.size(1) % groups != 0) {
+    fail("group_norm", "channels " + std::to_string(x.size(1)) + " of " + x.describe() + " do not split into " +
+                           std::to_string(groups) + " groups");
+  }
+  need_vector("group_norm", "weight", w, x.size(1));
+  need_vector("group_norm", "bias", b, x.size(1));
+  Tensor out = c.empty(x.shape(), DType::F32);
+  c.backend->group_norm(x, groups, w, b, eps, out);
+  return out;
+}
+
+Tensor rope(Ctx& c, const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  need_float("rope", "x", x);
+  need_float("rope", "cos", cos);
+  need_float("rope", "sin", sin);
+  for (const Tensor* t : {&x, &cos, &sin}) need_contiguous("rope", "input", *t);
+  if (x.dim() != 4 || x.size(3) % 2 != 0) fail("rope", "x " + x.describe() + " must be [B, H, L, D] with even D");
+  if (cos.shape() != sin.shape() || cos.dim() != 3 || (cos.size(0) != 1 && cos.size(0) != x.size(0)) ||
+      cos.size(1) != x.size(2) || cos.size(2) != x.size(3) / 2) {
+    fail("rope", "cos " + cos.describe() + " / sin " + sin.describe() + " must be [1|B, L, D/2] for x " + x.describe());
+  }
+  Tensor out = c.empty(x.shape(), DType::F32);
+  c.backend->rope(x, cos, sin, out);
+  return out;
+}
+
+Tensor gelu_tanh(Ctx& c, const Tensor& x) { return unary(c, Unary::gelu_tanh, "gelu_tanh", x); }
+Tensor gelu_erf(Ctx& c, const Tensor& x) { return unary(c, Unary::gelu_erf, "gelu_erf", x); }
+Tensor silu(Ctx& c, const Tensor& x) { return unary(c, Unary::silu, "silu", x); }
+Tensor quick_gelu(Ctx& c, const Tensor& x) { return unary(c, Unary::quick_gelu, "quick_gelu", x); }
+
+Tensor softmax(Ctx& c, const Tensor& x) {
+  need_float("softmax", "x", x);
+  need_contiguous("softmax", "x", x);
+  Tensor out = c.empty(x.shape(), DType::F32);
+  c.backend->softmax(x, out);
+  return out;
+}
+
+Tensor add(Ctx& c, const Tensor& a, const Tensor& b) { return binary(c, Binary::add, "add", a, b); }
+Tensor sub(Ctx& c, const Tensor& a, const Tensor& b) { return binary(c, Binary::sub, "sub", a, b); }
+Tensor mul(Ctx& c, const Tensor& a, const Tensor& b) { return binary(c, Binary::mul, "mul", a, b); }
+
+Tensor conv2d(Ctx& c, const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p) {
+  need_float("conv2d", "x", x);
+  need_contiguous("conv2d", "x", x);
+  need_contiguous("conv2d", "w", w);
+  if (x.dim() != 4 || w.dim() != 4 || w.size(1) != x.size(1) || is_quantized(w.dtype()) || !info(w.dtype()).floating) {
+    fail("conv2d", "x " + x.describe() + " [B, Cin, H, W] and w " + w.describe() + " [Cout, Cin, kh, kw] do not agree");
+  }
+  need_vector("conv2d", "bias", bias, w.size(0));
+  if (p.stride < 1 || p.pad_top < 0 || p.pad_left < 0 || p.pad_bottom < 0 || p.pad_right < 0) fail("conv2d", "bad stride or padding");
+  int64_t oh = (x.size(2) + p.pad_top + p.pad_bottom - w.size(2)) / p.stride + 1;
+  int64_t ow = (x.size(3) + p.pad_left + p.pad_right - w.size(3)) / p.stride + 1;
+  if (oh <= 0 || ow <= 0) fail("conv2d", "kernel " + w.describe() + " is larger than the padded input " + x.describe());
+  Tensor out = c.empty({x.size(0), w.size(0), oh, ow}, DType::F32);
+  c.backend->conv2d(x, w, bias, p, out, c.compute);
+  return out;
+}
+
+Tensor upsample_nearest2x(Ctx& c, const Tensor& x) {
+  need_float("upsample_nearest2x", "x", x);
+  need_contiguous("upsample_nearest2x", "x", x);
+  if (x.dim() != 4) fail("upsample_nearest2x", "x " + x.describe() + " must be [B, C, H, W]");
+  Tensor out = c.empty({x.size(0), x.size(1), 2 * x.size(2), 2 * x.size(3)}, DType::F32);
+  c.backend->upsample_nearest2x(x, out);
+  return out;
+}
+
+Tensor concat(Ctx& c, const std::vector<Tensor>& xs, int dim) {
+  if (xs.empty()) fail("concat", "no inputs");
+  int nd = xs[0].dim();
+  if (dim < 0) dim += nd;
+  if (dim < 0 || dim >= nd) fail("concat", "dim out of range for " + xs[0].describe());
+  Shape out_shape = xs[0].shape();
+  out_shape[static_cast<size_t>(dim)] = 0;
+  for (const Tensor& t : xs) {
+    need_float("concat", "input", t);
+    need_contiguous("concat", "input", t);
+    bool ok = t.dim() == nd;
+    for (int d = 0; ok && d < nd; ++d) ok = d == dim || t.size(d) == xs[0].size(d);
+    if (!ok) fail("concat", "inputs " + xs[0].describe() + " and " + t.describe() + " differ outside dim " + std::to_string(dim));
+    out_shape[static_cast<size_t>(dim)] += t.size(dim);
+  }
+  Tensor out = c.empty(out_shape, DType::F32);
+  c.backend->concat(xs, dim, out);
+  return out;
+}
+
+Tensor to_dtype(Ctx& c, const Tensor& x, DType dtype) {
+  if (!info(dtype).floating || is_quantized(dtype) || !info(x.dtype()).floating) {
+    fail("to_dtype", "cannot convert " + x.describe() + " to " + name(dtype));
+  }
+  if (is_quantized(x.dtype()) && !x.is_contiguous()) fail("to_dtype", x.describe() + " must be contiguous");
+  Tensor out = c.empty(x.shape(), dtype);
+  c.backend->copy(x, out);
+  return out;
+}
+
+Tensor contiguous(Ctx& c, const Tensor& x) { return x.is_contiguous() ? x : to_dtype(c, x, x.dtype()); }
+
+}  // namespace ops
+}  // namespace fluxpipe

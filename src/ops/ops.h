@@ -1,0 +1,51 @@
+// fluxpipe ops: the op set models are written in. Each op validates shapes and dtypes once,
+// with errors naming the op and the shapes ("[linear] x F32[4, 30] and w BF16[64, 32]: ..."),
+// allocates its output (from the context's arena when there is one) and dispatches to the
+// backend. Models call these, never kernels, and never touch tensor memory.
+// Thread-safety: a Ctx is used by one thread.
+#pragma once
+
+#include <vector>
+
+#include "backend/backend.h"
+#include "core/arena.h"
+#include "core/tensor.h"
+
+namespace fluxpipe {
+
+struct Ctx {
+  Backend* backend = &cpu_backend();
+  Arena* arena = nullptr;          // null: outputs are fresh allocations
+  Compute compute = Compute::F32;
+
+  Tensor empty(const Shape& shape, DType dtype) const;
+};
+
+namespace ops {
+
+// x [..., K], w [N, K], bias [N] -> [..., N] F32.
+Tensor linear(Ctx& c, const Tensor& x, const Tensor& w, const Tensor* bias = nullptr);
+// q [B,H,Lq,D], k/v [B,H,Lk,D] -> [B,H,Lq,D]. See Backend::attention for bias and causal.
+Tensor attention(Ctx& c, const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                 const Tensor* bias = nullptr, bool causal = false);
+Tensor layer_norm(Ctx& c, const Tensor& x, const Tensor* w, const Tensor* b, float eps);
+Tensor rms_norm(Ctx& c, const Tensor& x, const Tensor* w, float eps);
+Tensor group_norm(Ctx& c, const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps);
+Tensor rope(Ctx& c, const Tensor& x, const Tensor& cos, const Tensor& sin);
+Tensor gelu_tanh(Ctx& c, const Tensor& x);
+Tensor gelu_erf(Ctx& c, const Tensor& x);
+Tensor silu(Ctx& c, const Tensor& x);
+Tensor quick_gelu(Ctx& c, const Tensor& x);
+Tensor softmax(Ctx& c, const Tensor& x);
+Tensor add(Ctx& c, const Tensor& a, const Tensor& b);
+Tensor sub(Ctx& c, const Tensor& a, const Tensor& b);
+Tensor mul(Ctx& c, const Tensor& a, const Tensor& b);
+Tensor conv2d(Ctx& c, const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p);
+Tensor upsample_nearest2x(Ctx& c, const Tensor& x);
+Tensor concat(Ctx& c, const std::vector<Tensor>& xs, int dim);
+// A contiguous copy in `dtype` (dense float types).
+Tensor to_dtype(Ctx& c, const Tensor& x, DType dtype);
+Tensor contiguous(Ctx& c, const Tensor& x);
+
+}  // namespace ops
+}  // namespace fluxpipe

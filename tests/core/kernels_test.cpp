@@ -1,0 +1,263 @@
+// Every CPU kernel against the plain double-precision reference, on random data with awkward
+// sizes (1, 15, 16, 17, 31, 33, ...); the fast GEMM paths against the portable one; results
+// independent of the thread count.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "backend/cpu/gemm.h"
+#include "backend/cpu/reference.h"
+#include "core/thread_pool.h"
+#include "ops/ops.h"
+
+namespace fluxpipe {
+namespace {
+
+Tensor randn(const Shape& shape, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, scale);
+  std::vector<float> v(static_cast<size_t>(numel(shape)));
+  for (float& x : v) x = nd(rng);
+  return Tensor::from_floats(shape, v);
+}
+
+Tensor convert(const Tensor& t, DType d) {
+  Tensor out = Tensor::zeros(t.shape(), d);
+  std::vector<float> f = t.to_floats();
+  from_f32(d, f.data(), out.data<uint8_t>(), t.numel());
+  return out;
+}
+
+// max |a - b| <= atol + rtol * max|b|, with a side-by-side print of the first values on failure.
+void expect_close(const Tensor& a, const Tensor& b, double atol, double rtol, const std::string& what) {
+  std::vector<float> x = a.to_floats(), y = b.to_floats();
+  ASSERT_EQ(x.size(), y.size()) << what;
+  double max_ref = 0, max_diff = 0;
+  size_t worst = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    max_ref = std::max(max_ref, std::fabs(static_cast<double>(y[i])));
+    double d = std::fabs(static_cast<double>(x[i]) - y[i]);
+    if (!(d <= max_diff)) {
+      max_diff = d;
+      worst = i;
+    }
+  }
+  if (!(max_diff <= atol + rtol * max_ref)) {
+    std::string first;
+    for (size_t i = 0; i < std::min<size_t>(6, x.size()); ++i) first += " (" + std::to_string(x[i]) + " vs " + std::to_string(y[i]) + ")";
+    ADD_FAILURE() << what << ": max diff " << max_diff << " at " << worst << " (max ref " << max_ref << "); first:" << first;
+  }
+}
+
+const int kSizes[] = {1, 15, 16, 17, 31, 33};
+
+TEST(Kernels, LinearF32AgainstReference) {
+  Ctx c;
+  for (int M : kSizes) {
+    for (int N : {1, 17, 33, 130}) {
+      for (int K : {1, 16, 31, 33, 300}) {
+        Tensor x = randn({M, K}, 1 + M), w = randn({N, K}, 2 + N, 0.2f), b = randn({N}, 3);
+        Tensor got = ops::linear(c, x, w, &b);
+        Tensor want = Tensor::zeros({M, N}, DType::F32);
+        cpu::ref::linear(x, w, &b, want);
+        expect_close(got, want, 1e-4, 1e-5, "linear M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K));
+      }
+    }
+  }
+}
+
+TEST(Kernels, LinearEveryWeightDtypeWidensExactly) {
+  // Compute F32: the product of the dequantized weights, so against the reference fed the same
+  // dequantized values the only difference is float summation order.
+  Ctx c;
+  for (DType d : {DType::F16, DType::BF16, DType::F8_E4M3, DType::F8_E5M2, DType::Q8_0, DType::Q4_0, DType::Q4_1,
+                  DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q6_K}) {
+    for (int M : {1, 17}) {
+      Tensor x = randn({M, 512}, 5), wf = randn({33, 512}, 6, 0.1f);
+      Tensor w = convert(wf, d);
+      Tensor got = ops::linear(c, x, w);
+      Tensor want = Tensor::zeros({M, 33}, DType::F32);
+      cpu::ref::linear(x, w, nullptr, want);
+      expect_close(got, want, 1e-4, 1e-5, std::string("linear w=") + name(d));
+    }
+  }
+}
+
+TEST(Kernels, LinearBf16PathAgainstReference) {
+  Ctx c;
+  c.compute = Compute::BF16;
+  for (int M : kSizes) {
+    Tensor x = randn({M, 257}, 8), w = randn({70, 257}, 9, 0.1f);
+    Tensor got = ops::linear(c, x, w);
+    // The reference fed bf16-rounded inputs: what the BF16 path must compute up to summation order.
+    Tensor want = Tensor::zeros({M, 70}, DType::F32);
+    cpu::ref::linear(convert(x, DType::BF16), convert(w, DType::BF16), nullptr, want);
+    expect_close(got, want, 1e-4, 1e-4, "linear bf16 M=" + std::to_string(M));
+  }
+}
+
+TEST(Kernels, FastGemmMatchesPortableGemm) {
+  for (Compute mode : {Compute::F32, Compute::BF16}) {
+    Ctx c;
+    c.compute = mode;
+    Tensor x = randn({33, 300}, 10), w = convert(randn({130, 300}, 11, 0.1f), DType::BF16);
+    Tensor fast = ops::linear(c, x, w);
+    cpu::gemm_force_portable(true);
+    Tensor slow = ops::linear(c, x, w);
+    cpu::gemm_force_portable(false);
+    expect_close(fast, slow, 1e-4, 1e-5, std::string("fast vs portable, ") + cpu::gemm_kernel_name(mode));
+  }
+}
+
+TEST(Kernels, ResultsDoNotDependOnTheThreadCount) {
+  Ctx c;
+  Tensor x = randn({37, 512}, 12), w = convert(randn({300, 512}, 13, 0.1f), DType::Q8_0);
+  Tensor q = randn({1, 3, 70, 16}, 14), k = randn({1, 3, 90, 16}, 15), v = randn({1, 3, 90, 16}, 16);
+  ThreadPool::set_global_threads(1);
+  Tensor a1 = ops::linear(c, x, w);
+  Tensor t1 = ops::attention(c, q, k, v, 0.25f);
+  ThreadPool::set_global_threads(3);
+  Tensor a3 = ops::linear(c, x, w);
+  Tensor t3 = ops::attention(c, q, k, v, 0.25f);
+  ThreadPool::set_global_threads(0);
+  EXPECT_EQ(a1.to_floats(), a3.to_floats());
+  EXPECT_EQ(t1.to_floats(), t3.to_floats());
+}
+
+TEST(Kernels, AttentionAgainstReference) {
+  Ctx c;
+  for (int Lq : kSizes) {
+    for (int Lk : {1, 17, 65, 130}) {
+      Tensor q = randn({2, 2, Lq, 16}, 20), k = randn({2, 2, Lk, 16}, 21), v = randn({2, 2, Lk, 16}, 22);
+      Tensor bias = randn({1, 2, Lq, Lk}, 23);
+      for (bool causal : {false, true}) {
+        for (const Tensor* bp : {static_cast<const Tensor*>(nullptr), static_cast<const Tensor*>(&bias)}) {
+          Tensor got = ops::attention(c, q, k, v, 0.25f, bp, causal);
+          Tensor want = Tensor::zeros(q.shape(), DType::F32);
+          cpu::ref::attention(q, k, v, 0.25f, bp, causal, want);
+          expect_close(got, want, 1e-5, 1e-5, "attention Lq=" + std::to_string(Lq) + " Lk=" + std::to_string(Lk));
+        }
+      }
+    }
+  }
+}
+
+TEST(Kernels, NormsAgainstReference) {
+  Ctx c;
+  for (int D : kSizes) {
+    Tensor x = randn({3, 5, D}, 30, 2.0f), w = randn({D}, 31), b = randn({D}, 32);
+    Tensor want = Tensor::zeros(x.shape(), DType::F32);
+    cpu::ref::layer_norm(x, &w, &b, 1e-6f, want);
+    expect_close(ops::layer_norm(c, x, &w, &b, 1e-6f), want, 1e-5, 1e-5, "layer_norm affine D=" + std::to_string(D));
+    cpu::ref::layer_norm(x, nullptr, nullptr, 1e-6f, want);
+    expect_close(ops::layer_norm(c, x, nullptr, nullptr, 1e-6f), want, 1e-5, 1e-5, "layer_norm D=" + std::to_string(D));
+    cpu::ref::rms_norm(x, &w, 1e-6f, want);
+    expect_close(ops::rms_norm(c, x, &w, 1e-6f), want, 1e-5, 1e-5, "rms_norm D=" + std::to_string(D));
+    cpu::ref::softmax(x, want);
+    expect_close(ops::softmax(c, x), want, 1e-6, 1e-5, "softmax D=" + std::to_string(D));
+  }
+  for (int C : {32, 64, 96}) {
+    Tensor x = randn({2, C, 5, 7}, 33, 3.0f), w = randn({C}, 34), b = randn({C}, 35);
+    Tensor want = Tensor::zeros(x.shape(), DType::F32);
+    cpu::ref::group_norm(x, 32, &w, &b, 1e-6f, want);
+    expect_close(ops::group_norm(c, x, 32, &w, &b, 1e-6f), want, 1e-5, 1e-5, "group_norm C=" + std::to_string(C));
+  }
+}
+
+TEST(Kernels, ElementwiseAgainstReference) {
+  Ctx c;
+  for (int n : kSizes) {
+    Tensor x = randn({2, n, 3}, 40, 3.0f);
+    for (Unary op : {Unary::gelu_tanh, Unary::gelu_erf, Unary::silu, Unary::quick_gelu}) {
+      Tensor want = Tensor::zeros(x.shape(), DType::F32);
+      cpu::ref::unary(op, x, want);
+      Tensor got = op == Unary::gelu_tanh ? ops::gelu_tanh(c, x)
+                   : op == Unary::gelu_erf ? ops::gelu_erf(c, x)
+                   : op == Unary::silu     ? ops::silu(c, x)
+                                           : ops::quick_gelu(c, x);
+      expect_close(got, want, 1e-6, 1e-5, "unary n=" + std::to_string(n));
+    }
+    Tensor a = randn({2, n, 3}, 41), row = randn({3}, 42), col = randn({2, 1, 3}, 43);
+    for (const Tensor* b : {static_cast<const Tensor*>(&a), static_cast<const Tensor*>(&row), static_cast<const Tensor*>(&col)}) {
+      Tensor want = Tensor::zeros(a.shape(), DType::F32);
+      cpu::ref::binary(Binary::add, a, *b, want);
+      expect_close(ops::add(c, a, *b), want, 0, 0, "add");
+      cpu::ref::binary(Binary::mul, *b, a, want);
+      expect_close(ops::mul(c, *b, a), want, 0, 0, "mul broadcast first");
+      cpu::ref::binary(Binary::sub, a, *b, want);
+      expect_close(ops::sub(c, a, *b), want, 0, 0, "sub");
+    }
+  }
+}
+
+TEST(Kernels, RopeAgainstReference) {
+  Ctx c;
+  for (int L : kSizes) {
+    Tensor x = randn({2, 3, L, 16}, 50), cs = randn({1, L, 8}, 51), sn = randn({1, L, 8}, 52);
+    Tensor want = Tensor::zeros(x.shape(), DType::F32);
+    cpu::ref::rope(x, cs, sn, want);
+    expect_close(ops::rope(c, x, cs, sn), want, 1e-6, 1e-6, "rope L=" + std::to_string(L));
+  }
+}
+
+TEST(Kernels, ConvUpsampleConcatAgainstReference) {
+  Ctx c;
+  for (int hw : {1, 5, 16, 17}) {
+    Tensor x = randn({2, 5, hw, hw + 2}, 60);
+    for (int k : {1, 3}) {
+      Tensor w = randn({7, 5, k, k}, 61, 0.3f), b = randn({7}, 62);
+      for (Conv2dParams p : {Conv2dParams{1, k / 2, k / 2, k / 2, k / 2}, Conv2dParams{2, 0, 0, 1, 1}}) {
+        if (hw + p.pad_top + p.pad_bottom < k) continue;
+        Tensor got = ops::conv2d(c, x, w, &b, p);
+        Tensor want = Tensor::zeros(got.shape(), DType::F32);
+        cpu::ref::conv2d(x, w, &b, p, want);
+        expect_close(got, want, 1e-5, 1e-5, "conv2d k=" + std::to_string(k) + " hw=" + std::to_string(hw));
+      }
+    }
+    Tensor want = Tensor::zeros({2, 5, 2 * hw, 2 * (hw + 2)}, DType::F32);
+    cpu::ref::upsample_nearest2x(x, want);
+    expect_close(ops::upsample_nearest2x(c, x), want, 0, 0, "upsample");
+  }
+  Tensor a = randn({2, 3, 4}, 63), b = randn({2, 5, 4}, 64);
+  Tensor want = Tensor::zeros({2, 8, 4}, DType::F32);
+  cpu::ref::concat({a, b}, 1, want);
+  expect_close(ops::concat(c, {a, b}, 1), want, 0, 0, "concat");
+}
+
+TEST(Ops, ErrorsNameTheOpAndShapes) {
+  Ctx c;
+  Tensor x = randn({4, 30}, 1), w = randn({64, 32}, 2);
+  try {
+    ops::linear(c, x, w);
+    ADD_FAILURE();
+  } catch (const std::exception& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("[linear]"), std::string::npos) << m;
+    EXPECT_NE(m.find("F32[4, 30]"), std::string::npos) << m;
+    EXPECT_NE(m.find("F32[64, 32]"), std::string::npos) << m;
+  }
+  EXPECT_THROW(ops::group_norm(c, randn({1, 30, 2, 2}, 3), 32, nullptr, nullptr, 1e-6f), std::exception);
+  EXPECT_THROW(ops::add(c, randn({2, 3}, 4), randn({4}, 5)), std::exception);
+  EXPECT_THROW(ops::attention(c, randn({1, 2, 3, 4}, 6), randn({1, 2, 3, 8}, 7), randn({1, 2, 3, 8}, 8), 1.0f), std::exception);
+}
+
+TEST(Arena, ReusesMemoryAcrossPasses) {
+  Arena arena;
+  Ctx c;
+  c.arena = &arena;
+  Tensor x = randn({16, 64}, 1), w = randn({64, 64}, 2);
+  for (int pass = 0; pass < 3; ++pass) {
+    Tensor y = ops::linear(c, x, w);
+    for (int i = 0; i < 5; ++i) y = ops::gelu_tanh(c, y);
+    EXPECT_EQ(y.shape(), (Shape{16, 64}));
+    if (pass == 0) EXPECT_GT(arena.peak(), 0u);
+    size_t cap = arena.capacity();
+    arena.reset();
+    EXPECT_EQ(arena.used(), 0u);
+    if (pass > 0) EXPECT_EQ(arena.capacity(), cap);
+  }
+}
+
+}  // namespace
+}  // namespace fluxpipe
