@@ -14,6 +14,11 @@ std::string shape_str(const Shape& s) {
 }
 
 int64_t numel(const Shape& s) {
+  // A zero anywhere makes the product zero; checking first keeps huge partial products
+  // of a lying file header from overflowing.
+  for (int64_t d : s) {
+    if (d == 0) return 0;
+  }
   int64_t n = 1;
   for (int64_t d : s) n *= d;
   return n;

@@ -56,6 +56,15 @@ class Reader {
   std::string label_;
 };
 
+bool is_utf8(const std::string& s) {
+  try {
+    (void)json(s).dump();
+    return true;
+  } catch (const json::exception&) {
+    return false;
+  }
+}
+
 json read_value(Reader& r, uint32_t type, int depth) {
   switch (type) {
     case kU8: return r.get<uint8_t>();
@@ -69,16 +78,11 @@ json read_value(Reader& r, uint32_t type, int depth) {
     case kString: {
       std::string s = r.str();
       // JSON needs valid UTF-8; keep invalid strings as hex so nothing is lost or thrown later.
-      json j = s;
-      try {
-        (void)j.dump();
-      } catch (const json::exception&) {
-        std::string hex;
-        static const char* digits = "0123456789abcdef";
-        for (unsigned char c : s) hex += {digits[c >> 4], digits[c & 15]};
-        return json{{"invalid_utf8_hex", hex}};
-      }
-      return j;
+      if (is_utf8(s)) return s;
+      std::string hex;
+      static const char* digits = "0123456789abcdef";
+      for (unsigned char c : s) hex += {digits[c >> 4], digits[c & 15]};
+      return json{{"invalid_utf8_hex", hex}};
     }
     case kU64: return r.get<uint64_t>();
     case kI64: return r.get<int64_t>();
@@ -122,6 +126,7 @@ WeightSet parse_gguf(const std::shared_ptr<Storage>& file, const std::string& la
   uint64_t alignment = 32;
   for (uint64_t i = 0; i < n_kv; ++i) {
     std::string key = r.str();
+    if (!is_utf8(key)) r.fail("a metadata key is not valid UTF-8");
     uint32_t type = r.get<uint32_t>();
     json value = read_value(r, type, 0);
     if (key == "general.alignment") {

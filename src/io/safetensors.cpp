@@ -85,7 +85,9 @@ WeightSet parse_safetensors(const std::shared_ptr<Storage>& file, const std::str
   WeightSet ws;
   ws.files.push_back(label);
   std::vector<Entry> entries;
-  for (auto& [name, v] : header.items()) {
+  for (auto& item : header.items()) {
+    const std::string name = item.key();
+    const json& v = item.value();
     if (name == "__metadata__") {
       if (!v.is_object()) bad(label, "__metadata__ is not an object");
       for (auto& [k, mv] : v.items()) {
