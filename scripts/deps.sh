@@ -11,6 +11,7 @@ PACKAGES=(
   libcurl4-openssl-dev                  # outgoing webhooks
   libpng-dev                            # PNG images with text chunks
   libgtest-dev                          # tests
+  libdnnl-dev libopenblas-dev           # baselines in the engine benchmark (bench/core_bench)
   clang libclang-rt-14-dev              # libFuzzer targets (run briefly in the test command)
   curl                                  # smoke checks in scripts
 )

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <random>
 
+#include "backend/cpu/dequant_avx512.h"
 #include "backend/cpu/gemm.h"
 #include "backend/cpu/reference.h"
 #include "core/thread_pool.h"
@@ -94,6 +95,48 @@ TEST(Kernels, LinearBf16PathAgainstReference) {
     Tensor want = Tensor::zeros({M, 70}, DType::F32);
     cpu::ref::linear(convert(x, DType::BF16), convert(w, DType::BF16), nullptr, want);
     expect_close(got, want, 1e-4, 1e-4, "linear bf16 M=" + std::to_string(M));
+  }
+}
+
+TEST(Kernels, AmxAndAvx512Bf16KernelsAgree) {
+  Ctx c;
+  c.compute = Compute::BF16;
+  for (int M : {1, 31, 32, 33, 70}) {
+    for (int K : {16, 33, 256, 300}) {
+      Tensor x = randn({M, K}, 70 + M), w = convert(randn({97, K}, 71, 0.1f), DType::BF16);
+      Tensor first = ops::linear(c, x, w);
+      cpu::gemm_force_no_amx(true);
+      Tensor second = ops::linear(c, x, w);
+      cpu::gemm_force_no_amx(false);
+      // Both multiply the same bf16 values exactly and accumulate in F32; only the order differs.
+      expect_close(first, second, 1e-4, 1e-5, "amx vs avx512-bf16 M=" + std::to_string(M) + " K=" + std::to_string(K));
+    }
+  }
+}
+
+TEST(Kernels, VectorDequantizationIsBitIdenticalToTheReference) {
+  for (DType d : {DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_K}) {
+    Tensor w = convert(randn({4, 512}, 90, 0.5f), d);
+    std::vector<float> fast(2048), slow(2048);
+    ASSERT_TRUE(cpu::dequantize_avx512(d, w.data<uint8_t>(), fast.data(), 2048) || !__builtin_cpu_supports("avx512f"));
+    if (!__builtin_cpu_supports("avx512f")) GTEST_SKIP() << "no AVX-512 on this CPU";
+    to_f32(d, w.data<uint8_t>(), slow.data(), 2048);
+    EXPECT_EQ(fast, slow) << name(d);
+  }
+}
+
+TEST(Kernels, OneDnnPathMatchesOwnKernels) {
+  Ctx c;
+  c.compute = Compute::BF16;
+  for (DType d : {DType::BF16, DType::F16, DType::Q8_0, DType::Q4_K}) {
+    for (int M : {64, 100}) {
+      Tensor x = randn({M, 512}, 80 + M), w = convert(randn({300, 512}, 81, 0.1f), d);
+      Tensor via_library = ops::linear(c, x, w);
+      cpu::gemm_force_own(true);
+      Tensor own = ops::linear(c, x, w);
+      cpu::gemm_force_own(false);
+      expect_close(via_library, own, 1e-4, 1e-5, std::string("oneDNN vs own, w=") + name(d));
+    }
   }
 }
 

@@ -1,12 +1,16 @@
 #include "backend/cpu/gemm.h"
 
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <vector>
 
+#include "backend/cpu/dequant_avx512.h"
+#include "backend/cpu/onednn_gemm.h"
 #include "core/thread_pool.h"
 
 namespace fluxpipe::cpu {
@@ -15,7 +19,7 @@ namespace {
 constexpr int MR = 8;      // rows per micro-tile
 constexpr int NR = 32;     // columns per packed panel (two 16-lane vectors)
 constexpr int NC = 128;    // columns per thread work unit
-constexpr int KC = 256;    // K per packed chunk (a multiple of every block size)
+constexpr int KC = 512;    // K per packed chunk (a multiple of every block size)
 
 std::atomic<bool> g_force_portable{false};
 
@@ -27,17 +31,31 @@ bool cpu_has_avx512bf16() {
   static const bool v = cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
   return v;
 }
+// AMX needs the kernel's permission to use the tile state (Linux 5.16+), asked once per process.
+bool cpu_has_amx() {
+  static const bool v = [] {
+    if (!cpu_has_avx512bf16() || !__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16")) return false;
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return v;
+}
 bool cpu_has_avx2() {
   static const bool v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return v;
 }
 
 // ---- packing -----------------------------------------------------------------------------
+
+}  // namespace
+
 // Row chunk B[n, k0 : k0+kc] as floats into `row` (kc floats).
-void load_row(const BMatrix& B, int64_t n, int64_t k0, int64_t kc, float* row) {
+void b_row_to_f32(const BMatrix& B, int64_t n, int64_t k0, int64_t kc, float* row) {
   const uint8_t* p = B.data + n * B.row_bytes + bytes_for(B.dtype, k0);
-  to_f32(B.dtype, p, row, kc);
+  if (!dequantize_avx512(B.dtype, p, row, kc)) to_f32(B.dtype, p, row, kc);
 }
+
+namespace {
 
 // F32 panel: Bp[k * NR + j] = B[n0 + j, k0 + k], zero beyond N.
 void pack_f32(const BMatrix& B, int64_t n0, int64_t N, int64_t k0, int64_t kc, float* Bp, float* row) {
@@ -50,29 +68,89 @@ void pack_f32(const BMatrix& B, int64_t n0, int64_t N, int64_t k0, int64_t kc, f
       const float* src = reinterpret_cast<const float*>(B.data + (n0 + j) * B.row_bytes) + k0;
       for (int64_t k = 0; k < kc; ++k) Bp[k * NR + j] = src[k];
     } else {
-      load_row(B, n0 + j, k0, kc, row);
+      b_row_to_f32(B, n0 + j, k0, kc, row);
       for (int64_t k = 0; k < kc; ++k) Bp[k * NR + j] = row[k];
     }
   }
 }
 
-// BF16 panel, K in pairs: Bp[(p * NR + j) * 2 + e] = bf16(B[n0 + j, k0 + 2p + e]); zero beyond N and K.
-void pack_bf16(const BMatrix& B, int64_t n0, int64_t N, int64_t k0, int64_t kc, uint16_t* Bp, float* row) {
-  int64_t pairs = (kc + 1) / 2;
-  for (int j = 0; j < NR; ++j) {
-    if (n0 + j >= N) {
-      for (int64_t p = 0; p < pairs; ++p) Bp[(p * NR + j) * 2] = Bp[(p * NR + j) * 2 + 1] = 0;
-      continue;
-    }
-    if (B.dtype == DType::BF16) {
-      const uint16_t* src = reinterpret_cast<const uint16_t*>(B.data + (n0 + j) * B.row_bytes) + k0;
-      for (int64_t k = 0; k < kc; ++k) Bp[((k >> 1) * NR + j) * 2 + (k & 1)] = src[k];
-    } else {
-      load_row(B, n0 + j, k0, kc, row);
-      for (int64_t k = 0; k < kc; ++k) Bp[((k >> 1) * NR + j) * 2 + (k & 1)] = f32_to_bf16(row[k]);
-    }
-    if (kc & 1) Bp[((kc >> 1) * NR + j) * 2 + 1] = 0;
+// Rounds n floats to bf16 (nearest even), 32 at a time where AVX-512 BF16 exists.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void f32_to_bf16_avx512(const float* src, uint16_t* dst,
+                                                                              int64_t n) {
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + i + 16), _mm512_loadu_ps(src + i));
+    _mm512_storeu_si512(dst + i, (__m512i)v);
   }
+  for (; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
+}
+
+}  // namespace
+
+void f32_row_to_bf16(const float* src, uint16_t* dst, int64_t n) {
+  if (cpu_has_avx512bf16()) {
+    f32_to_bf16_avx512(src, dst, n);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
+}
+
+namespace {
+
+// Interleaves 32 bf16 rows (one per output column) into the panel: the pair (k, k+1) of
+// column j is one 32-bit word, so panel row p is a gather of word p from each column's row.
+__attribute__((target("avx512f,avx512bw"))) void interleave_pairs_avx512(const uint16_t* base,
+                                                                         const int32_t* word_offsets, int64_t pairs,
+                                                                         uint16_t* Bp) {
+  __m512i idx0 = _mm512_loadu_si512(word_offsets), idx1 = _mm512_loadu_si512(word_offsets + 16);
+  const __m512i one = _mm512_set1_epi32(1);
+  for (int64_t p = 0; p < pairs; ++p) {
+    _mm512_storeu_si512(Bp + p * NR * 2, _mm512_i32gather_epi32(idx0, base, 4));
+    _mm512_storeu_si512(Bp + p * NR * 2 + 32, _mm512_i32gather_epi32(idx1, base, 4));
+    idx0 = _mm512_add_epi32(idx0, one);
+    idx1 = _mm512_add_epi32(idx1, one);
+  }
+}
+
+// BF16 panel, K in pairs: Bp[(p * NR + j) * 2 + e] = bf16(B[n0 + j, k0 + 2p + e]); zero beyond N
+// and K, up to `kc_padded` (a multiple of 32 for the AMX tiles). `rows` is scratch for
+// NR x kc_padded bf16 values.
+void pack_bf16(const BMatrix& B, int64_t n0, int64_t N, int64_t k0, int64_t kc, int64_t kc_padded, uint16_t* Bp,
+               float* row, uint16_t* rows) {
+  int64_t pairs = (kc_padded + 1) / 2;
+  int64_t stride = (kc_padded + 1) & ~int64_t{1};   // even, so that pairs are aligned words
+  const uint16_t* base = rows;
+  int32_t offsets[NR];
+  bool direct = B.dtype == DType::BF16 && kc == kc_padded && (B.row_bytes % 4) == 0 && (k0 % 2) == 0 &&
+                n0 + NR <= N && static_cast<int64_t>(NR) * B.row_bytes < (int64_t{1} << 31);
+  if (direct) {   // gather straight from the weight rows
+    base = reinterpret_cast<const uint16_t*>(B.data + n0 * B.row_bytes) + k0;
+    for (int j = 0; j < NR; ++j) offsets[j] = static_cast<int32_t>(j * (B.row_bytes / 4));
+  } else {
+    for (int j = 0; j < NR; ++j) {
+      uint16_t* dst = rows + j * stride;
+      offsets[j] = static_cast<int32_t>(j * stride / 2);
+      if (n0 + j >= N) {
+        std::memset(dst, 0, static_cast<size_t>(stride) * 2);
+        continue;
+      }
+      if (B.dtype == DType::BF16) {
+        std::memcpy(dst, B.data + (n0 + j) * B.row_bytes + k0 * 2, static_cast<size_t>(kc) * 2);
+      } else {
+        b_row_to_f32(B, n0 + j, k0, kc, row);
+        f32_row_to_bf16(row, dst, kc);
+      }
+      std::memset(dst + kc, 0, static_cast<size_t>(stride - kc) * 2);
+    }
+  }
+  if (cpu_has_avx512()) {
+    interleave_pairs_avx512(base, offsets, pairs, Bp);
+    return;
+  }
+  const uint32_t* words = reinterpret_cast<const uint32_t*>(base);
+  uint32_t* out = reinterpret_cast<uint32_t*>(Bp);
+  for (int64_t p = 0; p < pairs; ++p)
+    for (int j = 0; j < NR; ++j) out[p * NR + j] = words[offsets[j] + p];
 }
 
 // ---- micro-kernels: C[rows x 32] (+)= A[rows x kc] · panel --------------------------------
@@ -163,6 +241,59 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void ukernel_bf16_avx512(
   }
 }
 
+// AMX: C[32 x 32] (+)= A[32 x kc] · panel, kc a multiple of 32. Tiles 0-3 hold C as 2x2 blocks
+// of 16x16 floats; 4-5 hold 16 rows x 32 bf16 of A; 6-7 hold 16 k-pairs x 16 columns of the
+// panel, which is already in the pair-interleaved layout the tiles expect.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+__attribute__((target("amx-tile,amx-bf16"))) void amx_configure() {
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  // GCC 12's _tile_loadconfig tells the compiler it reads only 8 bytes, so the stores above
+  // were dropped as dead; an asm operand naming the whole struct keeps them.
+  asm volatile("ldtilecfg %0" : : "m"(cfg));
+}
+
+__attribute__((target("amx-tile,amx-bf16"))) void amx_release() { _tile_release(); }
+
+__attribute__((target("amx-tile,amx-bf16"))) void ukernel_amx(const uint16_t* A, int64_t lda, const uint16_t* Bp,
+                                                               int64_t kc_padded, float* C, int64_t ldc, bool first) {
+  const int64_t cs = ldc * 4, as = lda * 2;
+  if (first) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+  } else {
+    _tile_loadd(0, C, cs);
+    _tile_loadd(1, C + 16, cs);
+    _tile_loadd(2, C + 16 * ldc, cs);
+    _tile_loadd(3, C + 16 * ldc + 16, cs);
+  }
+  for (int64_t k = 0; k < kc_padded; k += 32) {
+    _tile_loadd(4, A + k, as);
+    _tile_loadd(5, A + 16 * lda + k, as);
+    _tile_loadd(6, Bp + (k / 2) * NR * 2, NR * 4);
+    _tile_loadd(7, Bp + (k / 2) * NR * 2 + 32, NR * 4);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, C, cs);
+  _tile_stored(1, C + 16, cs);
+  _tile_stored(2, C + 16 * ldc, cs);
+  _tile_stored(3, C + 16 * ldc + 16, cs);
+}
+
 // Portable kernel, plain loops the compiler vectorises; cloned for AVX2+FMA and baseline.
 __attribute__((target_clones("avx2,fma", "default"))) void ukernel_f32_portable(int rows, const float* A,
                                                                                 int64_t lda, const float* Bp,
@@ -184,10 +315,14 @@ __attribute__((target_clones("avx2,fma", "default"))) void ukernel_f32_portable(
   }
 }
 
-enum class Kernel { f32_avx512, bf16_avx512, f32_portable };
+enum class Kernel { f32_avx512, bf16_avx512, bf16_amx, f32_portable };
+
+std::atomic<bool> g_force_no_amx{false};
+std::atomic<bool> g_force_own{false};
 
 Kernel pick(Compute c) {
   if (g_force_portable || !cpu_has_avx512()) return Kernel::f32_portable;
+  if (c == Compute::BF16 && !g_force_no_amx && cpu_has_amx()) return Kernel::bf16_amx;
   if (c == Compute::BF16 && cpu_has_avx512bf16()) return Kernel::bf16_avx512;
   return Kernel::f32_avx512;
 }
@@ -206,6 +341,7 @@ std::vector<float> round_rows_bf16(const float* A, int64_t lda, int64_t M, int64
 
 const char* gemm_kernel_name(Compute c) {
   switch (pick(c)) {
+    case Kernel::bf16_amx: return "amx-bf16";
     case Kernel::bf16_avx512: return "avx512-bf16";
     case Kernel::f32_avx512: return "avx512";
     case Kernel::f32_portable: return cpu_has_avx2() ? "avx2" : "generic";
@@ -214,6 +350,9 @@ const char* gemm_kernel_name(Compute c) {
 }
 
 void gemm_force_portable(bool on) { g_force_portable = on; }
+bool gemm_has_amx() { return cpu_has_amx(); }
+void gemm_force_no_amx(bool on) { g_force_no_amx = on; }
+void gemm_force_own(bool on) { g_force_own = on; }
 
 void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N, int64_t K,
           Compute compute, bool parallel) {
@@ -223,6 +362,11 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
     return;
   }
   Kernel kernel = pick(compute);
+  // oneDNN is faster for large dense products where it has AMX or AVX-512 BF16 (bench/core_bench).
+  if (compute == Compute::BF16 && parallel && M >= 64 && !g_force_own && !g_force_portable &&
+      (kernel == Kernel::bf16_amx || kernel == Kernel::bf16_avx512) && onednn_gemm_bf16(A, lda, B, C, ldc, M, N, K)) {
+    return;
+  }
   // BF16 compute without bf16 instructions: same rounding of A (and of B while packing).
   std::vector<float> rounded;
   bool round_b = false;
@@ -233,29 +377,45 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
     round_b = true;
   }
   // bf16 copy of A, K padded to even.
+  const bool bf16_kernel = kernel == Kernel::bf16_avx512 || kernel == Kernel::bf16_amx;
   std::vector<uint16_t> abf;
-  int64_t lda16 = (K + 1) & ~int64_t{1};
-  if (kernel == Kernel::bf16_avx512) {
+  int64_t lda16 = kernel == Kernel::bf16_amx ? (K + 31) / 32 * 32 : (K + 1) & ~int64_t{1};
+  if (bf16_kernel) {
     abf.assign(static_cast<size_t>(M * lda16), 0);
-    for (int64_t m = 0; m < M; ++m) {
-      for (int64_t k = 0; k < K; ++k) abf[static_cast<size_t>(m * lda16 + k)] = f32_to_bf16(A[m * lda + k]);
+    auto convert = [&](int, int64_t b, int64_t e) {
+      for (int64_t m = b; m < e; ++m) f32_row_to_bf16(A + m * lda, abf.data() + m * lda16, K);
+    };
+    if (parallel && M * K > 65536) {
+      ThreadPool::global().parallel_for(M, convert);
+    } else {
+      convert(0, 0, M);
     }
   }
   int64_t blocks = (N + NC - 1) / NC;
   auto work = [&](int, int64_t b_begin, int64_t b_end) {
     std::vector<float> row(KC);
-    std::vector<float> packed_f32(kernel == Kernel::bf16_avx512 ? 0 : static_cast<size_t>(NC) * KC);
-    std::vector<uint16_t> packed_bf16(kernel == Kernel::bf16_avx512 ? static_cast<size_t>(NC) * KC : 0);
+    std::vector<float> packed_f32(bf16_kernel ? 0 : static_cast<size_t>(NC) * KC);
+    std::vector<uint16_t> packed_bf16(bf16_kernel ? static_cast<size_t>(NC) * KC : 0);
+    std::vector<uint16_t> rows_bf16(bf16_kernel ? static_cast<size_t>(NR) * (KC + 2) : 0);
+    std::vector<uint16_t> a_tail;   // AMX: the last rows, zero-padded to 32
+    std::vector<float> c_tail;
+    if (kernel == Kernel::bf16_amx) {
+      amx_configure();
+      a_tail.assign(static_cast<size_t>(32 * KC), 0);
+      c_tail.assign(32 * NR, 0.0f);
+    }
     for (int64_t blk = b_begin; blk < b_end; ++blk) {
       int64_t n_begin = blk * NC, n_end = std::min(N, n_begin + NC);
       for (int64_t k0 = 0; k0 < K; k0 += KC) {
         int64_t kc = std::min<int64_t>(KC, K - k0);
+        int64_t kc_padded = kernel == Kernel::bf16_amx ? (kc + 31) / 32 * 32 : kc;
         bool first = k0 == 0;
         int panels = static_cast<int>((n_end - n_begin + NR - 1) / NR);
         for (int pnl = 0; pnl < panels; ++pnl) {
           int64_t n0 = n_begin + pnl * NR;
-          if (kernel == Kernel::bf16_avx512) {
-            pack_bf16(B, n0, N, k0, kc, packed_bf16.data() + static_cast<size_t>(pnl) * NR * KC, row.data());
+          if (bf16_kernel) {
+            pack_bf16(B, n0, N, k0, kc, kc_padded, packed_bf16.data() + static_cast<size_t>(pnl) * NR * KC, row.data(),
+                      rows_bf16.data());
           } else {
             float* dst = packed_f32.data() + static_cast<size_t>(pnl) * NR * KC;
             pack_f32(B, n0, N, k0, kc, dst, row.data());
@@ -263,6 +423,35 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
               for (int64_t i = 0; i < kc * NR; ++i) dst[i] = bf16_to_f32(f32_to_bf16(dst[i]));
             }
           }
+        }
+        if (kernel == Kernel::bf16_amx) {
+          for (int64_t m0 = 0; m0 < M; m0 += 32) {
+            int rows = static_cast<int>(std::min<int64_t>(32, M - m0));
+            const uint16_t* a = abf.data() + m0 * lda16 + k0;
+            int64_t lda_used = lda16;
+            if (rows < 32) {
+              std::fill(a_tail.begin(), a_tail.end(), 0);
+              for (int r = 0; r < rows; ++r) std::memcpy(a_tail.data() + r * KC, a + r * lda16, static_cast<size_t>(kc_padded) * 2);
+              a = a_tail.data();
+              lda_used = KC;
+            }
+            for (int pnl = 0; pnl < panels; ++pnl) {
+              int64_t n0 = n_begin + pnl * NR;
+              int nv = static_cast<int>(std::min<int64_t>(NR, N - n0));
+              float* c = C + m0 * ldc + n0;
+              const uint16_t* bp = packed_bf16.data() + static_cast<size_t>(pnl) * NR * KC;
+              if (rows == 32 && nv == NR) {
+                ukernel_amx(a, lda_used, bp, kc_padded, c, ldc, first);
+                continue;
+              }
+              for (int r = 0; r < 32; ++r)
+                for (int j = 0; j < NR; ++j) c_tail[static_cast<size_t>(r * NR + j)] = (!first && r < rows && j < nv) ? c[r * ldc + j] : 0.0f;
+              ukernel_amx(a, lda_used, bp, kc_padded, c_tail.data(), NR, /*first=*/false);   // c_tail holds the start
+              for (int r = 0; r < rows; ++r)
+                for (int j = 0; j < nv; ++j) c[r * ldc + j] = c_tail[static_cast<size_t>(r * NR + j)];
+            }
+          }
+          continue;
         }
         for (int64_t m0 = 0; m0 < M; m0 += MR) {
           int rows = static_cast<int>(std::min<int64_t>(MR, M - m0));
@@ -290,10 +479,14 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
       }
     }
   };
+  auto run = [&](int t, int64_t b, int64_t e) {
+    work(t, b, e);
+    if (kernel == Kernel::bf16_amx) amx_release();
+  };
   if (parallel) {
-    ThreadPool::global().parallel_for(blocks, work);
+    ThreadPool::global().parallel_for(blocks, run);
   } else {
-    work(0, 0, blocks);
+    run(0, 0, blocks);
   }
 }
 

@@ -4,7 +4,7 @@
 // Blocking: N in blocks of 128 columns (a thread owns whole blocks, so every element of C is
 // computed by one thread in one fixed order: results do not depend on the thread count),
 // K in chunks of 256 packed into an L1/L2-resident panel, M in micro-tiles of 8 rows.
-// Kernels: AVX-512 F32 FMA and AVX-512 BF16 (vdpbf16ps) where the CPU has them, and a
+// Kernels: AMX BF16 tiles, AVX-512 F32 FMA and AVX-512 BF16 (vdpbf16ps) where the CPU has them, and a
 // portable kernel (compiled for AVX2+FMA and for baseline x86-64) otherwise.
 // Thread-safety: re-entrant; `parallel` uses the global ThreadPool.
 #pragma once
@@ -26,9 +26,19 @@ struct BMatrix {
 void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N, int64_t K,
           Compute compute, bool parallel);
 
-// Which kernels this CPU runs ("avx512-bf16", "avx512", "avx2", "generic").
+// Which kernels this CPU runs ("amx-bf16", "avx512-bf16", "avx512", "avx2", "generic").
 const char* gemm_kernel_name(Compute compute);
+// True when the CPU has AMX BF16 tiles and the kernel lets this process use them.
+bool gemm_has_amx();
 // For tests: force the portable kernels even where AVX-512 exists.
 void gemm_force_portable(bool on);
+// For tests: use the AVX-512 BF16 kernel even where AMX exists.
+void gemm_force_no_amx(bool on);
+// For tests and benchmarks: never hand the product to oneDNN.
+void gemm_force_own(bool on);
+
+// Helpers shared with the oneDNN path.
+void b_row_to_f32(const BMatrix& B, int64_t n, int64_t k0, int64_t kc, float* row);
+void f32_row_to_bf16(const float* src, uint16_t* dst, int64_t n);
 
 }  // namespace fluxpipe::cpu

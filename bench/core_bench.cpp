@@ -1,0 +1,240 @@
+// Engine-core benchmark (not a test). Prints, in one run on the same machine:
+//   - the measured peak: an F32 FMA loop and a BF16 dot-product loop, per thread count;
+//   - GEMM at FLUX.1's shapes for BF16, F16, Q8_0, Q4_0 and Q4_K weights (BF16 compute), as
+//     GFLOP/s, as a fraction of the measured BF16 peak, and as ratios to oneDNN's bf16 matmul
+//     and OpenBLAS sgemm on the same shapes;
+//   - attention at L = 512, 1280, 4352 with 24 heads of 128.
+//
+//   build/bench/core_bench [--threads 2] [--quick] [--reps 2]
+// --quick runs M = 512 and the first three (K, N) shapes only.
+#include <cblas.h>
+#include <immintrin.h>
+#include <omp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <dnnl.hpp>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/gemm.h"
+#include "core/thread_pool.h"
+#include "ops/ops.h"
+
+using namespace fluxpipe;
+
+namespace {
+
+double seconds_of(const std::function<void()>& fn, int reps) {
+  fn();   // warm-up (page faults, packing buffers)
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    auto t0 = std::chrono::steady_clock::now();
+    fn();
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
+
+__attribute__((target("avx512f"))) double fma_loop(int64_t iters) {
+  __m512 acc[12];
+  for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i));
+  __m512 a = _mm512_set1_ps(1.0000001f), b = _mm512_set1_ps(0.9999999f);
+  for (int64_t it = 0; it < iters; ++it)
+    for (int i = 0; i < 12; ++i) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+  float s = 0;
+  for (int i = 0; i < 12; ++i) s += _mm512_reduce_add_ps(acc[i]);
+  return s;
+}
+
+__attribute__((target("avx512f,avx512bf16"))) double bf16_loop(int64_t iters) {
+  __m512 acc[12];
+  for (int i = 0; i < 12; ++i) acc[i] = _mm512_setzero_ps();
+  __m512bh a = (__m512bh)_mm512_set1_epi16(0x3F80), b = (__m512bh)_mm512_set1_epi16(0x3F80);
+  for (int64_t it = 0; it < iters; ++it)
+    for (int i = 0; i < 12; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+  float s = 0;
+  for (int i = 0; i < 12; ++i) s += _mm512_reduce_add_ps(acc[i]);
+  return s;
+}
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// AMX: four independent 16x16 accumulators, each tdpbf16ps is 16*16*32*2 FLOP.
+__attribute__((target("amx-tile,amx-bf16"))) double amx_loop(int64_t iters) {
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  asm volatile("ldtilecfg %0" : : "m"(cfg));
+  alignas(64) static thread_local uint16_t zeros[16 * 32] = {};
+  _tile_loadd(4, zeros, 64);
+  _tile_loadd(6, zeros, 64);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t it = 0; it < iters; ++it) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 6);
+    _tile_dpbf16ps(2, 4, 6);
+    _tile_dpbf16ps(3, 4, 6);
+  }
+  alignas(64) float out[256];
+  _tile_stored(0, out, 64);
+  _tile_release();
+  return out[0];
+}
+
+double amx_peak(int threads) {
+  ThreadPool::set_global_threads(threads);
+  const int64_t iters = 2'000'000;
+  volatile double sink = 0;
+  double t = seconds_of([&] {
+    ThreadPool::global().parallel_for(threads, [&](int, int64_t, int64_t) { sink = sink + amx_loop(iters); });
+  }, 2);
+  return 4.0 * 16 * 16 * 32 * 2 * static_cast<double>(iters) * threads / t;
+}
+
+// FLOP/s of `loop` run on every thread of the pool at once.
+double peak(bool bf16, int threads) {
+  ThreadPool::set_global_threads(threads);
+  const int64_t iters = 20'000'000;
+  volatile double sink = 0;
+  double t = seconds_of([&] {
+    ThreadPool::global().parallel_for(threads, [&](int, int64_t, int64_t) { sink = sink + (bf16 ? bf16_loop(iters) : fma_loop(iters)); });
+  }, 2);
+  double flop_per_iter = 12.0 * 16 * 2 * (bf16 ? 2 : 1);   // 16 lanes, multiply+add; bf16 does two pairs
+  return flop_per_iter * static_cast<double>(iters) * threads / t;
+}
+
+Tensor random_weights(int64_t N, int64_t K, DType d) {
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  std::vector<float> f(static_cast<size_t>(N * K));
+  for (float& v : f) v = nd(rng);
+  Tensor w = Tensor::zeros({N, K}, d);
+  from_f32(d, f.data(), w.data<uint8_t>(), N * K);
+  return w;
+}
+
+struct OneDnnGemm {
+  dnnl::engine eng{dnnl::engine::kind::cpu, 0};
+  dnnl::stream stream{eng};
+  double run(int64_t M, int64_t N, int64_t K, int reps) {
+    using dt = dnnl::memory::data_type;
+    using tag = dnnl::memory::format_tag;
+    dnnl::memory::desc a_md({M, K}, dt::bf16, tag::ab), b_md({K, N}, dt::bf16, tag::ba), c_md({M, N}, dt::f32, tag::ab);
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), eng);
+    dnnl::memory a(a_md, eng), b(b_md, eng), c(c_md, eng);
+    std::memset(a.get_data_handle(), 0x3c, a_md.get_size());
+    std::memset(b.get_data_handle(), 0x3c, b_md.get_size());
+    dnnl::matmul mm(pd);
+    return seconds_of([&] {
+      mm.execute(stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
+      stream.wait();
+    }, reps);
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int threads = 2, reps = 2;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
+    else if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else {
+      std::fprintf(stderr, "usage: core_bench [--threads N] [--reps N] [--quick]\n");
+      return 2;
+    }
+  }
+  omp_set_num_threads(threads);
+  openblas_set_num_threads(threads);
+
+  double fma1 = peak(false, 1), bf1 = peak(true, 1);
+  double fmaN = peak(false, threads), bfN = peak(true, threads);   // bfN: raised to the AMX peak where present
+  std::printf("peak (measured): F32 FMA %.0f GFLOP/s on 1 thread, %.0f on %d; BF16 dot %.0f on 1, %.0f on %d\n",
+              fma1 / 1e9, fmaN / 1e9, threads, bf1 / 1e9, bfN / 1e9, threads);
+  if (cpu::gemm_has_amx()) {
+    double amx1 = amx_peak(1), amxN = amx_peak(threads);
+    std::printf("peak (measured): AMX BF16 tiles %.0f GFLOP/s on 1 thread, %.0f on %d\n", amx1 / 1e9, amxN / 1e9, threads);
+    bfN = std::max(bfN, amxN);
+  }
+  std::printf("BF16 peak used below: %.0f GFLOP/s\n", bfN / 1e9);
+  ThreadPool::set_global_threads(threads);
+  std::printf("gemm kernels: F32 %s, BF16 %s; %d threads, best of %d\n\n", cpu::gemm_kernel_name(Compute::F32),
+              cpu::gemm_kernel_name(Compute::BF16), threads, reps);
+
+  std::vector<std::pair<int64_t, int64_t>> shapes = {{3072, 3072}, {3072, 9216}, {3072, 12288}, {12288, 3072},
+                                                     {3072, 21504}, {15360, 3072}, {4096, 3072}};
+  std::vector<int64_t> ms = {512, 1280, 4352};
+  if (quick) {
+    shapes.resize(3);
+    ms = {512};
+  }
+  const DType dtypes[] = {DType::BF16, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_K};
+  OneDnnGemm onednn;
+  std::printf("GFLOP/s. dnnl: oneDNN bf16 matmul alone; sgemm: OpenBLAS; own: our kernel on BF16 weights;\n"
+              "BF16..Q4_K: ops::linear as the engine runs it (oneDNN for M >= 64 where it wins, weights of\n"
+              "every dtype widened to bf16 in column chunks).\n");
+  std::printf("%5s %6s %6s | %6s %6s %6s | %6s %6s %6s %6s %6s | BF16/peak | BF16/dnnl own/dnnl BF16/blas | Q8/BF16 Q4_0/BF16 Q4K/BF16\n",
+              "M", "K", "N", "dnnl", "sgemm", "own", "BF16", "F16", "Q8_0", "Q4_0", "Q4_K");
+  Ctx ctx;
+  ctx.compute = Compute::BF16;
+  for (int64_t M : ms) {
+    std::vector<float> xa(static_cast<size_t>(M * 15360), 0.01f);
+    for (auto [K, N] : shapes) {
+      double flop = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
+      double t_dnnl = onednn.run(M, N, K, reps);
+      std::vector<float> A(static_cast<size_t>(M * K), 0.01f), B(static_cast<size_t>(N * K), 0.02f), C(static_cast<size_t>(M * N));
+      double t_blas = seconds_of([&] {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), 1.0f,
+                    A.data(), static_cast<int>(K), B.data(), static_cast<int>(K), 0.0f, C.data(), static_cast<int>(N));
+      }, reps);
+      Tensor x = Tensor::from_floats({M, K}, std::vector<float>(A.begin(), A.end()));
+      cpu::gemm_force_own(true);
+      Tensor wb = random_weights(N, K, DType::BF16);
+      double own = flop / seconds_of([&] { ops::linear(ctx, x, wb); }, reps) / 1e9;
+      cpu::gemm_force_own(false);
+      double gf[5];
+      for (int d = 0; d < 5; ++d) {
+        Tensor w = random_weights(N, K, dtypes[d]);
+        gf[d] = flop / seconds_of([&] { ops::linear(ctx, x, w); }, reps) / 1e9;
+      }
+      double dn = flop / t_dnnl / 1e9, bl = flop / t_blas / 1e9;
+      std::printf("%5lld %6lld %6lld | %6.0f %6.0f %6.0f | %6.0f %6.0f %6.0f %6.0f %6.0f |   %5.1f%%  |   %5.2f    %5.2f    %5.2f  |  %5.2f  %5.2f  %5.2f\n",
+                  static_cast<long long>(M), static_cast<long long>(K), static_cast<long long>(N), dn, bl, own, gf[0], gf[1],
+                  gf[2], gf[3], gf[4], 100.0 * gf[0] * 1e9 / bfN, gf[0] / dn, own / dn, gf[0] / bl, gf[2] / gf[0],
+                  gf[3] / gf[0], gf[4] / gf[0]);
+      std::fflush(stdout);
+    }
+  }
+
+  std::printf("\nattention, 24 heads x 128, BF16 compute (FLOP = 4 L^2 D H):\n");
+  for (int64_t L : {512, 1280, 4352}) {
+    if (quick && L > 1280) break;
+    Tensor q = Tensor::zeros({1, 24, L, 128}, DType::F32);
+    std::vector<float> f(static_cast<size_t>(q.numel()));
+    std::mt19937 rng(3);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (float& v : f) v = nd(rng);
+    std::memcpy(q.data<float>(), f.data(), f.size() * 4);
+    double flop = 4.0 * static_cast<double>(L) * static_cast<double>(L) * 128 * 24;
+    double t = seconds_of([&] { ops::attention(ctx, q, q, q, 1.0f / std::sqrt(128.0f)); }, reps);
+    std::printf("  L=%5lld  %7.3f s  %6.0f GFLOP/s  %5.1f%% of the BF16 peak\n", static_cast<long long>(L), t,
+                flop / t / 1e9, 100.0 * flop / t / bfN);
+  }
+  return 0;
+}

@@ -1,0 +1,99 @@
+// AVX-512 dequantization of the block types that dominate FLUX.1 GGUF files (Q8_0, Q4_0,
+// Q4_K) and of F16. Bit-identical to the reference in core/dtype.cpp: the same float
+// operations in the same order (this file is compiled with -ffp-contract=off so that no
+// multiply-add is fused behind our back).
+#include "backend/cpu/dequant_avx512.h"
+
+#include <immintrin.h>
+
+#include <cstring>
+
+namespace fluxpipe::cpu {
+namespace {
+
+__attribute__((target("avx512f,avx512bw,f16c"))) inline float half(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+__attribute__((target("avx512f,avx512bw,f16c"))) void q8_0(const uint8_t* b, float* y, int64_t blocks) {
+  for (int64_t i = 0; i < blocks; ++i, b += 34, y += 32) {
+    __m512 d = _mm512_set1_ps(half(b));
+    __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2));
+    __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 18));
+    _mm512_storeu_ps(y, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo))));
+    _mm512_storeu_ps(y + 16, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi))));
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,f16c"))) void q4_0(const uint8_t* b, float* y, int64_t blocks) {
+  const __m128i low4 = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
+  for (int64_t i = 0; i < blocks; ++i, b += 18, y += 32) {
+    __m512 d = _mm512_set1_ps(half(b));
+    __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2));
+    __m128i lo = _mm_sub_epi8(_mm_and_si128(q, low4), eight);
+    __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), low4), eight);
+    _mm512_storeu_ps(y, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo))));
+    _mm512_storeu_ps(y + 16, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi))));
+  }
+}
+
+void scale_min_k4(int j, const uint8_t* q, uint8_t* sc, uint8_t* mn) {
+  if (j < 4) {
+    *sc = q[j] & 63;
+    *mn = q[j + 4] & 63;
+  } else {
+    *sc = static_cast<uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+    *mn = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,f16c"))) void q4_k(const uint8_t* b, float* y, int64_t blocks) {
+  const __m128i low4 = _mm_set1_epi8(0x0F);
+  for (int64_t i = 0; i < blocks; ++i, b += 144) {
+    float d = half(b), dmin = half(b + 2);
+    const uint8_t* scales = b + 4;
+    const uint8_t* q = b + 16;
+    for (int j = 0, is = 0; j < 256; j += 64, is += 2, q += 32) {
+      uint8_t sc, mn;
+      scale_min_k4(is, scales, &sc, &mn);
+      __m512 d1 = _mm512_set1_ps(d * sc), m1 = _mm512_set1_ps(dmin * mn);
+      scale_min_k4(is + 1, scales, &sc, &mn);
+      __m512 d2 = _mm512_set1_ps(d * sc), m2 = _mm512_set1_ps(dmin * mn);
+      for (int h = 0; h < 2; ++h) {
+        __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16 * h));
+        __m128i lo = _mm_and_si128(v, low4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), low4);
+        _mm512_storeu_ps(y + 16 * h, _mm512_sub_ps(_mm512_mul_ps(d1, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo))), m1));
+        _mm512_storeu_ps(y + 32 + 16 * h, _mm512_sub_ps(_mm512_mul_ps(d2, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi))), m2));
+      }
+      y += 64;
+    }
+  }
+}
+
+__attribute__((target("avx512f,f16c"))) void f16(const uint8_t* b, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2 * i))));
+  uint16_t h;
+  for (; i < n; ++i) {
+    std::memcpy(&h, b + 2 * i, 2);
+    y[i] = f16_to_f32(h);
+  }
+}
+
+}  // namespace
+
+bool dequantize_avx512(DType t, const uint8_t* src, float* dst, int64_t n) {
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  if (!ok) return false;
+  switch (t) {
+    case DType::Q8_0: q8_0(src, dst, n / 32); return true;
+    case DType::Q4_0: q4_0(src, dst, n / 32); return true;
+    case DType::Q4_K: q4_k(src, dst, n / 256); return true;
+    case DType::F16: f16(src, dst, n); return true;
+    default: return false;
+  }
+}
+
+}  // namespace fluxpipe::cpu

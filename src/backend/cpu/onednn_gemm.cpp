@@ -1,0 +1,95 @@
+#include "backend/cpu/onednn_gemm.h"
+
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include <dnnl.hpp>
+
+#include "core/thread_pool.h"
+
+namespace fluxpipe::cpu {
+namespace {
+
+struct Engine {
+  dnnl::engine eng{dnnl::engine::kind::cpu, 0};
+  std::mutex mu;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, dnnl::matmul> cache;   // (M, N, K, ldc)
+
+  dnnl::matmul get(int64_t M, int64_t N, int64_t K, int64_t ldc) {
+    std::lock_guard lock(mu);
+    auto key = std::make_tuple(M, N, K, ldc);
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+    using dt = dnnl::memory::data_type;
+    dnnl::memory::desc a({M, K}, dt::bf16, dnnl::memory::dims{K, 1});
+    dnnl::memory::desc b({K, N}, dt::bf16, dnnl::memory::dims{1, K});   // B[n, k] row-major = Bᵀ
+    dnnl::memory::desc c({M, N}, dt::f32, dnnl::memory::dims{ldc, 1});
+    dnnl::matmul mm(dnnl::matmul::primitive_desc(dnnl::matmul::desc(a, b, c), eng));
+    if (cache.size() > 256) cache.clear();
+    cache.emplace(key, mm);
+    return mm;
+  }
+};
+
+Engine& engine() {
+  static Engine e;
+  return e;
+}
+
+}  // namespace
+
+void convert_rows_bf16(const float* A, int64_t lda, int64_t M, int64_t K, uint16_t* out, int64_t ldo) {
+  ThreadPool::global().parallel_for(M, [&](int, int64_t b, int64_t e) {
+    for (int64_t m = b; m < e; ++m) f32_row_to_bf16(A + m * lda, out + m * ldo, K);
+  });
+}
+
+void widen_rows_bf16(const BMatrix& B, int64_t n0, int64_t count, int64_t K, uint16_t* out) {
+  ThreadPool::global().parallel_for(count, [&](int, int64_t b, int64_t e) {
+    std::vector<float> row(static_cast<size_t>(K));
+    for (int64_t n = b; n < e; ++n) {
+      b_row_to_f32(B, n0 + n, 0, K, row.data());
+      f32_row_to_bf16(row.data(), out + n * K, K);
+    }
+  });
+}
+
+bool onednn_gemm_bf16(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N,
+                      int64_t K) {
+  try {
+    Engine& e = engine();
+    std::vector<uint16_t> a(static_cast<size_t>(M * K));
+    convert_rows_bf16(A, lda, M, K, a.data(), K);
+    // Columns in chunks of at most 32 MiB of bf16 weights.
+    int64_t chunk = std::max<int64_t>(64, (int64_t{16} << 20) / std::max<int64_t>(K, 1));
+    chunk = std::min(chunk, N);
+    bool direct = B.dtype == DType::BF16 && B.row_bytes == K * 2;
+    std::vector<uint16_t> w(direct ? 0 : static_cast<size_t>(chunk * K));
+    dnnl::stream stream(e.eng);
+    for (int64_t n0 = 0; n0 < N; n0 += chunk) {
+      int64_t nc = std::min(chunk, N - n0);
+      const uint16_t* wp;
+      if (direct) {
+        wp = reinterpret_cast<const uint16_t*>(B.data + n0 * B.row_bytes);
+      } else {
+        widen_rows_bf16(B, n0, nc, K, w.data());
+        wp = w.data();
+      }
+      dnnl::matmul mm = e.get(M, nc, K, ldc);
+      dnnl::memory am(dnnl::memory::desc({M, K}, dnnl::memory::data_type::bf16, dnnl::memory::dims{K, 1}), e.eng, a.data());
+      dnnl::memory bm(dnnl::memory::desc({K, nc}, dnnl::memory::data_type::bf16, dnnl::memory::dims{1, K}), e.eng,
+                      const_cast<uint16_t*>(wp));
+      dnnl::memory cm(dnnl::memory::desc({M, nc}, dnnl::memory::data_type::f32, dnnl::memory::dims{ldc, 1}), e.eng,
+                      C + n0);
+      mm.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+      stream.wait();
+    }
+    return true;
+  } catch (const dnnl::error&) {
+    return false;
+  }
+}
+
+}  // namespace fluxpipe::cpu

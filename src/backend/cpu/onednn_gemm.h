@@ -1,0 +1,22 @@
+// Dense BF16 GEMM through oneDNN (Debian's libdnnl), used where it is faster than our own
+// kernels: measured in bench/core_bench, it wins at M >= 64 on AMX machines. Weights of
+// any dtype are widened to bf16 in column chunks (never the whole matrix at once), so
+// quantized weights stay quantized in memory.
+// Thread-safety: re-entrant; oneDNN runs on its own OpenMP threads.
+#pragma once
+
+#include "backend/cpu/gemm.h"
+
+namespace fluxpipe::cpu {
+
+// C[M,N] = A[M,K] · B[N,K]ᵀ with A and B rounded to bf16, F32 accumulation.
+// Returns false (and does nothing) when oneDNN cannot run it.
+bool onednn_gemm_bf16(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N,
+                      int64_t K);
+
+// Rounds rows of A to bf16 into `out` (row stride ldo); parallel over rows.
+void convert_rows_bf16(const float* A, int64_t lda, int64_t M, int64_t K, uint16_t* out, int64_t ldo);
+// B[n0 : n0+count, :] as bf16 rows of K into `out` (row stride K); parallel over rows.
+void widen_rows_bf16(const BMatrix& B, int64_t n0, int64_t count, int64_t K, uint16_t* out);
+
+}  // namespace fluxpipe::cpu
