@@ -19,7 +19,7 @@ namespace fluxpipe {
 enum class Compute { F32, BF16 };
 
 enum class Unary { gelu_tanh, gelu_erf, silu, quick_gelu };
-enum class Binary { add, sub, mul };
+enum class Binary { add, sub, mul, div };
 
 struct Conv2dParams {
   int stride = 1;

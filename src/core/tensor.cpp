@@ -121,6 +121,22 @@ Tensor Tensor::slice(int d, int64_t start, int64_t length) const {
   return t;
 }
 
+Tensor Tensor::permute(const std::vector<int>& dims) const {
+  if (static_cast<int>(dims.size()) != dim() || is_quantized(dtype_)) {
+    throw UserError("[permute] " + std::to_string(dims.size()) + " dims for " + describe());
+  }
+  std::vector<bool> seen(dims.size(), false);
+  Tensor t = *this;
+  for (size_t i = 0; i < dims.size(); ++i) {
+    int d = dims[i];
+    if (d < 0 || d >= dim() || seen[static_cast<size_t>(d)]) throw UserError("[permute] invalid dims for " + describe());
+    seen[static_cast<size_t>(d)] = true;
+    t.shape_[i] = shape_[static_cast<size_t>(d)];
+    t.strides_[i] = strides_[static_cast<size_t>(d)];
+  }
+  return t;
+}
+
 std::string Tensor::describe() const { return std::string(name(dtype_)) + shape_str(shape_); }
 
 std::vector<float> Tensor::to_floats() const {

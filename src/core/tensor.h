@@ -72,6 +72,8 @@ class Tensor {
   Tensor reshape(const Shape& shape) const;
   // Elements [start, start+length) of dimension d.
   Tensor slice(int d, int64_t start, int64_t length) const;
+  // Reorders dimensions (a strided view): out.size(i) == size(dims[i]). Dense dtypes only.
+  Tensor permute(const std::vector<int>& dims) const;
 
   // "F32[2, 3]" — for error messages.
   std::string describe() const;

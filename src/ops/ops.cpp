@@ -1,6 +1,9 @@
 // Validation at the op boundary, then dispatch. Kernels trust what passes here.
 #include "ops/ops.h"
 
+#include <cmath>
+#include <cstring>
+
 #include "core/error.h"
 
 namespace fluxpipe {
@@ -171,6 +174,7 @@ Tensor softmax(Ctx& c, const Tensor& x) {
 Tensor add(Ctx& c, const Tensor& a, const Tensor& b) { return binary(c, Binary::add, "add", a, b); }
 Tensor sub(Ctx& c, const Tensor& a, const Tensor& b) { return binary(c, Binary::sub, "sub", a, b); }
 Tensor mul(Ctx& c, const Tensor& a, const Tensor& b) { return binary(c, Binary::mul, "mul", a, b); }
+Tensor div(Ctx& c, const Tensor& a, const Tensor& b) { return binary(c, Binary::div, "div", a, b); }
 
 Tensor conv2d(Ctx& c, const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p) {
   need_float("conv2d", "x", x);
@@ -229,6 +233,60 @@ Tensor to_dtype(Ctx& c, const Tensor& x, DType dtype) {
 }
 
 Tensor contiguous(Ctx& c, const Tensor& x) { return x.is_contiguous() ? x : to_dtype(c, x, x.dtype()); }
+
+// The two table builders below run on the host: they are tiny (B x 256, B x L x D/2) and
+// their exact float32 arithmetic matters more than their speed.
+Tensor timestep_embedding(Ctx& c, const Tensor& t, int dim, float time_factor, float max_period) {
+  if (t.dim() != 1 || dim % 2 != 0) fail("timestep_embedding", "t " + t.describe() + " must be [B]; dim even");
+  std::vector<float> tv = t.to_floats();
+  int half = dim / 2;
+  std::vector<float> freqs(static_cast<size_t>(half));
+  const float neg_log = static_cast<float>(-std::log(static_cast<double>(max_period)));
+  for (int i = 0; i < half; ++i) freqs[static_cast<size_t>(i)] = std::exp(static_cast<float>(i) * neg_log / static_cast<float>(half));
+  std::vector<float> out(tv.size() * static_cast<size_t>(dim));
+  for (size_t b = 0; b < tv.size(); ++b) {
+    float scaled = time_factor * tv[b];
+    for (int i = 0; i < half; ++i) {
+      float arg = scaled * freqs[static_cast<size_t>(i)];
+      out[b * static_cast<size_t>(dim) + static_cast<size_t>(i)] = std::cos(arg);
+      out[b * static_cast<size_t>(dim) + static_cast<size_t>(half + i)] = std::sin(arg);
+    }
+  }
+  Tensor r = c.empty({t.size(0), dim}, DType::F32);
+  std::memcpy(r.data<float>(), out.data(), out.size() * 4);
+  return r;
+}
+
+std::pair<Tensor, Tensor> rope_tables(Ctx& c, const Tensor& ids, const std::vector<int>& axes_dim, double theta) {
+  if (ids.dim() != 3 || ids.size(2) != static_cast<int64_t>(axes_dim.size())) {
+    fail("rope_tables", "ids " + ids.describe() + " must be [B, L, " + std::to_string(axes_dim.size()) + "]");
+  }
+  int pairs = 0;
+  for (int d : axes_dim) {
+    if (d <= 0 || d % 2 != 0) fail("rope_tables", "axis width " + std::to_string(d) + " is not a positive even number");
+    pairs += d / 2;
+  }
+  std::vector<float> idv = ids.to_floats();
+  int64_t B = ids.size(0), L = ids.size(1), A = ids.size(2);
+  Tensor cs = c.empty({B, L, pairs}, DType::F32), sn = c.empty({B, L, pairs}, DType::F32);
+  float* co = cs.data<float>();
+  float* so = sn.data<float>();
+  for (int64_t bl = 0; bl < B * L; ++bl) {
+    int j0 = 0;
+    for (int64_t a = 0; a < A; ++a) {
+      int d = axes_dim[static_cast<size_t>(a)];
+      double pos = idv[static_cast<size_t>(bl * A + a)];
+      for (int j = 0; j < d / 2; ++j) {
+        double omega = 1.0 / std::pow(theta, static_cast<double>(2 * j) / d);
+        double angle = pos * omega;
+        co[bl * pairs + j0 + j] = static_cast<float>(std::cos(angle));
+        so[bl * pairs + j0 + j] = static_cast<float>(std::sin(angle));
+      }
+      j0 += d / 2;
+    }
+  }
+  return {cs, sn};
+}
 
 }  // namespace ops
 }  // namespace fluxpipe

@@ -40,9 +40,17 @@ Tensor softmax(Ctx& c, const Tensor& x);
 Tensor add(Ctx& c, const Tensor& a, const Tensor& b);
 Tensor sub(Ctx& c, const Tensor& a, const Tensor& b);
 Tensor mul(Ctx& c, const Tensor& a, const Tensor& b);
+Tensor div(Ctx& c, const Tensor& a, const Tensor& b);
 Tensor conv2d(Ctx& c, const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p);
 Tensor upsample_nearest2x(Ctx& c, const Tensor& x);
 Tensor concat(Ctx& c, const std::vector<Tensor>& xs, int dim);
+// Sinusoidal embedding of t [B] -> [B, dim] = [cos(args) | sin(args)], args = factor*t * freqs,
+// freqs[i] = exp(-ln(max_period) * i / (dim/2)), all in float32 as the reference computes it.
+Tensor timestep_embedding(Ctx& c, const Tensor& t, int dim, float time_factor = 1000.0f, float max_period = 10000.0f);
+// RoPE tables for position ids [B, L, n_axes]: axis a uses axes_dim[a] dims (pairs),
+// omega_j = theta^(-2j/d_a); returns {cos, sin}, each [B, L, sum(axes_dim)/2], computed in
+// double from the float ids and rounded to float32.
+std::pair<Tensor, Tensor> rope_tables(Ctx& c, const Tensor& ids, const std::vector<int>& axes_dim, double theta);
 // A contiguous copy in `dtype` (dense float types).
 Tensor to_dtype(Ctx& c, const Tensor& x, DType dtype);
 Tensor contiguous(Ctx& c, const Tensor& x);

@@ -230,6 +230,8 @@ TEST(Kernels, ElementwiseAgainstReference) {
       expect_close(ops::mul(c, *b, a), want, 0, 0, "mul broadcast first");
       cpu::ref::binary(Binary::sub, a, *b, want);
       expect_close(ops::sub(c, a, *b), want, 0, 0, "sub");
+      cpu::ref::binary(Binary::div, a, *b, want);
+      expect_close(ops::div(c, a, *b), want, 0, 1e-6, "div");
     }
   }
 }

@@ -249,7 +249,7 @@ class CpuBackend final : public Backend {
         float* o = O + r * inner;
         for (int64_t i = 0; i < inner; ++i) {
           float x = A[oa + i * ia_in], y = Bv[ob + i * ib_in];
-          o[i] = op == Binary::add ? x + y : op == Binary::sub ? x - y : x * y;
+          o[i] = op == Binary::add ? x + y : op == Binary::sub ? x - y : op == Binary::mul ? x * y : x / y;
         }
       }
     });
@@ -340,6 +340,31 @@ class CpuBackend final : public Backend {
   }
 
   void copy(const Tensor& x, Tensor& out) override {
+    if (x.dtype() == DType::F32 && out.dtype() == DType::F32 && x.dim() > 0) {
+      // Strided F32 -> contiguous F32, row by row over the output.
+      const Shape& s = x.shape();
+      const Shape& st = x.strides();
+      int nd = x.dim();
+      int64_t inner = s.back(), rows = inner ? x.numel() / inner : 0, istride = st.back();
+      const float* X = x.data<float>();
+      float* O = out.data<float>();
+      for_rows(rows, inner, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          int64_t rem = r, off = 0;
+          for (int d = nd - 2; d >= 0; --d) {
+            off += (rem % s[static_cast<size_t>(d)]) * st[static_cast<size_t>(d)];
+            rem /= s[static_cast<size_t>(d)];
+          }
+          float* o = O + r * inner;
+          if (istride == 1) {
+            std::memcpy(o, X + off, static_cast<size_t>(inner) * 4);
+          } else {
+            for (int64_t i = 0; i < inner; ++i) o[i] = X[off + i * istride];
+          }
+        }
+      });
+      return;
+    }
     std::vector<float> f = x.to_floats();
     from_f32(out.dtype(), f.data(), out.data<uint8_t>(), out.numel());
   }

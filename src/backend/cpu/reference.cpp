@@ -178,7 +178,7 @@ void binary(Binary op, const Tensor& a, const Tensor& b, Tensor& out) {
       }
     }
     double x = A[static_cast<size_t>(ia)], y = Bv[static_cast<size_t>(ib)];
-    O[static_cast<size_t>(i)] = op == Binary::add ? x + y : op == Binary::sub ? x - y : x * y;
+    O[static_cast<size_t>(i)] = op == Binary::add ? x + y : op == Binary::sub ? x - y : op == Binary::mul ? x * y : x / y;
   }
   store(out, O);
 }

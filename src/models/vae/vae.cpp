@@ -1,0 +1,179 @@
+#include "models/vae/vae.h"
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace fluxpipe::vae {
+namespace {
+
+[[noreturn]] void fail(const std::string& why) { throw UserError("[vae] " + why); }
+
+int count(const io::WeightSet& w, const std::string& prefix, const std::string& probe) {
+  int n = 0;
+  while (w.has(prefix + std::to_string(n) + probe)) ++n;
+  return n;
+}
+
+}  // namespace
+
+Config Config::from_weights(const io::WeightSet& w, const nlohmann::json* params) {
+  Config cfg;
+  const Tensor& conv_in = w.at("decoder.conv_in.weight");
+  if (conv_in.dim() != 4) fail("decoder.conv_in.weight is " + conv_in.describe() + ", expected [C, z, 3, 3]");
+  cfg.z_channels = conv_in.size(1);
+  if (params) {
+    if (params->contains("scale_factor")) cfg.scale_factor = params->at("scale_factor").get<float>();
+    if (params->contains("shift_factor")) cfg.shift_factor = params->at("shift_factor").get<float>();
+    if (params->contains("z_channels") && params->at("z_channels").get<int64_t>() != cfg.z_channels) {
+      fail("parameters say z_channels " + std::to_string(params->at("z_channels").get<int64_t>()) + " but the decoder takes " +
+           std::to_string(cfg.z_channels));
+    }
+  }
+  return cfg;
+}
+
+Model::Tower Model::load_tower(const io::WeightSet& w, const std::string& p, const char* level_name,
+                               const char* resample_name) {
+  auto conv = [&](const std::string& name) {
+    Conv k{w.at(name + ".weight"), w.at(name + ".bias")};
+    if (k.w.dim() != 4 || k.b.dim() != 1 || k.b.size(0) != k.w.size(0)) {
+      fail("'" + name + "' is " + k.w.describe() + " + " + k.b.describe() + ", expected a conv [out, in, kh, kw] + [out]");
+    }
+    return k;
+  };
+  auto norm = [&](const std::string& name) { return Norm{w.at(name + ".weight"), w.at(name + ".bias")}; };
+  auto resnet = [&](const std::string& name) {
+    Resnet r{norm(name + ".norm1"), norm(name + ".norm2"), conv(name + ".conv1"), conv(name + ".conv2"), std::nullopt};
+    if (w.has(name + ".nin_shortcut.weight")) r.shortcut = conv(name + ".nin_shortcut");
+    if (!r.shortcut && r.conv1.w.size(1) != r.conv2.w.size(0)) fail("'" + name + "' changes channels but has no nin_shortcut");
+    return r;
+  };
+  Tower t;
+  t.conv_in = conv(p + "conv_in");
+  t.conv_out = conv(p + "conv_out");
+  t.mid1 = resnet(p + "mid.block_1");
+  t.mid2 = resnet(p + "mid.block_2");
+  t.mid_attn = {norm(p + "mid.attn_1.norm"), conv(p + "mid.attn_1.q"), conv(p + "mid.attn_1.k"), conv(p + "mid.attn_1.v"),
+                conv(p + "mid.attn_1.proj_out")};
+  t.norm_out = norm(p + "norm_out");
+  int levels = count(w, p + level_name + ".", ".block.0.conv1.weight");
+  if (levels == 0) fail("no " + p + level_name + ".<i> levels in the weights");
+  for (int i = 0; i < levels; ++i) {
+    std::string lp = p + level_name + "." + std::to_string(i);
+    Level l;
+    int blocks = count(w, lp + ".block.", ".conv1.weight");
+    for (int j = 0; j < blocks; ++j) l.blocks.push_back(resnet(lp + ".block." + std::to_string(j)));
+    if (w.has(lp + "." + resample_name + ".conv.weight")) l.resample = conv(lp + "." + resample_name + ".conv");
+    t.levels.push_back(std::move(l));
+  }
+  return t;
+}
+
+Model::Model(Config cfg, const io::WeightSet& w) : cfg_(cfg) {
+  dec_ = load_tower(w, "decoder.", "up", "upsample");
+  has_encoder_ = w.has("encoder.conv_in.weight");
+  if (has_encoder_) enc_ = load_tower(w, "encoder.", "down", "downsample");
+}
+
+Tensor Model::conv(Ctx& c, const Tensor& x, const Conv& k, int stride, bool asymmetric_pad) const {
+  Conv2dParams p;
+  p.stride = stride;
+  if (asymmetric_pad) {   // Downsample: zero pad right and bottom by one, no padding before
+    p.pad_bottom = p.pad_right = 1;
+  } else {
+    p.pad_top = p.pad_bottom = static_cast<int>(k.w.size(2) / 2);
+    p.pad_left = p.pad_right = static_cast<int>(k.w.size(3) / 2);
+  }
+  return ops::conv2d(c, x, k.w, &k.b, p);
+}
+
+Tensor Model::norm(Ctx& c, const Tensor& x, const Norm& n) const { return ops::group_norm(c, x, 32, &n.w, &n.b, 1e-6f); }
+
+Tensor Model::resnet(Ctx& c, const Tensor& x, const Resnet& r) const {
+  Tensor h = conv(c, ops::silu(c, norm(c, x, r.norm1)), r.conv1);
+  h = conv(c, ops::silu(c, norm(c, h, r.norm2)), r.conv2);
+  return ops::add(c, r.shortcut ? conv(c, x, *r.shortcut) : x, h);
+}
+
+Tensor Model::attention(Ctx& c, const Tensor& x, const Attn& a) const {
+  // Single head over the h*w positions, scale 1/sqrt(C).
+  int64_t B = x.size(0), C = x.size(1), h = x.size(2), w = x.size(3);
+  Tensor n = norm(c, x, a.norm);
+  auto tokens = [&](const Tensor& t) { return ops::contiguous(c, t.reshape({B, C, h * w}).permute({0, 2, 1})).reshape({B, 1, h * w, C}); };
+  Tensor q = tokens(conv(c, n, a.q)), k = tokens(conv(c, n, a.k)), v = tokens(conv(c, n, a.v));
+  Tensor o = ops::attention(c, q, k, v, 1.0f / std::sqrt(static_cast<float>(C)));   // [B, 1, hw, C]
+  Tensor back = ops::contiguous(c, o.reshape({B, h * w, C}).permute({0, 2, 1})).reshape({B, C, h, w});
+  return ops::add(c, x, conv(c, back, a.proj));
+}
+
+Tensor Model::decode(Ctx& c, const Tensor& z, const flux::Trace& trace) const {
+  auto emit = [&](const std::string& n, const Tensor& t) {
+    if (trace) trace(n, t);
+  };
+  if (z.dim() != 4 || z.size(1) != cfg_.z_channels) {
+    fail("decode: z " + z.describe() + " must be [B, " + std::to_string(cfg_.z_channels) + ", h, w]");
+  }
+  Tensor scale = Tensor::from_floats({1}, {cfg_.scale_factor}), shift = Tensor::from_floats({1}, {cfg_.shift_factor});
+  // z / scale + shift, as a division (not a multiply by the reciprocal) like the reference.
+  Tensor x = ops::add(c, ops::div(c, z, scale), shift);
+  emit("decoder_in", x);
+  Tensor h = conv(c, x, dec_.conv_in);
+  emit("conv_in", h);
+  h = resnet(c, h, dec_.mid1);
+  emit("mid.block_1", h);
+  h = attention(c, h, dec_.mid_attn);
+  emit("mid.attn_1", h);
+  h = resnet(c, h, dec_.mid2);
+  emit("mid.block_2", h);
+  for (size_t lv = dec_.levels.size(); lv-- > 0;) {
+    const Level& l = dec_.levels[lv];
+    for (size_t j = 0; j < l.blocks.size(); ++j) {
+      h = resnet(c, h, l.blocks[j]);
+      emit("up." + std::to_string(lv) + ".block." + std::to_string(j), h);
+    }
+    if (l.resample) {
+      h = conv(c, ops::upsample_nearest2x(c, h), *l.resample);
+      emit("up." + std::to_string(lv) + ".upsample", h);
+    }
+  }
+  h = norm(c, h, dec_.norm_out);
+  emit("norm_out", h);
+  return conv(c, ops::silu(c, h), dec_.conv_out);
+}
+
+Tensor Model::encode(Ctx& c, const Tensor& x, const flux::Trace& trace) const {
+  auto emit = [&](const std::string& n, const Tensor& t) {
+    if (trace) trace(n, t);
+  };
+  if (!has_encoder_) fail("these weights have no encoder");
+  if (x.dim() != 4 || x.size(1) != enc_.conv_in.w.size(1)) fail("encode: x " + x.describe() + " must be [B, 3, H, W]");
+  Tensor h = conv(c, x, enc_.conv_in);
+  emit("conv_in", h);
+  for (size_t lv = 0; lv < enc_.levels.size(); ++lv) {
+    const Level& l = enc_.levels[lv];
+    for (size_t j = 0; j < l.blocks.size(); ++j) {
+      h = resnet(c, h, l.blocks[j]);
+      emit("down." + std::to_string(lv) + ".block." + std::to_string(j), h);
+    }
+    if (l.resample) {
+      h = conv(c, h, *l.resample, 2, true);
+      emit("down." + std::to_string(lv) + ".downsample", h);
+    }
+  }
+  h = resnet(c, h, enc_.mid1);
+  emit("mid.block_1", h);
+  h = attention(c, h, enc_.mid_attn);
+  emit("mid.attn_1", h);
+  h = resnet(c, h, enc_.mid2);
+  emit("mid.block_2", h);
+  h = norm(c, h, enc_.norm_out);
+  emit("norm_out", h);
+  Tensor moments = conv(c, ops::silu(c, h), enc_.conv_out);
+  emit("moments", moments);
+  Tensor mean = ops::contiguous(c, moments.slice(1, 0, cfg_.z_channels));
+  Tensor scale = Tensor::from_floats({1}, {cfg_.scale_factor}), shift = Tensor::from_floats({1}, {cfg_.shift_factor});
+  return ops::mul(c, scale, ops::sub(c, mean, shift));
+}
+
+}  // namespace fluxpipe::vae

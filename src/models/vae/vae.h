@@ -1,0 +1,83 @@
+// fluxpipe models: FLUX.1's 16-channel autoencoder (BFL's AutoEncoder), decoder and encoder.
+//
+// Structure from the weights: the number of levels, ResNet blocks per level and every
+// block's channel counts are read off the tensors (encoder.down.<i>, decoder.up.<i>); the
+// latent scale and shift come from the model's parameters (BFL AutoEncoderParams JSON) or
+// default to FLUX.1's published 0.3611 and 0.1159. GroupNorm: 32 groups, eps 1e-6.
+// Thread-safety: one caller at a time per Ctx.
+// Letters: B batch, C channels, h/w latent size, Hi/Wi image size.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "io/weights.h"
+#include "models/flux/flux.h"
+#include "ops/ops.h"
+
+namespace fluxpipe::vae {
+
+struct Config {
+  float scale_factor = 0.3611f;
+  float shift_factor = 0.1159f;
+  int64_t z_channels = 0;
+  static Config from_weights(const io::WeightSet& w, const nlohmann::json* params);
+};
+
+class Model {
+ public:
+  // Loads the decoder, and the encoder when the weights have one. Throws UserError naming a
+  // missing or misshapen tensor.
+  Model(Config cfg, const io::WeightSet& w);
+
+  const Config& config() const { return cfg_; }
+  bool has_encoder() const { return has_encoder_; }
+
+  // z [B, z_channels, h, w] in the transformer's (scaled) space -> image [B, 3, Hi, Wi] in [-1, 1].
+  Tensor decode(Ctx& c, const Tensor& z, const flux::Trace& trace = {}) const;
+  // image [B, 3, Hi, Wi] -> scale * (posterior mean - shift) [B, z_channels, h, w].
+  Tensor encode(Ctx& c, const Tensor& x, const flux::Trace& trace = {}) const;
+
+ private:
+  struct Conv {
+    Tensor w, b;
+  };
+  struct Norm {
+    Tensor w, b;
+  };
+  struct Resnet {
+    Norm norm1, norm2;
+    Conv conv1, conv2;
+    std::optional<Conv> shortcut;
+  };
+  struct Attn {
+    Norm norm;
+    Conv q, k, v, proj;
+  };
+  struct Level {
+    std::vector<Resnet> blocks;
+    std::optional<Conv> resample;   // downsample (encoder) or upsample (decoder)
+  };
+  struct Tower {
+    Conv conv_in, conv_out;
+    Resnet mid1, mid2;
+    Attn mid_attn;
+    Norm norm_out;
+    std::vector<Level> levels;      // index = level (decoder runs them from the last to 0)
+  };
+
+  Tower load_tower(const io::WeightSet& w, const std::string& prefix, const char* level_name, const char* resample_name);
+  Tensor resnet(Ctx& c, const Tensor& x, const Resnet& r) const;
+  Tensor attention(Ctx& c, const Tensor& x, const Attn& a) const;
+  Tensor conv(Ctx& c, const Tensor& x, const Conv& k, int stride = 1, bool asymmetric_pad = false) const;
+  Tensor norm(Ctx& c, const Tensor& x, const Norm& n) const;
+
+  Config cfg_;
+  Tower dec_, enc_;
+  bool has_encoder_ = false;
+};
+
+}  // namespace fluxpipe::vae
