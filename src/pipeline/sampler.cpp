@@ -1,0 +1,108 @@
+#include "pipeline/sampler.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "pipeline/pipeline.h"
+
+namespace fluxpipe::sampling {
+
+std::vector<float> schedule(int steps, int64_t image_seq_len, bool shift, double base_shift, double max_shift) {
+  if (steps < 1) throw UserError("[schedule] steps must be at least 1, got " + std::to_string(steps));
+  // torch.linspace(1, 0, steps + 1) in float32: from the start for the first half, from the end after.
+  const int n = steps + 1;
+  const float start = 1.0f, end = 0.0f;
+  const float step = (end - start) / static_cast<float>(n - 1);
+  const int halfway = n / 2;
+  std::vector<float> t(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    t[static_cast<size_t>(i)] = i < halfway ? start + step * static_cast<float>(i) : end - step * static_cast<float>(n - i - 1);
+  }
+  if (!shift) return t;
+  const double m = (max_shift - base_shift) / (4096.0 - 256.0);
+  const double mu = m * static_cast<double>(image_seq_len) + (base_shift - m * 256.0);
+  const float e = static_cast<float>(std::exp(mu));
+  for (float& x : t) {
+    // e^mu / (e^mu + (1/t - 1)), float32 throughout; 1/0 = inf takes t = 0 to 0.
+    float inv = 1.0f / x;
+    float denom = e + (inv - 1.0f);
+    x = (1.0f / denom) * e;
+  }
+  return t;
+}
+
+Tensor pack(Ctx& c, const Tensor& latent) {
+  if (latent.dim() != 4 || latent.size(2) % 2 || latent.size(3) % 2) {
+    throw UserError("[pack] latent " + latent.describe() + " must be [B, C, h, w] with even h and w");
+  }
+  int64_t B = latent.size(0), C = latent.size(1), h = latent.size(2), w = latent.size(3);
+  // b c (h 2) (w 2) -> b h w c 2 2 -> b (h w) (c 2 2)
+  Tensor v = latent.reshape({B, C, h / 2, 2, w / 2, 2}).permute({0, 2, 4, 1, 3, 5});
+  return ops::contiguous(c, v).reshape({B, (h / 2) * (w / 2), C * 4});
+}
+
+Tensor unpack(Ctx& c, const Tensor& tokens, int64_t h, int64_t w) {
+  if (tokens.dim() != 3 || tokens.size(1) != (h / 2) * (w / 2) || tokens.size(2) % 4 || h % 2 || w % 2) {
+    throw UserError("[unpack] tokens " + tokens.describe() + " do not fit a " + std::to_string(h) + "x" + std::to_string(w) + " latent");
+  }
+  int64_t B = tokens.size(0), C = tokens.size(2) / 4;
+  Tensor v = tokens.reshape({B, h / 2, w / 2, C, 2, 2}).permute({0, 3, 1, 4, 2, 5});
+  return ops::contiguous(c, v).reshape({B, C, h, w});
+}
+
+Tensor image_ids(int64_t B, int64_t h, int64_t w) {
+  int64_t rows = h / 2, cols = w / 2;
+  std::vector<float> v(static_cast<size_t>(B * rows * cols * 3), 0.0f);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t col = 0; col < cols; ++col) {
+        size_t i = static_cast<size_t>(((b * rows + r) * cols + col) * 3);
+        v[i + 1] = static_cast<float>(r);
+        v[i + 2] = static_cast<float>(col);
+      }
+  return Tensor::from_floats({B, rows * cols, 3}, v);
+}
+
+Tensor text_ids(int64_t B, int64_t Lt) { return Tensor::zeros({B, Lt, 3}, DType::F32); }
+
+Tensor denoise(Ctx& c, const flux::Model& model, const DenoiseInputs& in, const StepHook& hook, const flux::Trace& trace) {
+  if (in.timesteps.size() < 2) throw UserError("[denoise] need at least two timesteps");
+  int64_t B = in.img.size(0);
+  Tensor img = in.img;
+  Tensor guidance;
+  if (in.guidance) guidance = Tensor::from_floats({B}, std::vector<float>(static_cast<size_t>(B), *in.guidance));
+  int total = static_cast<int>(in.timesteps.size()) - 1;
+  for (int i = 0; i < total; ++i) {
+    float t_curr = in.timesteps[static_cast<size_t>(i)], t_prev = in.timesteps[static_cast<size_t>(i) + 1];
+    Tensor t = Tensor::from_floats({B}, std::vector<float>(static_cast<size_t>(B), t_curr));
+    Tensor pred = model.forward(c, img, in.img_ids, in.txt, in.txt_ids, t, in.vec, guidance.defined() ? &guidance : nullptr);
+    float dt = static_cast<float>(static_cast<double>(t_prev) - static_cast<double>(t_curr));
+    img = ops::add(c, img, ops::mul(c, pred, Tensor::from_floats({1}, {dt})));
+    if (trace) {
+      trace("step." + std::to_string(i) + ".pred", pred);
+      trace("step." + std::to_string(i) + ".latent", img);
+    }
+    if (hook && !hook(i + 1, total)) throw Cancelled();
+  }
+  return img;
+}
+
+Tensor to_u8(const Tensor& image) {
+  if (image.dim() != 4 || image.size(1) != 3) throw UserError("[to_u8] image " + image.describe() + " must be [B, 3, H, W]");
+  int64_t B = image.size(0), H = image.size(2), W = image.size(3);
+  std::vector<float> v = image.to_floats();
+  Tensor out = Tensor::zeros({B, H, W, 3}, DType::U8);
+  uint8_t* o = out.data<uint8_t>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t ch = 0; ch < 3; ++ch)
+      for (int64_t y = 0; y < H; ++y)
+        for (int64_t x = 0; x < W; ++x) {
+          float f = v[static_cast<size_t>(((b * 3 + ch) * H + y) * W + x)];
+          f = std::min(1.0f, std::max(-1.0f, f));
+          o[((b * H + y) * W + x) * 3 + ch] = static_cast<uint8_t>(127.5f * (f + 1.0f));
+        }
+  return out;
+}
+
+}  // namespace fluxpipe::sampling

@@ -1,0 +1,51 @@
+// fluxpipe pipeline: FLUX.1 sampling — the timestep schedule (schnell: none; dev: shifted by
+// image size), packing latents into 2x2 patches and back, position ids, Euler steps over the
+// transformer, and conversion of the decoded image to 8-bit RGB. Matches BFL's sampling.py.
+// Thread-safety: pure functions; denoise() runs one model on one Ctx.
+// Letters: B batch, h/w latent size (pixels / 8 for the real autoencoder), Li = (h/2)(w/2).
+#pragma once
+
+#include <functional>
+#include <vector>
+
+#include "models/flux/flux.h"
+#include "ops/ops.h"
+
+namespace fluxpipe::sampling {
+
+// steps + 1 timesteps from 1 to 0: float32 linspace as PyTorch computes it, then (shift)
+// t' = e^mu / (e^mu + 1/t - 1) with mu linear in image_seq_len from (256, 0.5) to (4096, 1.15).
+std::vector<float> schedule(int steps, int64_t image_seq_len, bool shift, double base_shift = 0.5,
+                            double max_shift = 1.15);
+
+// latent [B, C, h, w] -> tokens [B, (h/2)(w/2), C*4], feature = c*4 + ph*2 + pw. REQUIRES even h, w.
+Tensor pack(Ctx& c, const Tensor& latent);
+// The inverse: tokens [B, (h/2)(w/2), C*4] -> [B, C, h, w].
+Tensor unpack(Ctx& c, const Tensor& tokens, int64_t h, int64_t w);
+// [B, (h/2)(w/2), 3] ids (0, row, col) of the packed tokens; text ids are zeros [B, Lt, 3].
+Tensor image_ids(int64_t B, int64_t h, int64_t w);
+Tensor text_ids(int64_t B, int64_t Lt);
+
+// Called after each step with (steps done, total); return false to stop (denoise then throws
+// Cancelled from pipeline.h).
+using StepHook = std::function<bool(int, int)>;
+
+struct DenoiseInputs {
+  Tensor img;        // [B, Li, 64] packed noise at t = 1
+  Tensor img_ids;    // [B, Li, 3]
+  Tensor txt;        // [B, Lt, ctx]
+  Tensor txt_ids;    // [B, Lt, 3]
+  Tensor vec;        // [B, vec_in] pooled text vector
+  std::vector<float> timesteps;
+  std::optional<float> guidance;   // dev models
+};
+
+// Euler steps x += (t_next - t) * v(x, t); the step size is computed in double from the
+// float32 timesteps and rounded to float32, multiply and add kept separate, as the reference.
+Tensor denoise(Ctx& c, const flux::Model& model, const DenoiseInputs& in, const StepHook& hook = {},
+               const flux::Trace& trace = {});
+
+// image [B, 3, H, W] in [-1, 1] -> U8 [B, H, W, 3]: clamp, 127.5 * (x + 1), truncated.
+Tensor to_u8(const Tensor& image);
+
+}  // namespace fluxpipe::sampling
