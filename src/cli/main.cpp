@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "pipeline/components.h"
 #include "pipeline/pipeline.h"
 #include "server/api_server.h"
 #include "server/keys.h"
@@ -30,6 +31,9 @@ const char* kUsage =
     "  keys list --data DIR                 list keys (id, name, created, state)\n"
     "  keys revoke --data DIR ID|NAME       revoke a key\n"
     "  webhook-secret --data DIR            print the secret that signs webhooks\n"
+    "  run COMPONENT --weights W --inputs IN --output OUT [--config P.json] [--compute f32|bf16]\n"
+    "                                       run transformer | vae-decode | vae-encode | sample | randn\n"
+    "                                       on named tensors (see `fluxpipe help run`)\n"
     "  help [COMMAND]                       this text, or a command's options\n"
     "\n"
     "Every --data has the environment twin FLUXPIPE_DATA.\n";
@@ -121,6 +125,83 @@ int cmd_webhook_secret(const std::vector<std::string>& args) {
   return 0;
 }
 
+const char* kRunUsage =
+    "usage: fluxpipe run COMPONENT [options]\n"
+    "  transformer --weights T --inputs IN --output OUT [--config P.json]\n"
+    "      reads img, img_ids, txt, txt_ids, y, timesteps (and guidance for FLUX.1-dev); writes output\n"
+    "  vae-decode --weights AE --inputs IN --output OUT [--config AP.json]   reads decode.z, writes decode.out\n"
+    "  vae-encode --weights AE --inputs IN --output OUT [--config AP.json]   reads encode.x, writes encode.out\n"
+    "  sample --weights T --ae AE [--ae-config AP.json] --inputs IN --steps N --output OUT [--config P.json]\n"
+    "      reads noise, txt, txt_ids, vec (guidance for dev); writes latents_packed_final, latents_unpacked,\n"
+    "      image, image_u8\n"
+    "  randn --seed S --shape 1,16,8,8 --dtype f32|bf16 --output OUT          writes noise (torch.randn)\n"
+    "options: --compute f32 (default: every weight widened exactly) or bf16 (the fast path);\n"
+    "         --config: the model's parameters under BFL's names (FluxParams / AutoEncoderParams JSON);\n"
+    "         the real FLUX.1 files need none.\n";
+
+int cmd_run(const std::vector<std::string>& args) {
+  if (args.size() < 2 || args[1] == "--help" || args[1] == "-h") {
+    std::cout << kRunUsage;
+    return args.size() < 2 ? 2 : 0;
+  }
+  ComponentRun r;
+  r.component = args[1];
+  for (size_t i = 2; i < args.size(); ++i) {
+    std::string flag = args[i];
+    std::string value;
+    if (size_t eq = flag.find('='); eq != std::string::npos) {
+      value = flag.substr(eq + 1);
+      flag = flag.substr(0, eq);
+    } else {
+      if (i + 1 >= args.size()) throw UserError("[run] " + flag + " needs a value");
+      value = args[++i];
+    }
+    auto number = [&](const char* what) {
+      try {
+        size_t used = 0;
+        long long v = std::stoll(value, &used);
+        if (used != value.size()) throw std::invalid_argument(value);
+        return v;
+      } catch (const std::exception&) {
+        throw UserError(std::string("[run] ") + what + ": '" + value + "' is not an integer");
+      }
+    };
+    if (flag == "--weights") r.weights = value;
+    else if (flag == "--inputs") r.inputs = value;
+    else if (flag == "--output") r.output = value;
+    else if (flag == "--config") r.config = value;
+    else if (flag == "--ae") r.ae = value;
+    else if (flag == "--ae-config") r.ae_config = value;
+    else if (flag == "--compute") r.compute = value;
+    else if (flag == "--dtype") r.dtype = value;
+    else if (flag == "--steps") r.steps = static_cast<int>(number("--steps"));
+    else if (flag == "--seed") r.seed = static_cast<uint64_t>(number("--seed"));
+    else if (flag == "--guidance") r.guidance = std::stof(value);
+    else if (flag == "--shape") {
+      size_t start = 0;
+      while (start <= value.size()) {
+        size_t comma = value.find(',', start);
+        std::string part = value.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        std::string saved = value;
+        value = part;
+        r.shape.push_back(number("--shape"));
+        value = saved;
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+      }
+    } else {
+      throw UserError("[run] unknown option '" + flag + "' (see fluxpipe help run)");
+    }
+  }
+  ComponentReport rep = run_component(r);
+  std::cout << "wrote";
+  for (const std::string& n : rep.written) std::cout << " " << n;
+  std::cout << " to " << r.output << "\n";
+  std::printf("time %.3f s, peak memory %.1f MiB resident (activations peak %.1f MiB)\n", rep.seconds,
+              static_cast<double>(rep.peak_rss_bytes) / (1 << 20), static_cast<double>(rep.arena_peak_bytes) / (1 << 20));
+  return 0;
+}
+
 int cmd_serve(const std::vector<std::string>& args) {
   std::vector<std::string> rest(args.begin() + 1, args.end());
   for (const std::string& a : rest) {
@@ -140,7 +221,9 @@ int cmd_serve(const std::vector<std::string>& args) {
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "help" || args[0] == "--help" || args[0] == "-h") {
-    if (args.size() >= 2 && args[1] == "serve") {
+    if (args.size() >= 2 && args[1] == "run") {
+      std::cout << kRunUsage;
+    } else if (args.size() >= 2 && args[1] == "serve") {
       std::cout << fluxpipe::server::serve_usage();
     } else {
       std::cout << kUsage;
@@ -151,6 +234,7 @@ int main(int argc, char** argv) {
     if (args[0] == "serve") return cmd_serve(args);
     if (args[0] == "keys") return cmd_keys(args);
     if (args[0] == "webhook-secret") return cmd_webhook_secret(args);
+    if (args[0] == "run") return cmd_run(args);
     std::cerr << "fluxpipe: unknown command '" << args[0] << "'\n\n" << kUsage;
     return 2;
   } catch (const fluxpipe::UserError& e) {

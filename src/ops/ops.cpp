@@ -223,7 +223,7 @@ Tensor concat(Ctx& c, const std::vector<Tensor>& xs, int dim) {
 }
 
 Tensor to_dtype(Ctx& c, const Tensor& x, DType dtype) {
-  if (!info(dtype).floating || is_quantized(dtype) || !info(x.dtype()).floating) {
+  if (!info(dtype).floating || is_quantized(dtype)) {
     fail("to_dtype", "cannot convert " + x.describe() + " to " + name(dtype));
   }
   if (is_quantized(x.dtype()) && !x.is_contiguous()) fail("to_dtype", x.describe() + " must be contiguous");

@@ -1,0 +1,137 @@
+#include "pipeline/components.h"
+
+#include <chrono>
+#include <cstring>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "io/weights.h"
+#include "models/flux/flux.h"
+#include "models/vae/vae.h"
+#include "pipeline/noise.h"
+#include "pipeline/sampler.h"
+
+namespace fluxpipe {
+namespace {
+
+[[noreturn]] void fail(const std::string& why) { throw UserError("[run] " + why); }
+
+std::optional<nlohmann::json> read_params(const std::string& path) {
+  if (path.empty()) return std::nullopt;
+  std::ifstream in(path);
+  if (!in) fail("cannot open --config '" + path + "'");
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) fail("--config '" + path + "' is not a JSON object");
+  return j;
+}
+
+size_t peak_rss() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return static_cast<size_t>(std::stoull(line.substr(6))) * 1024;
+  }
+  return 0;
+}
+
+// ComfyUI single files keep the transformer under "model.diffusion_model."; BFL names otherwise.
+io::WeightSet transformer_weights(const std::string& path) {
+  io::WeightSet w = io::load_weights(path);
+  const std::string prefix = "model.diffusion_model.";
+  io::WeightSet out;
+  out.metadata = w.metadata;
+  out.files = w.files;
+  for (auto& [name, t] : w.tensors) out.tensors.emplace(name.rfind(prefix, 0) == 0 ? name.substr(prefix.size()) : name, t);
+  return out;
+}
+
+const Tensor& input(const io::WeightSet& in, const std::string& name, const std::string& file) {
+  if (!in.has(name)) fail("inputs '" + file + "' have no tensor '" + name + "'");
+  return in.at(name);
+}
+
+// Inputs may be stored in any float dtype; the models take F32.
+Tensor as_f32(Ctx& c, const Tensor& t) { return t.dtype() == DType::F32 && t.is_contiguous() ? t : ops::to_dtype(c, t, DType::F32); }
+
+}  // namespace
+
+ComponentReport run_component(const ComponentRun& r) {
+  auto started = std::chrono::steady_clock::now();
+  Arena arena;
+  Ctx c;
+  c.arena = &arena;
+  if (r.compute == "bf16") c.compute = Compute::BF16;
+  else if (r.compute != "f32") fail("--compute must be f32 or bf16, got '" + r.compute + "'");
+  if (r.output.empty()) fail("--output is required");
+  io::NamedTensors out;
+
+  if (r.component == "randn") {
+    if (r.shape.empty()) fail("randn needs --shape, for example 1,16,8,8");
+    if (r.dtype != "f32" && r.dtype != "bf16") fail("--dtype must be f32 or bf16");
+    out.push_back({"noise", torch_randn(r.seed, r.shape, r.dtype == "bf16" ? DType::BF16 : DType::F32)});
+  } else {
+    if (r.weights.empty()) fail("--weights is required");
+    if (r.inputs.empty()) fail("--inputs is required");
+    io::WeightSet in = io::load_weights(r.inputs);
+    std::optional<nlohmann::json> params = read_params(r.config);
+    auto get = [&](const std::string& n) { return as_f32(c, input(in, n, r.inputs)); };
+    if (r.component == "transformer") {
+      io::WeightSet w = transformer_weights(r.weights);
+      flux::Model model(flux::Config::from_weights(w, params ? &*params : nullptr), w);
+      Tensor guidance;
+      if (model.config().guidance_embed) guidance = get("guidance");
+      Tensor o = model.forward(c, get("img"), get("img_ids"), get("txt"), get("txt_ids"), get("timesteps"), get("y"),
+                               guidance.defined() ? &guidance : nullptr);
+      out.push_back({"output", o});
+    } else if (r.component == "vae-decode" || r.component == "vae-encode") {
+      io::WeightSet w = io::load_weights(r.weights);
+      vae::Model ae(vae::Config::from_weights(w, params ? &*params : nullptr), w);
+      if (r.component == "vae-decode") out.push_back({"decode.out", ae.decode(c, get("decode.z"))});
+      else out.push_back({"encode.out", ae.encode(c, get("encode.x"))});
+    } else if (r.component == "sample") {
+      if (r.ae.empty()) fail("sample needs --ae (autoencoder weights)");
+      io::WeightSet tw = transformer_weights(r.weights);
+      io::WeightSet aw = io::load_weights(r.ae);
+      std::optional<nlohmann::json> ae_params = read_params(r.ae_config);
+      flux::Model model(flux::Config::from_weights(tw, params ? &*params : nullptr), tw);
+      vae::Model ae(vae::Config::from_weights(aw, ae_params ? &*ae_params : nullptr), aw);
+      Tensor noise = get("noise");
+      if (noise.dim() != 4) fail("noise " + noise.describe() + " must be [B, 16, h, w]");
+      int64_t B = noise.size(0), h = noise.size(2), w = noise.size(3);
+      Tensor txt = get("txt");
+      Tensor txt_ids = in.has("txt_ids") ? get("txt_ids") : sampling::text_ids(B, txt.size(1));
+      sampling::DenoiseInputs d{sampling::pack(c, noise), sampling::image_ids(B, h, w), txt, txt_ids, get("vec"),
+                                sampling::schedule(r.steps, (h / 2) * (w / 2), model.config().guidance_embed),
+                                std::nullopt};
+      if (model.config().guidance_embed) d.guidance = in.has("guidance") ? get("guidance").to_floats()[0] : r.guidance;
+      Tensor final = sampling::denoise(c, model, d);
+      Tensor latents = sampling::unpack(c, final, h, w);
+      Tensor image = ae.decode(c, latents);
+      out.push_back({"latents_packed_final", final});
+      out.push_back({"latents_unpacked", latents});
+      out.push_back({"image", image});
+      // The reference stores the 8-bit image as float values 0..255.
+      out.push_back({"image_u8", ops::to_dtype(c, sampling::to_u8(image), DType::F32)});
+    } else {
+      fail("unknown component '" + r.component + "' (transformer, vae-decode, vae-encode, sample, randn)");
+    }
+  }
+  ComponentReport rep;
+  // Copies out of the arena (the file writer needs the tensors after the arena is gone).
+  io::NamedTensors owned;
+  for (auto& [n, t] : out) {
+    Tensor copy = Tensor::zeros(t.shape(), t.dtype());
+    std::memcpy(copy.data<uint8_t>(), t.data<uint8_t>(), t.nbytes());
+    owned.push_back({n, copy});
+    rep.written.push_back(n);
+  }
+  io::write_safetensors(r.output, owned, {{"producer", "fluxpipe run " + r.component}});
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  rep.peak_rss_bytes = peak_rss();
+  rep.arena_peak_bytes = arena.peak();
+  return rep;
+}
+
+}  // namespace fluxpipe

@@ -1,0 +1,40 @@
+// fluxpipe pipeline: running one model component on named tensors from a safetensors file
+// and writing named tensors back (`fluxpipe run ...`), so that anyone can compare any
+// component with a reference without writing code. Tensor names follow the test data in
+// ../shared/testdata/flux-tiny.
+// Thread-safety: one call at a time.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fluxpipe {
+
+struct ComponentRun {
+  std::string component;     // transformer | vae-decode | vae-encode | sample | randn
+  std::string weights;       // transformer or autoencoder weights (file or folder)
+  std::string ae;            // sample: autoencoder weights
+  std::string config;        // BFL parameters JSON for `weights` (FluxParams / AutoEncoderParams)
+  std::string ae_config;     // sample: AutoEncoderParams JSON
+  std::string inputs;        // safetensors with the named inputs
+  std::string output;        // safetensors to write
+  std::string compute = "f32";   // f32 | bf16
+  int steps = 4;             // sample
+  float guidance = 3.5f;     // sample with a dev model, when the inputs carry no `guidance`
+  uint64_t seed = 0;         // randn
+  std::vector<int64_t> shape;    // randn
+  std::string dtype = "f32";     // randn: f32 | bf16
+};
+
+struct ComponentReport {
+  std::vector<std::string> written;   // tensor names
+  double seconds = 0;
+  size_t peak_rss_bytes = 0;          // VmHWM of the process
+  size_t arena_peak_bytes = 0;        // activations
+};
+
+// Throws UserError naming the missing input, file or option.
+ComponentReport run_component(const ComponentRun& run);
+
+}  // namespace fluxpipe
