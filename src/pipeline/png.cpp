@@ -19,6 +19,42 @@ void no_flush(png_structp) {}
 
 }  // namespace
 
+namespace {
+
+// The libpng calls, apart from the setjmp frame below (which must hold no C++ objects that
+// change after setjmp).
+void write_png(png_structp png, png_infop info, const Image& image, png_text* chunks, int n_chunks,
+               std::vector<uint8_t>* out) {
+  png_set_write_fn(png, out, append_bytes, no_flush);
+  png_set_IHDR(png, info, image.width, image.height, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
+               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  if (n_chunks > 0) png_set_text(png, info, chunks, n_chunks);
+  png_write_info(png, info);
+  for (int y = 0; y < image.height; ++y) {
+    png_write_row(png, const_cast<png_bytep>(image.rgb.data() + static_cast<size_t>(y) * image.width * 3));
+  }
+  png_write_end(png, info);
+}
+
+bool encode_or_fail(const Image& image, png_text* chunks, int n_chunks, std::vector<uint8_t>* out) {
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  if (!png) return false;
+  png_infop info = png_create_info_struct(png);
+  if (!info) {
+    png_destroy_write_struct(&png, nullptr);
+    return false;
+  }
+  if (setjmp(png_jmpbuf(png))) {   // libpng reports errors by longjmp
+    png_destroy_write_struct(&png, &info);
+    return false;
+  }
+  write_png(png, info, image, chunks, n_chunks, out);
+  png_destroy_write_struct(&png, &info);
+  return true;
+}
+
+}  // namespace
+
 std::vector<uint8_t> encode_png(const Image& image,
                                 const std::vector<std::pair<std::string, std::string>>& text) {
   if (image.width <= 0 || image.height <= 0 ||
@@ -27,24 +63,7 @@ std::vector<uint8_t> encode_png(const Image& image,
                         std::to_string(image.height) + " has " + std::to_string(image.rgb.size()) +
                         " bytes, expected width*height*3");
   }
-  std::vector<uint8_t> out;
-  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
-  if (!png) throw InternalError("[encode_png] png_create_write_struct failed");
-  png_infop info = png_create_info_struct(png);
-  if (!info) {
-    png_destroy_write_struct(&png, nullptr);
-    throw InternalError("[encode_png] png_create_info_struct failed");
-  }
-  // libpng reports errors by longjmp; nothing with a destructor is created below this point
-  // except `out` and `chunks`, which outlive the jump target.
   std::vector<png_text> chunks(text.size());
-  if (setjmp(png_jmpbuf(png))) {
-    png_destroy_write_struct(&png, &info);
-    throw InternalError("[encode_png] libpng failed");
-  }
-  png_set_write_fn(png, &out, append_bytes, no_flush);
-  png_set_IHDR(png, info, image.width, image.height, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
-               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   for (size_t i = 0; i < text.size(); ++i) {
     std::memset(&chunks[i], 0, sizeof(png_text));
     chunks[i].compression = PNG_TEXT_COMPRESSION_NONE;
@@ -52,13 +71,10 @@ std::vector<uint8_t> encode_png(const Image& image,
     chunks[i].text = const_cast<char*>(text[i].second.c_str());
     chunks[i].text_length = text[i].second.size();
   }
-  if (!chunks.empty()) png_set_text(png, info, chunks.data(), static_cast<int>(chunks.size()));
-  png_write_info(png, info);
-  for (int y = 0; y < image.height; ++y) {
-    png_write_row(png, const_cast<png_bytep>(image.rgb.data() + static_cast<size_t>(y) * image.width * 3));
+  std::vector<uint8_t> out;
+  if (!encode_or_fail(image, chunks.data(), static_cast<int>(chunks.size()), &out)) {
+    throw InternalError("[encode_png] libpng failed");
   }
-  png_write_end(png, info);
-  png_destroy_write_struct(&png, &info);
   return out;
 }
 

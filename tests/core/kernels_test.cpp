@@ -296,11 +296,15 @@ TEST(Arena, ReusesMemoryAcrossPasses) {
     Tensor y = ops::linear(c, x, w);
     for (int i = 0; i < 5; ++i) y = ops::gelu_tanh(c, y);
     EXPECT_EQ(y.shape(), (Shape{16, 64}));
-    if (pass == 0) EXPECT_GT(arena.peak(), 0u);
+    if (pass == 0) {
+      EXPECT_GT(arena.peak(), 0u);
+    }
     size_t cap = arena.capacity();
     arena.reset();
     EXPECT_EQ(arena.used(), 0u);
-    if (pass > 0) EXPECT_EQ(arena.capacity(), cap);
+    if (pass > 0) {
+      EXPECT_EQ(arena.capacity(), cap);
+    }
   }
 }
 

@@ -469,6 +469,8 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
                 ukernel_f32_avx512(rows, A + m0 * lda + k0, lda, packed_f32.data() + static_cast<size_t>(pnl) * NR * KC,
                                    kc, c, ldc, nv, first);
                 break;
+              case Kernel::bf16_amx:   // handled above
+                break;
               case Kernel::f32_portable:
                 ukernel_f32_portable(rows, A + m0 * lda + k0, lda,
                                      packed_f32.data() + static_cast<size_t>(pnl) * NR * KC, kc, c, ldc, nv, first);
