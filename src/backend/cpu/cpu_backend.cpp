@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/activations.h"
 #include "backend/cpu/gemm.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -212,7 +213,9 @@ class CpuBackend final : public Backend {
     float* O = out.data<float>();
     int64_t n = x.numel(), chunk = 4096;
     for_rows((n + chunk - 1) / chunk, chunk, [&](int64_t b, int64_t e) {
-      for (int64_t i = b * chunk; i < std::min(n, e * chunk); ++i) O[i] = unary_f(op, X[i]);
+      int64_t begin = b * chunk, end = std::min(n, e * chunk);
+      if (cpu::activation_avx512(op, X + begin, O + begin, end - begin)) return;
+      for (int64_t i = begin; i < end; ++i) O[i] = unary_f(op, X[i]);
     });
   }
 

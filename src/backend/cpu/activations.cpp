@@ -1,0 +1,82 @@
+#include "backend/cpu/activations.h"
+
+#include <immintrin.h>
+
+#include <cmath>
+
+namespace fluxpipe::cpu {
+namespace {
+
+#define FP_AVX512 __attribute__((target("avx512f,avx512dq")))
+
+// e^x: x = n ln2 + r, |r| <= ln2/2; e^r by its Taylor polynomial to degree 6 (error ~1e-7
+// relative), scaled by 2^n with scalef (which also handles overflow and underflow).
+FP_AVX512 inline __m512 exp512(__m512 x) {
+  const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
+  const __m512 ln2_hi = _mm512_set1_ps(0.693359375f), ln2_lo = _mm512_set1_ps(-2.12194440e-4f);
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.7f)), _mm512_set1_ps(-103.0f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, ln2_hi, x);
+  r = _mm512_fnmadd_ps(n, ln2_lo, r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// x * sigmoid(k x) = x / (1 + e^(-k x)).
+FP_AVX512 inline __m512 x_sigmoid(__m512 x, float k) {
+  __m512 e = exp512(_mm512_mul_ps(x, _mm512_set1_ps(-k)));
+  return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+
+// 0.5 x (1 + tanh(u)) = x * sigmoid(2u) with u = sqrt(2/pi) (x + 0.044715 x^3): the same
+// function without tanh's cancellation near zero.
+FP_AVX512 inline __m512 gelu_tanh512(__m512 x) {
+  const __m512 c = _mm512_set1_ps(0.7978845608028654f), a = _mm512_set1_ps(0.044715f);
+  __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+  __m512 u = _mm512_mul_ps(c, _mm512_fmadd_ps(a, x3, x));
+  __m512 e = exp512(_mm512_mul_ps(u, _mm512_set1_ps(-2.0f)));
+  return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+
+template <Unary op>
+FP_AVX512 inline __m512 act(__m512 v) {
+  if constexpr (op == Unary::gelu_tanh) return gelu_tanh512(v);
+  if constexpr (op == Unary::silu) return x_sigmoid(v, 1.0f);
+  return x_sigmoid(v, 1.702f);   // quick_gelu
+}
+
+template <Unary op>
+FP_AVX512 void apply(const float* x, float* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, act<op>(_mm512_loadu_ps(x + i)));
+  if (i < n) {
+    __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(out + i, m, act<op>(_mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+
+FP_AVX512 void run(Unary op, const float* x, float* out, int64_t n) {
+  switch (op) {
+    case Unary::gelu_tanh: apply<Unary::gelu_tanh>(x, out, n); return;
+    case Unary::silu: apply<Unary::silu>(x, out, n); return;
+    case Unary::quick_gelu: apply<Unary::quick_gelu>(x, out, n); return;
+    case Unary::gelu_erf: return;
+  }
+}
+
+}  // namespace
+
+bool activation_avx512(Unary op, const float* x, float* out, int64_t n) {
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+  if (!ok || op == Unary::gelu_erf) return false;
+  run(op, x, out, n);
+  return true;
+}
+
+}  // namespace fluxpipe::cpu

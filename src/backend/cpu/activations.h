@@ -1,0 +1,15 @@
+// Vectorised activations for the CPU backend: GELU (tanh), SiLU and quick-GELU over float
+// arrays, with AVX-512 where present (exp by range reduction and a degree-6 polynomial,
+// within 2 ulp of expf) and scalar libm otherwise. Tested against the reference.
+#pragma once
+
+#include <cstdint>
+
+#include "backend/backend.h"
+
+namespace fluxpipe::cpu {
+
+// out[i] = op(x[i]) for i < n. Returns false when the op has no vector version here.
+bool activation_avx512(Unary op, const float* x, float* out, int64_t n);
+
+}  // namespace fluxpipe::cpu
