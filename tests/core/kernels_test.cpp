@@ -115,7 +115,7 @@ TEST(Kernels, AmxAndAvx512Bf16KernelsAgree) {
 }
 
 TEST(Kernels, VectorDequantizationIsBitIdenticalToTheReference) {
-  for (DType d : {DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_K}) {
+  for (DType d : {DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_K}) {
     Tensor w = convert(randn({4, 512}, 90, 0.5f), d);
     std::vector<float> fast(2048), slow(2048);
     ASSERT_TRUE(cpu::dequantize_avx512(d, w.data<uint8_t>(), fast.data(), 2048) || !__builtin_cpu_supports("avx512f"));

@@ -82,6 +82,19 @@ __attribute__((target("avx512f,f16c"))) void f16(const uint8_t* b, float* y, int
   }
 }
 
+__attribute__((target("avx512f"))) void bf16(const uint8_t* b, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2 * i)));
+    _mm512_storeu_ps(y + i, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+  }
+  uint16_t h;
+  for (; i < n; ++i) {
+    std::memcpy(&h, b + 2 * i, 2);
+    y[i] = bf16_to_f32(h);
+  }
+}
+
 }  // namespace
 
 bool dequantize_avx512(DType t, const uint8_t* src, float* dst, int64_t n) {
@@ -92,6 +105,7 @@ bool dequantize_avx512(DType t, const uint8_t* src, float* dst, int64_t n) {
     case DType::Q4_0: q4_0(src, dst, n / 32); return true;
     case DType::Q4_K: q4_k(src, dst, n / 256); return true;
     case DType::F16: f16(src, dst, n); return true;
+    case DType::BF16: bf16(src, dst, n); return true;
     default: return false;
   }
 }

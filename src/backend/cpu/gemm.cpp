@@ -315,6 +315,44 @@ __attribute__((target_clones("avx2,fma", "default"))) void ukernel_f32_portable(
   }
 }
 
+// A few rows (the modulation vectors, M = batch): the product is bound by reading the weights
+// once, so each weight row is widened to floats and dotted with the rows of A directly,
+// without packing. 16 independent partial sums per row, added in a fixed order.
+__attribute__((target("avx512f"))) float dot_avx512(const float* a, const float* b, int64_t n) {
+  __m512 acc = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+  float s = _mm512_reduce_add_ps(acc);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  if (cpu_has_avx512()) return dot_avx512(a, b, n);
+  float s = 0;
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+void gemv_rows(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N, int64_t K,
+               bool round_bf16, bool parallel) {
+  auto work = [&](int, int64_t n0, int64_t n1) {
+    std::vector<float> row(static_cast<size_t>(K));
+    for (int64_t n = n0; n < n1; ++n) {
+      b_row_to_f32(B, n, 0, K, row.data());
+      if (round_bf16) {
+        for (float& v : row) v = bf16_to_f32(f32_to_bf16(v));
+      }
+      for (int64_t m = 0; m < M; ++m) C[m * ldc + n] = dot(A + m * lda, row.data(), K);
+    }
+  };
+  if (parallel) {
+    ThreadPool::global().parallel_for(N, work);
+  } else {
+    work(0, 0, N);
+  }
+}
+
 enum class Kernel { f32_avx512, bf16_avx512, bf16_amx, f32_portable };
 
 std::atomic<bool> g_force_no_amx{false};
@@ -367,17 +405,26 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
       (kernel == Kernel::bf16_amx || kernel == Kernel::bf16_avx512) && onednn_gemm_bf16(A, lda, B, C, ldc, M, N, K)) {
     return;
   }
-  // BF16 compute without bf16 instructions: same rounding of A (and of B while packing).
+  const bool bf16_kernel = kernel == Kernel::bf16_avx512 || kernel == Kernel::bf16_amx;
   std::vector<float> rounded;
+  if (M <= 4 && !g_force_portable) {
+    if (compute == Compute::BF16) {
+      rounded = round_rows_bf16(A, lda, M, K);
+      A = rounded.data();
+      lda = K;
+    }
+    gemv_rows(A, lda, B, C, ldc, M, N, K, compute == Compute::BF16 && B.dtype != DType::BF16, parallel);
+    return;
+  }
+  // BF16 compute without bf16 instructions: the same rounding of A (and of B while packing).
   bool round_b = false;
-  if (compute == Compute::BF16 && kernel != Kernel::bf16_avx512) {
+  if (compute == Compute::BF16 && !bf16_kernel) {
     rounded = round_rows_bf16(A, lda, M, K);
     A = rounded.data();
     lda = K;
     round_b = true;
   }
   // bf16 copy of A, K padded to even.
-  const bool bf16_kernel = kernel == Kernel::bf16_avx512 || kernel == Kernel::bf16_amx;
   std::vector<uint16_t> abf;
   int64_t lda16 = kernel == Kernel::bf16_amx ? (K + 31) / 32 * 32 : (K + 1) & ~int64_t{1};
   if (bf16_kernel) {
