@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "io/name_maps.h"
 #include "io/weights.h"
 #include "models/flux/flux.h"
 #include "models/vae/vae.h"
@@ -36,16 +37,9 @@ size_t peak_rss() {
   return 0;
 }
 
-// ComfyUI single files keep the transformer under "model.diffusion_model."; BFL names otherwise.
-io::WeightSet transformer_weights(const std::string& path) {
-  io::WeightSet w = io::load_weights(path);
-  const std::string prefix = "model.diffusion_model.";
-  io::WeightSet out;
-  out.metadata = w.metadata;
-  out.files = w.files;
-  for (auto& [name, t] : w.tensors) out.tensors.emplace(name.rfind(prefix, 0) == 0 ? name.substr(prefix.size()) : name, t);
-  return out;
-}
+// Any layout users have (BFL, diffusers folder, ComfyUI single file, GGUF) under BFL names.
+io::WeightSet transformer_weights(const std::string& path) { return io::flux_transformer_weights(io::load_weights(path)); }
+io::WeightSet ae_weights(const std::string& path) { return io::autoencoder_weights(io::load_weights(path)); }
 
 const Tensor& input(const io::WeightSet& in, const std::string& name, const std::string& file) {
   if (!in.has(name)) fail("inputs '" + file + "' have no tensor '" + name + "'");
@@ -86,14 +80,14 @@ ComponentReport run_component(const ComponentRun& r) {
                                guidance.defined() ? &guidance : nullptr);
       out.push_back({"output", o});
     } else if (r.component == "vae-decode" || r.component == "vae-encode") {
-      io::WeightSet w = io::load_weights(r.weights);
+      io::WeightSet w = ae_weights(r.weights);
       vae::Model ae(vae::Config::from_weights(w, params ? &*params : nullptr), w);
       if (r.component == "vae-decode") out.push_back({"decode.out", ae.decode(c, get("decode.z"))});
       else out.push_back({"encode.out", ae.encode(c, get("encode.x"))});
     } else if (r.component == "sample") {
       if (r.ae.empty()) fail("sample needs --ae (autoencoder weights)");
       io::WeightSet tw = transformer_weights(r.weights);
-      io::WeightSet aw = io::load_weights(r.ae);
+      io::WeightSet aw = ae_weights(r.ae);
       std::optional<nlohmann::json> ae_params = read_params(r.ae_config);
       flux::Model model(flux::Config::from_weights(tw, params ? &*params : nullptr), tw);
       vae::Model ae(vae::Config::from_weights(aw, ae_params ? &*ae_params : nullptr), aw);

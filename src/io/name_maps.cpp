@@ -1,0 +1,227 @@
+#include "io/name_maps.h"
+
+#include <cstring>
+#include <functional>
+#include <vector>
+
+#include "core/error.h"
+
+namespace fluxpipe::io {
+namespace {
+
+// One BFL tensor made from one or more source tensors stacked along dim 0 (rows, in order).
+// "{i}" stands for a block index, "{w}" for "weight" and "bias" alike.
+struct Rule {
+  const char* target;
+  std::vector<const char*> sources;
+  bool swap_halves = false;   // exchange the two halves of dim 0
+};
+
+const std::vector<Rule>& diffusers_transformer_rules() {
+  static const std::vector<Rule> rules = {
+      {"img_in.{w}", {"x_embedder.{w}"}},
+      {"txt_in.{w}", {"context_embedder.{w}"}},
+      {"time_in.in_layer.{w}", {"time_text_embed.timestep_embedder.linear_1.{w}"}},
+      {"time_in.out_layer.{w}", {"time_text_embed.timestep_embedder.linear_2.{w}"}},
+      {"vector_in.in_layer.{w}", {"time_text_embed.text_embedder.linear_1.{w}"}},
+      {"vector_in.out_layer.{w}", {"time_text_embed.text_embedder.linear_2.{w}"}},
+      {"guidance_in.in_layer.{w}", {"time_text_embed.guidance_embedder.linear_1.{w}"}},
+      {"guidance_in.out_layer.{w}", {"time_text_embed.guidance_embedder.linear_2.{w}"}},
+      {"double_blocks.{i}.img_mod.lin.{w}", {"transformer_blocks.{i}.norm1.linear.{w}"}},
+      {"double_blocks.{i}.txt_mod.lin.{w}", {"transformer_blocks.{i}.norm1_context.linear.{w}"}},
+      {"double_blocks.{i}.img_attn.qkv.{w}",
+       {"transformer_blocks.{i}.attn.to_q.{w}", "transformer_blocks.{i}.attn.to_k.{w}", "transformer_blocks.{i}.attn.to_v.{w}"}},
+      {"double_blocks.{i}.txt_attn.qkv.{w}",
+       {"transformer_blocks.{i}.attn.add_q_proj.{w}", "transformer_blocks.{i}.attn.add_k_proj.{w}",
+        "transformer_blocks.{i}.attn.add_v_proj.{w}"}},
+      {"double_blocks.{i}.img_attn.norm.query_norm.scale", {"transformer_blocks.{i}.attn.norm_q.weight"}},
+      {"double_blocks.{i}.img_attn.norm.key_norm.scale", {"transformer_blocks.{i}.attn.norm_k.weight"}},
+      {"double_blocks.{i}.txt_attn.norm.query_norm.scale", {"transformer_blocks.{i}.attn.norm_added_q.weight"}},
+      {"double_blocks.{i}.txt_attn.norm.key_norm.scale", {"transformer_blocks.{i}.attn.norm_added_k.weight"}},
+      {"double_blocks.{i}.img_attn.proj.{w}", {"transformer_blocks.{i}.attn.to_out.0.{w}"}},
+      {"double_blocks.{i}.txt_attn.proj.{w}", {"transformer_blocks.{i}.attn.to_add_out.{w}"}},
+      {"double_blocks.{i}.img_mlp.0.{w}", {"transformer_blocks.{i}.ff.net.0.proj.{w}"}},
+      {"double_blocks.{i}.img_mlp.2.{w}", {"transformer_blocks.{i}.ff.net.2.{w}"}},
+      {"double_blocks.{i}.txt_mlp.0.{w}", {"transformer_blocks.{i}.ff_context.net.0.proj.{w}"}},
+      {"double_blocks.{i}.txt_mlp.2.{w}", {"transformer_blocks.{i}.ff_context.net.2.{w}"}},
+      {"single_blocks.{i}.linear1.{w}",
+       {"single_transformer_blocks.{i}.attn.to_q.{w}", "single_transformer_blocks.{i}.attn.to_k.{w}",
+        "single_transformer_blocks.{i}.attn.to_v.{w}", "single_transformer_blocks.{i}.proj_mlp.{w}"}},
+      {"single_blocks.{i}.linear2.{w}", {"single_transformer_blocks.{i}.proj_out.{w}"}},
+      {"single_blocks.{i}.norm.query_norm.scale", {"single_transformer_blocks.{i}.attn.norm_q.weight"}},
+      {"single_blocks.{i}.norm.key_norm.scale", {"single_transformer_blocks.{i}.attn.norm_k.weight"}},
+      {"single_blocks.{i}.modulation.lin.{w}", {"single_transformer_blocks.{i}.norm.linear.{w}"}},
+      {"final_layer.linear.{w}", {"proj_out.{w}"}},
+      {"final_layer.adaLN_modulation.1.{w}", {"norm_out.linear.{w}"}, true},
+  };
+  return rules;
+}
+
+std::string substitute(std::string s, const std::string& key, const std::string& value) {
+  for (size_t p; (p = s.find(key)) != std::string::npos;) s.replace(p, key.size(), value);
+  return s;
+}
+
+// Rows of `parts` stacked (dim 0), optionally with the halves exchanged: new CPU memory.
+Tensor stack_rows(const std::vector<Tensor>& parts, bool swap_halves, const std::string& target) {
+  Shape shape = parts[0].shape();
+  int64_t rows = 0;
+  for (const Tensor& p : parts) {
+    Shape s = p.shape();
+    if (p.dtype() != parts[0].dtype() || s.size() != shape.size() || !std::equal(s.begin() + 1, s.end(), shape.begin() + 1)) {
+      throw UserError("[weights] cannot stack the parts of '" + target + "': " + parts[0].describe() + " and " + p.describe());
+    }
+    rows += s[0];
+  }
+  shape[0] = rows;
+  if (parts.size() == 1 && !swap_halves) return parts[0];
+  Tensor out = Tensor::zeros(shape, parts[0].dtype());
+  uint8_t* dst = out.data<uint8_t>();
+  for (const Tensor& p : parts) {
+    std::memcpy(dst, p.data<uint8_t>(), p.nbytes());
+    dst += p.nbytes();
+  }
+  if (swap_halves) {
+    if (rows % 2) throw UserError("[weights] '" + target + "' has an odd number of rows to swap");
+    size_t half = out.nbytes() / 2;
+    std::vector<uint8_t> tmp(out.data<uint8_t>(), out.data<uint8_t>() + half);
+    std::memmove(out.data<uint8_t>(), out.data<uint8_t>() + half, half);
+    std::memcpy(out.data<uint8_t>() + half, tmp.data(), half);
+  }
+  return out;
+}
+
+WeightSet apply_rules(const WeightSet& src, const std::vector<Rule>& rules, const std::string& what) {
+  WeightSet out;
+  out.metadata = src.metadata;
+  out.files = src.files;
+  auto count = [&](const std::string& prefix, const std::string& probe) {
+    int n = 0;
+    while (src.has(prefix + std::to_string(n) + probe)) ++n;
+    return n;
+  };
+  int doubles = count("transformer_blocks.", ".norm1.linear.weight");
+  int singles = count("single_transformer_blocks.", ".norm.linear.weight");
+  for (const Rule& r : rules) {
+    std::string target = r.target;
+    bool per_block = target.find("{i}") != std::string::npos;
+    int blocks = !per_block ? 1 : target.rfind("double_blocks", 0) == 0 ? doubles : singles;
+    for (int i = 0; i < blocks; ++i) {
+      for (const char* w : {"weight", "bias"}) {
+        bool has_w = target.find("{w}") != std::string::npos;
+        if (!has_w && std::string(w) == "bias") continue;
+        auto expand = [&](const std::string& s) { return substitute(substitute(s, "{i}", std::to_string(i)), "{w}", w); };
+        std::vector<Tensor> parts;
+        std::string missing;
+        for (const char* s : r.sources) {
+          std::string name = expand(s);
+          if (src.has(name)) parts.push_back(src.at(name));
+          else if (missing.empty()) missing = name;
+        }
+        if (parts.empty()) continue;   // optional tensors (biases, guidance) simply absent
+        if (!missing.empty()) {
+          throw UserError("[weights] " + what + ": '" + missing + "' is missing (needed for '" + expand(target) + "')");
+        }
+        out.tensors.emplace(expand(target), stack_rows(parts, r.swap_halves, expand(target)));
+      }
+    }
+  }
+  return out;
+}
+
+WeightSet strip_prefix(const WeightSet& src, const std::string& prefix) {
+  WeightSet out;
+  out.metadata = src.metadata;
+  out.files = src.files;
+  for (const auto& [name, t] : src.tensors) {
+    if (name.rfind(prefix, 0) == 0) out.tensors.emplace(name.substr(prefix.size()), t);
+  }
+  return out;
+}
+
+bool any_prefix(const WeightSet& w, const std::string& prefix) {
+  auto it = w.tensors.lower_bound(prefix);
+  return it != w.tensors.end() && it->first.rfind(prefix, 0) == 0;
+}
+
+}  // namespace
+
+const char* layout_name(Layout l) {
+  switch (l) {
+    case Layout::bfl: return "BFL";
+    case Layout::diffusers: return "diffusers";
+    case Layout::comfyui: return "ComfyUI";
+  }
+  return "?";
+}
+
+Layout detect_transformer_layout(const WeightSet& src) {
+  if (src.has("x_embedder.weight")) return Layout::diffusers;
+  if (any_prefix(src, "model.diffusion_model.")) return Layout::comfyui;
+  return Layout::bfl;
+}
+
+WeightSet flux_transformer_weights(const WeightSet& src) {
+  switch (detect_transformer_layout(src)) {
+    case Layout::diffusers: return apply_rules(src, diffusers_transformer_rules(), "diffusers transformer");
+    case Layout::comfyui: return strip_prefix(src, "model.diffusion_model.");
+    case Layout::bfl: return src;
+  }
+  return src;
+}
+
+WeightSet autoencoder_weights(const WeightSet& src) {
+  if (any_prefix(src, "first_stage_model.")) return strip_prefix(src, "first_stage_model.");
+  if (any_prefix(src, "vae.")) return strip_prefix(src, "vae.");
+  if (!src.has("decoder.up_blocks.0.resnets.0.conv1.weight") && !src.has("decoder.mid_block.resnets.0.conv1.weight")) return src;
+  // diffusers AutoencoderKL: levels counted from the other end in the decoder, different names.
+  WeightSet out;
+  out.metadata = src.metadata;
+  out.files = src.files;
+  auto put = [&](const std::string& to, const std::string& from) {
+    for (const char* w : {"weight", "bias"}) {
+      std::string f = from + "." + w;
+      if (!src.has(f)) continue;
+      Tensor t = src.at(f);
+      // diffusers' attention projections are linear [C, C]; BFL's are 1x1 convolutions.
+      if (std::string(w) == "weight" && t.dim() == 2 && to.find("attn_1.") != std::string::npos) t = t.reshape({t.size(0), t.size(1), 1, 1});
+      out.tensors.emplace(to + "." + w, t);
+    }
+  };
+  auto resnet = [&](const std::string& to, const std::string& from) {
+    for (const char* p : {"norm1", "conv1", "norm2", "conv2"}) put(to + "." + p, from + "." + p);
+    put(to + ".nin_shortcut", from + ".conv_shortcut");
+  };
+  auto count = [&](const std::string& prefix, const std::string& probe) {
+    int n = 0;
+    while (src.has(prefix + std::to_string(n) + probe)) ++n;
+    return n;
+  };
+  for (const char* tower : {"encoder", "decoder"}) {
+    std::string t = tower;
+    if (!src.has(t + ".conv_in.weight")) continue;
+    put(t + ".conv_in", t + ".conv_in");
+    put(t + ".conv_out", t + ".conv_out");
+    put(t + ".norm_out", t + ".conv_norm_out");
+    resnet(t + ".mid.block_1", t + ".mid_block.resnets.0");
+    resnet(t + ".mid.block_2", t + ".mid_block.resnets.1");
+    put(t + ".mid.attn_1.norm", t + ".mid_block.attentions.0.group_norm");
+    put(t + ".mid.attn_1.q", t + ".mid_block.attentions.0.to_q");
+    put(t + ".mid.attn_1.k", t + ".mid_block.attentions.0.to_k");
+    put(t + ".mid.attn_1.v", t + ".mid_block.attentions.0.to_v");
+    put(t + ".mid.attn_1.proj_out", t + ".mid_block.attentions.0.to_out.0");
+    bool dec = t == "decoder";
+    std::string blocks = dec ? ".up_blocks." : ".down_blocks.";
+    int levels = count(t + blocks, ".resnets.0.conv1.weight");
+    for (int i = 0; i < levels; ++i) {
+      int level = dec ? levels - 1 - i : i;   // diffusers' up_blocks.0 is BFL's decoder.up.<last>
+      std::string from = t + blocks + std::to_string(i), to = t + (dec ? ".up." : ".down.") + std::to_string(level);
+      int n = count(from + ".resnets.", ".conv1.weight");
+      for (int j = 0; j < n; ++j) resnet(to + ".block." + std::to_string(j), from + ".resnets." + std::to_string(j));
+      put(to + (dec ? ".upsample.conv" : ".downsample.conv"), from + (dec ? ".upsamplers.0.conv" : ".downsamplers.0.conv"));
+    }
+  }
+  return out;
+}
+
+}  // namespace fluxpipe::io
