@@ -1,23 +1,15 @@
+// The pool runs on OpenMP's threads: oneDNN (which the CPU backend hands large products to)
+// runs on them too, and two sets of threads on the same cores — one spinning while the other
+// works — measured several times slower than one shared set.
 #include "core/thread_pool.h"
+
+#include <omp.h>
 
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 
 namespace fluxpipe {
-
-ThreadPool::ThreadPool(int threads) {
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker(i); });
-}
-
-ThreadPool::~ThreadPool() {
-  {
-    std::lock_guard lock(mu_);
-    stopping_ = true;
-  }
-  start_cv_.notify_all();
-  for (auto& w : workers_) w.join();
-}
 
 namespace {
 void range_of(int64_t n, int parts, int index, int64_t* begin, int64_t* end) {
@@ -27,52 +19,26 @@ void range_of(int64_t n, int parts, int index, int64_t* begin, int64_t* end) {
 }
 }  // namespace
 
-void ThreadPool::parallel_for(int64_t n, const std::function<void(int, int64_t, int64_t)>& fn) {
-  if (n <= 0) return;
-  {
-    std::unique_lock lock(mu_);
-    if (busy_ || workers_.empty() || n == 1) {
-      lock.unlock();
-      fn(0, 0, n);
-      return;
-    }
-    busy_ = true;
-    job_ = &fn;
-    n_ = n;
-    pending_ = static_cast<int>(workers_.size());
-    ++generation_;
-  }
-  start_cv_.notify_all();
-  int64_t b, e;
-  range_of(n, size(), 0, &b, &e);
-  if (b < e) fn(0, b, e);
-  std::unique_lock lock(mu_);
-  done_cv_.wait(lock, [this] { return pending_ == 0; });
-  job_ = nullptr;
-  busy_ = false;
+ThreadPool::ThreadPool(int threads) {
+  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  threads_ = threads;
 }
 
-void ThreadPool::worker(int index) {
-  uint64_t seen = 0;
-  while (true) {
-    const std::function<void(int, int64_t, int64_t)>* job;
-    int64_t n;
-    {
-      std::unique_lock lock(mu_);
-      start_cv_.wait(lock, [&] { return stopping_ || generation_ != seen; });
-      if (stopping_) return;
-      seen = generation_;
-      job = job_;
-      n = n_;
-    }
+ThreadPool::~ThreadPool() = default;
+
+void ThreadPool::parallel_for(int64_t n, const std::function<void(int, int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  if (threads_ == 1 || n == 1 || omp_in_parallel()) {   // nested calls run on the calling thread
+    fn(0, 0, n);
+    return;
+  }
+  const int parts = threads_;
+#pragma omp parallel num_threads(parts)
+  {
+    int t = omp_get_thread_num();
     int64_t b, e;
-    range_of(n, size(), index, &b, &e);
-    if (b < e) (*job)(index, b, e);
-    {
-      std::lock_guard lock(mu_);
-      --pending_;
-    }
-    done_cv_.notify_all();
+    range_of(n, omp_get_num_threads(), t, &b, &e);
+    if (b < e) fn(t, b, e);
   }
 }
 
@@ -91,6 +57,7 @@ ThreadPool& ThreadPool::global() {
     int threads = 0;
     if (const char* env = std::getenv("FLUXPIPE_THREADS")) threads = std::atoi(env);
     slot = std::make_unique<ThreadPool>(threads);
+    omp_set_num_threads(slot->size());
   }
   return *slot;
 }
@@ -98,6 +65,7 @@ ThreadPool& ThreadPool::global() {
 void ThreadPool::set_global_threads(int threads) {
   std::lock_guard lock(g_global_mu);
   global_slot() = std::make_unique<ThreadPool>(threads);
+  omp_set_num_threads(global_slot()->size());
 }
 
 }  // namespace fluxpipe

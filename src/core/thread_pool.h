@@ -1,4 +1,5 @@
-// fluxpipe core: a fixed pool of worker threads for data-parallel loops.
+// fluxpipe core: data-parallel loops over a fixed number of threads (OpenMP's, shared with
+// oneDNN).
 //
 // parallel_for splits [0, n) into one contiguous range per thread, always the same way for
 // the same n and thread count, so results are deterministic for a fixed thread count.
@@ -6,11 +7,10 @@
 // nested calls run serially on the calling thread.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <mutex>
-#include <thread>
+#include <thread>   // hardware_concurrency
 #include <vector>
 
 namespace fluxpipe {
@@ -23,7 +23,7 @@ class ThreadPool {
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
 
-  int size() const { return static_cast<int>(workers_.size()) + 1; }
+  int size() const { return threads_; }
   // Calls fn(thread_index, begin, end) for the ranges of [0, n); returns when all are done.
   void parallel_for(int64_t n, const std::function<void(int, int64_t, int64_t)>& fn);
 
@@ -32,17 +32,7 @@ class ThreadPool {
   static void set_global_threads(int threads);
 
  private:
-  void worker(int index);
-
-  std::vector<std::thread> workers_;
-  std::mutex mu_;
-  std::condition_variable start_cv_, done_cv_;
-  const std::function<void(int, int64_t, int64_t)>* job_ = nullptr;
-  int64_t n_ = 0;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool stopping_ = false;
-  bool busy_ = false;
+  int threads_ = 1;
 };
 
 }  // namespace fluxpipe

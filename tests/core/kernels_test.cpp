@@ -186,6 +186,18 @@ TEST(Kernels, AttentionAgainstReference) {
   }
 }
 
+TEST(Kernels, LongSequenceAttentionAgainstReference) {
+  // Lq * Lk >= 256^2 takes the per-head path with large parallel products.
+  Tensor q = randn({1, 2, 300, 32}, 24), k = randn({1, 2, 260, 32}, 25), v = randn({1, 2, 260, 32}, 26);
+  Tensor bias = randn({1, 1, 300, 260}, 27);
+  Tensor want = Tensor::zeros(q.shape(), DType::F32);
+  cpu::ref::attention(q, k, v, 0.2f, &bias, true, want);
+  Ctx c;
+  expect_close(ops::attention(c, q, k, v, 0.2f, &bias, true), want, 1e-5, 1e-5, "long attention f32");
+  c.compute = Compute::BF16;
+  expect_close(ops::attention(c, q, k, v, 0.2f, &bias, true), want, 3e-2, 3e-2, "long attention bf16");
+}
+
 TEST(Kernels, NormsAgainstReference) {
   Ctx c;
   for (int D : kSizes) {

@@ -70,7 +70,58 @@ FP_AVX512 void run(Unary op, const float* x, float* out, int64_t n) {
   }
 }
 
+FP_AVX512 float max_of(const float* x, int64_t n) {
+  __m512 m = _mm512_set1_ps(-INFINITY);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(x + i));
+  float r = _mm512_reduce_max_ps(m);
+  for (; i < n; ++i) r = std::max(r, x[i]);
+  return r;
+}
+
+FP_AVX512 void scale_by(float* x, int64_t n, float k) {
+  const __m512 kv = _mm512_set1_ps(k);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), kv));
+  for (; i < n; ++i) x[i] *= k;
+}
+
+FP_AVX512 double exp_shifted(float* x, int64_t n, float shift) {
+  const __m512 s = _mm512_set1_ps(shift);
+  __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(x + i), s));
+    _mm512_storeu_ps(x + i, e);
+    acc0 = _mm512_add_pd(acc0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+    acc1 = _mm512_add_pd(acc1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+  }
+  double sum = _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
+  for (; i < n; ++i) sum += (x[i] = std::exp(x[i] - shift));
+  return sum;
+}
+
 }  // namespace
+
+bool softmax_avx512(float* x, int64_t n) {
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+  if (!ok) return false;
+  float mx = max_of(x, n);
+  if (mx == -INFINITY) {   // fully masked row: no attention
+    for (int64_t i = 0; i < n; ++i) x[i] = 0.0f;
+    return true;
+  }
+  double sum = exp_shifted(x, n, mx);
+  scale_by(x, n, static_cast<float>(1.0 / sum));
+  return true;
+}
+
+bool exp_shifted_avx512(float* x, int64_t n, float shift, double* sum) {
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+  if (!ok) return false;
+  *sum = exp_shifted(x, n, shift);
+  return true;
+}
 
 bool activation_avx512(Unary op, const float* x, float* out, int64_t n) {
   static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");

@@ -12,4 +12,11 @@ namespace fluxpipe::cpu {
 // out[i] = op(x[i]) for i < n. Returns false when the op has no vector version here.
 bool activation_avx512(Unary op, const float* x, float* out, int64_t n);
 
+// Softmax of a row in place (a row of -inf becomes zeros). False without AVX-512.
+bool softmax_avx512(float* x, int64_t n);
+
+// x[i] = exp(x[i] - shift) in place, *sum = their sum (in double, over 16 float lanes).
+// False (nothing done) without AVX-512.
+bool exp_shifted_avx512(float* x, int64_t n, float shift, double* sum);
+
 }  // namespace fluxpipe::cpu

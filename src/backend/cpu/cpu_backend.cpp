@@ -9,6 +9,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/activations.h"
 #include "backend/cpu/gemm.h"
+#include "backend/cpu/scratch.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 
@@ -39,8 +40,9 @@ float unary_f(Unary op, float x) {
   return x;
 }
 
-// Softmax of one row in place, in float with a float max and double sum.
+// Softmax of one row in place: float max, exp (vectorised where AVX-512 exists), double sum.
 void softmax_row(float* x, int64_t n) {
+  if (cpu::softmax_avx512(x, n)) return;
   float mx = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);
   if (mx == -std::numeric_limits<float>::infinity()) {   // fully masked row: no attention
@@ -48,7 +50,9 @@ void softmax_row(float* x, int64_t n) {
     return;
   }
   double sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += (x[i] = std::exp(x[i] - mx));
+  if (!cpu::exp_shifted_avx512(x, n, mx, &sum)) {
+    for (int64_t i = 0; i < n; ++i) sum += (x[i] = std::exp(x[i] - mx));
+  }
   float inv = static_cast<float>(1.0 / sum);
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
@@ -81,29 +85,26 @@ class CpuBackend final : public Backend {
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor* bias, bool causal,
                  Tensor& out, Compute c) override {
     int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), Lk = k.size(2), D = q.size(3);
-    constexpr int64_t QB = 64;   // query rows per work unit: scores are QB x Lk, never Lq x Lk
-    // vᵀ per head, so that P·V is another A·Bᵀ product.
-    std::vector<float> vt(static_cast<size_t>(B * H * D * Lk));
-    const float* V = v.data<float>();
-    for_rows(B * H, Lk * D, [&](int64_t b, int64_t e) {
-      for (int64_t bh = b; bh < e; ++bh)
-        for (int64_t j = 0; j < Lk; ++j)
-          for (int64_t d = 0; d < D; ++d) vt[static_cast<size_t>((bh * D + d) * Lk + j)] = V[(bh * Lk + j) * D + d];
-    });
-    int64_t qblocks = (Lq + QB - 1) / QB;
     const float* Q = q.data<float>();
     const float* Kp = k.data<float>();
+    const float* V = v.data<float>();
     const float* Bi = bias ? bias->data<float>() : nullptr;
     float* O = out.data<float>();
-    ThreadPool::global().parallel_for(B * H * qblocks, [&](int, int64_t ub, int64_t ue) {
-      std::vector<float> s(static_cast<size_t>(QB * Lk));
-      for (int64_t u = ub; u < ue; ++u) {
-        int64_t bh = u / qblocks, i0 = (u % qblocks) * QB, rows = std::min(QB, Lq - i0);
-        int64_t b = bh / H, h = bh % H;
-        BMatrix kb{DType::F32, reinterpret_cast<const uint8_t*>(Kp + bh * Lk * D), D * 4};
-        cpu::gemm(Q + (bh * Lq + i0) * D, D, kb, s.data(), Lk, rows, Lk, D, c, false);
-        for (int64_t i = 0; i < rows; ++i) {
-          float* row = s.data() + i * Lk;
+    // Long sequences: one head at a time, query rows in blocks of QB, each product a large
+    // parallel GEMM (scores are QB x Lk, never Lq x Lk). Short ones: many small single-thread
+    // products in parallel over (head, block).
+    const bool long_seq = Lq * Lk >= 256 * 256;
+    const int64_t QB = long_seq ? 2048 : 64;
+    const int64_t qblocks = (Lq + QB - 1) / QB;
+    float* vt = cpu::scratch<float>(4, static_cast<size_t>(long_seq ? D * Lk : B * H * D * Lk));   // vᵀ: P·V is A·Bᵀ
+    auto transpose_v = [&](int64_t bh, float* dst) {
+      for (int64_t j = 0; j < Lk; ++j)
+        for (int64_t d = 0; d < D; ++d) dst[d * Lk + j] = V[(bh * Lk + j) * D + d];
+    };
+    auto scores_to_probs = [&](float* s, int64_t rows, int64_t b, int64_t h, int64_t i0) {
+      for_rows(rows, Lk * 8, [&](int64_t r0, int64_t r1) {
+        for (int64_t i = r0; i < r1; ++i) {
+          float* row = s + i * Lk;
           const float* brow = nullptr;
           if (Bi) {
             int64_t bb = bias->size(0) == 1 ? 0 : b, hh = bias->size(1) == 1 ? 0 : h;
@@ -115,7 +116,34 @@ class CpuBackend final : public Backend {
           }
           softmax_row(row, Lk);
         }
-        BMatrix vb{DType::F32, reinterpret_cast<const uint8_t*>(vt.data() + bh * D * Lk), Lk * 4};
+      });
+    };
+    if (long_seq) {
+      float* s = cpu::scratch<float>(5, static_cast<size_t>(QB * Lk));
+      for (int64_t bh = 0; bh < B * H; ++bh) {
+        transpose_v(bh, vt);
+        BMatrix kb{DType::F32, reinterpret_cast<const uint8_t*>(Kp + bh * Lk * D), D * 4};
+        BMatrix vb{DType::F32, reinterpret_cast<const uint8_t*>(vt), Lk * 4};
+        for (int64_t i0 = 0; i0 < Lq; i0 += QB) {
+          int64_t rows = std::min(QB, Lq - i0);
+          cpu::gemm(Q + (bh * Lq + i0) * D, D, kb, s, Lk, rows, Lk, D, c, true);
+          scores_to_probs(s, rows, bh / H, bh % H, i0);
+          cpu::gemm(s, Lk, vb, O + (bh * Lq + i0) * D, D, rows, D, Lk, c, true);
+        }
+      }
+      return;
+    }
+    for_rows(B * H, Lk * D, [&](int64_t b0, int64_t b1) {
+      for (int64_t bh = b0; bh < b1; ++bh) transpose_v(bh, vt + bh * D * Lk);
+    });
+    ThreadPool::global().parallel_for(B * H * qblocks, [&](int, int64_t ub, int64_t ue) {
+      std::vector<float> s(static_cast<size_t>(QB * Lk));
+      for (int64_t u = ub; u < ue; ++u) {
+        int64_t bh = u / qblocks, i0 = (u % qblocks) * QB, rows = std::min(QB, Lq - i0);
+        BMatrix kb{DType::F32, reinterpret_cast<const uint8_t*>(Kp + bh * Lk * D), D * 4};
+        cpu::gemm(Q + (bh * Lq + i0) * D, D, kb, s.data(), Lk, rows, Lk, D, c, false);
+        scores_to_probs(s.data(), rows, bh / H, bh % H, i0);
+        BMatrix vb{DType::F32, reinterpret_cast<const uint8_t*>(vt + bh * D * Lk), Lk * 4};
         cpu::gemm(s.data(), Lk, vb, O + (bh * Lq + i0) * D, D, rows, D, Lk, c, false);
       }
     });

@@ -11,6 +11,7 @@
 
 #include "backend/cpu/dequant_avx512.h"
 #include "backend/cpu/onednn_gemm.h"
+#include "backend/cpu/scratch.h"
 #include "core/thread_pool.h"
 
 namespace fluxpipe::cpu {
@@ -425,12 +426,15 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
     round_b = true;
   }
   // bf16 copy of A, K padded to even.
-  std::vector<uint16_t> abf;
+  uint16_t* abf = nullptr;
   int64_t lda16 = kernel == Kernel::bf16_amx ? (K + 31) / 32 * 32 : (K + 1) & ~int64_t{1};
   if (bf16_kernel) {
-    abf.assign(static_cast<size_t>(M * lda16), 0);
+    abf = scratch<uint16_t>(0, static_cast<size_t>(M * lda16));
     auto convert = [&](int, int64_t b, int64_t e) {
-      for (int64_t m = b; m < e; ++m) f32_row_to_bf16(A + m * lda, abf.data() + m * lda16, K);
+      for (int64_t m = b; m < e; ++m) {
+        f32_row_to_bf16(A + m * lda, abf + m * lda16, K);
+        std::fill(abf + m * lda16 + K, abf + (m + 1) * lda16, uint16_t{0});   // padding
+      }
     };
     if (parallel && M * K > 65536) {
       ThreadPool::global().parallel_for(M, convert);
@@ -474,7 +478,7 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
         if (kernel == Kernel::bf16_amx) {
           for (int64_t m0 = 0; m0 < M; m0 += 32) {
             int rows = static_cast<int>(std::min<int64_t>(32, M - m0));
-            const uint16_t* a = abf.data() + m0 * lda16 + k0;
+            const uint16_t* a = abf + m0 * lda16 + k0;
             int64_t lda_used = lda16;
             if (rows < 32) {
               std::fill(a_tail.begin(), a_tail.end(), 0);
@@ -508,7 +512,7 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
             float* c = C + m0 * ldc + n0;
             switch (kernel) {
               case Kernel::bf16_avx512:
-                ukernel_bf16_avx512(rows, abf.data() + m0 * lda16 + k0, lda16,
+                ukernel_bf16_avx512(rows, abf + m0 * lda16 + k0, lda16,
                                     packed_bf16.data() + static_cast<size_t>(pnl) * NR * KC, (kc + 1) / 2, c, ldc, nv,
                                     first);
                 break;

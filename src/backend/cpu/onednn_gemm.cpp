@@ -7,6 +7,7 @@
 
 #include <dnnl.hpp>
 
+#include "backend/cpu/scratch.h"
 #include "core/thread_pool.h"
 
 namespace fluxpipe::cpu {
@@ -60,13 +61,13 @@ bool onednn_gemm_bf16(const float* A, int64_t lda, const BMatrix& B, float* C, i
                       int64_t K) {
   try {
     Engine& e = engine();
-    std::vector<uint16_t> a(static_cast<size_t>(M * K));
-    convert_rows_bf16(A, lda, M, K, a.data(), K);
+    uint16_t* a = scratch<uint16_t>(2, static_cast<size_t>(M * K));
+    convert_rows_bf16(A, lda, M, K, a, K);
     // Columns in chunks of at most 32 MiB of bf16 weights.
     int64_t chunk = std::max<int64_t>(64, (int64_t{16} << 20) / std::max<int64_t>(K, 1));
     chunk = std::min(chunk, N);
     bool direct = B.dtype == DType::BF16 && B.row_bytes == K * 2;
-    std::vector<uint16_t> w(direct ? 0 : static_cast<size_t>(chunk * K));
+    uint16_t* w = direct ? nullptr : scratch<uint16_t>(3, static_cast<size_t>(chunk * K));
     dnnl::stream stream(e.eng);
     for (int64_t n0 = 0; n0 < N; n0 += chunk) {
       int64_t nc = std::min(chunk, N - n0);
@@ -74,11 +75,11 @@ bool onednn_gemm_bf16(const float* A, int64_t lda, const BMatrix& B, float* C, i
       if (direct) {
         wp = reinterpret_cast<const uint16_t*>(B.data + n0 * B.row_bytes);
       } else {
-        widen_rows_bf16(B, n0, nc, K, w.data());
-        wp = w.data();
+        widen_rows_bf16(B, n0, nc, K, w);
+        wp = w;
       }
       dnnl::matmul mm = e.get(M, nc, K, ldc);
-      dnnl::memory am(dnnl::memory::desc({M, K}, dnnl::memory::data_type::bf16, dnnl::memory::dims{K, 1}), e.eng, a.data());
+      dnnl::memory am(dnnl::memory::desc({M, K}, dnnl::memory::data_type::bf16, dnnl::memory::dims{K, 1}), e.eng, a);
       dnnl::memory bm(dnnl::memory::desc({K, nc}, dnnl::memory::data_type::bf16, dnnl::memory::dims{1, K}), e.eng,
                       const_cast<uint16_t*>(wp));
       dnnl::memory cm(dnnl::memory::desc({M, nc}, dnnl::memory::data_type::f32, dnnl::memory::dims{ldc, 1}), e.eng,
