@@ -4,6 +4,8 @@
 //       writes a random-weight checkpoint of the real FLUX.1 width (hidden 3072, 24 heads of
 //       128, context 4096, vec 768) with D double and S single blocks, in BFL names: BF16 as
 //       safetensors, Q8_0 / Q4_0 as GGUF (norm scales and biases stay F32 there).
+//   build/bench/flux_bench vae [--sizes 256,512] [--compute bf16|f32] [--reps 2]
+//       times the autoencoder decode (real decoder shape, random weights) of a size/8 latent.
 //   build/bench/flux_bench step --weights FILE [--sizes 256,512,1024] [--compute bf16|f32] [--reps 2]
 //       times one denoising step (one transformer forward, 256 text tokens) per double block
 //       and per single block at each image size, scales to the full 19 + 38 blocks, and prints
@@ -16,6 +18,7 @@
 #include <string>
 
 #include "models/flux/flux.h"
+#include "models/vae/vae.h"
 #include "peak.h"
 
 using namespace fluxpipe;
@@ -161,6 +164,68 @@ int step(const std::string& weights, std::vector<int> sizes, const std::string& 
   return 0;
 }
 
+// The real FLUX.1 autoencoder's decoder shape (ch 128, multipliers 1,2,4,4, 2 ResNet blocks
+// per level plus one, z 16) with random weights, in memory; times decoding a latent.
+int vae_step(const std::vector<int>& sizes, const std::string& compute, int reps) {
+  int threads = ThreadPool::global().size();
+  double peak = bench::bf16_peak(threads);
+  Rng rng{7};
+  io::WeightSet w;
+  auto conv = [&](const std::string& n, int64_t out, int64_t in, int64_t k) {
+    w.tensors.emplace(n + ".weight", random_tensor(rng, {out, in, k, k}, DType::F32, std::sqrt(3.0f / static_cast<float>(in * k * k))));
+    w.tensors.emplace(n + ".bias", random_tensor(rng, {out}, DType::F32, 0.05f));
+  };
+  auto norm = [&](const std::string& n, int64_t c) {
+    Tensor g = Tensor::zeros({c}, DType::F32);
+    for (int64_t i = 0; i < c; ++i) g.data<float>()[i] = 1.0f;
+    w.tensors.emplace(n + ".weight", g);
+    w.tensors.emplace(n + ".bias", Tensor::zeros({c}, DType::F32));
+  };
+  auto resnet = [&](const std::string& n, int64_t in, int64_t out) {
+    norm(n + ".norm1", in);
+    conv(n + ".conv1", out, in, 3);
+    norm(n + ".norm2", out);
+    conv(n + ".conv2", out, out, 3);
+    if (in != out) conv(n + ".nin_shortcut", out, in, 1);
+  };
+  const int64_t mult[] = {1, 2, 4, 4}, ch = 128;
+  int64_t top = ch * 4;
+  conv("decoder.conv_in", top, 16, 3);
+  resnet("decoder.mid.block_1", top, top);
+  norm("decoder.mid.attn_1.norm", top);
+  for (const char* p : {"q", "k", "v", "proj_out"}) conv(std::string("decoder.mid.attn_1.") + p, top, top, 1);
+  resnet("decoder.mid.block_2", top, top);
+  int64_t in = top;
+  for (int level = 3; level >= 0; --level) {
+    int64_t out = ch * mult[level];
+    for (int j = 0; j < 3; ++j) {
+      resnet("decoder.up." + std::to_string(level) + ".block." + std::to_string(j), in, out);
+      in = out;
+    }
+    if (level != 0) conv("decoder.up." + std::to_string(level) + ".upsample.conv", out, out, 3);
+  }
+  norm("decoder.norm_out", ch);
+  conv("decoder.conv_out", 3, ch, 3);
+  vae::Model ae(vae::Config::from_weights(w, nullptr), w);
+  Ctx c;
+  c.compute = compute == "f32" ? Compute::F32 : Compute::BF16;
+  Arena arena;
+  c.arena = &arena;
+  std::printf("autoencoder decode (real FLUX.1 decoder shape, random weights); %d threads; compute %s; BF16 peak %.0f GFLOP/s\n",
+              threads, compute.c_str(), peak / 1e9);
+  for (int size : sizes) {
+    int64_t lat = size / 8;
+    Tensor z = random_tensor(rng, {1, 16, lat, lat}, DType::F32, 1.0f);
+    double t = bench::seconds_of([&] {
+      ae.decode(c, z);
+      arena.reset();
+    }, reps);
+    std::printf("  latent %lldx%lld -> image %dx%d: %.3f s\n", static_cast<long long>(lat), static_cast<long long>(lat), size, size, t);
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -198,6 +263,7 @@ int main(int argc, char** argv) {
   try {
     if (mode == "write") return write_checkpoint(out, depth, single, dtype);
     if (mode == "step") return step(weights, sizes, compute, reps);
+    if (mode == "vae") return vae_step(sizes, compute, reps);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "flux_bench: %s\n", e.what());
     return 1;

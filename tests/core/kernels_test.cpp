@@ -276,6 +276,16 @@ TEST(Kernels, ConvUpsampleConcatAgainstReference) {
     cpu::ref::upsample_nearest2x(x, want);
     expect_close(ops::upsample_nearest2x(c, x), want, 0, 0, "upsample");
   }
+  // The BF16 path (oneDNN convolution) against the reference fed bf16-rounded inputs.
+  Ctx cb;
+  cb.compute = Compute::BF16;
+  Tensor x = randn({1, 8, 9, 11}, 65), w = randn({6, 8, 3, 3}, 66, 0.2f), b3 = randn({6}, 67);
+  for (Conv2dParams p : {Conv2dParams{1, 1, 1, 1, 1}, Conv2dParams{2, 0, 0, 1, 1}}) {
+    Tensor got = ops::conv2d(cb, x, w, &b3, p);
+    Tensor want = Tensor::zeros(got.shape(), DType::F32);
+    cpu::ref::conv2d(convert(x, DType::BF16), convert(w, DType::BF16), &b3, p, want);
+    expect_close(got, want, 1e-4, 1e-4, "conv2d bf16 stride " + std::to_string(p.stride));
+  }
   Tensor a = randn({2, 3, 4}, 63), b = randn({2, 5, 4}, 64);
   Tensor want = Tensor::zeros({2, 8, 4}, DType::F32);
   cpu::ref::concat({a, b}, 1, want);

@@ -9,6 +9,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/activations.h"
 #include "backend/cpu/gemm.h"
+#include "backend/cpu/onednn_conv.h"
 #include "backend/cpu/scratch.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -297,6 +298,7 @@ class CpuBackend final : public Backend {
 
   void conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p, Tensor& out,
               Compute c) override {
+    if (c == Compute::BF16 && cpu::onednn_conv2d_bf16(x, w, bias, p, out)) return;
     int64_t B = x.size(0), Ci = x.size(1), H = x.size(2), W = x.size(3);
     int64_t Co = w.size(0), KH = w.size(2), KW = w.size(3), OH = out.size(2), OW = out.size(3);
     int64_t K = Ci * KH * KW;

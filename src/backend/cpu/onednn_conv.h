@@ -1,0 +1,16 @@
+// 2-D convolution through oneDNN in BF16 (activations and weights rounded to bf16, F32
+// accumulation and output), used by the CPU backend for Compute::BF16: oneDNN's blocked
+// layouts and AMX/AVX-512 kernels beat our im2col + GEMM by several times on the autoencoder
+// (bench/flux_bench vae).
+// Thread-safety: re-entrant (primitives are cached under a mutex).
+#pragma once
+
+#include "backend/backend.h"
+
+namespace fluxpipe::cpu {
+
+// x [B, Cin, H, W] F32, w [Cout, Cin, kh, kw] any float dtype, bias [Cout] or null, out
+// [B, Cout, OH, OW] F32 preallocated. Returns false (nothing done) when oneDNN cannot run it.
+bool onednn_conv2d_bf16(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p, Tensor& out);
+
+}  // namespace fluxpipe::cpu
