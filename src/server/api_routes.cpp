@@ -115,10 +115,8 @@ json ApiServer::Impl::status_json(const RequestRecord& r) {
   return j;
 }
 
-void ApiServer::Impl::handle_submit(const httplib::Request& req, httplib::Response& res) {
-  std::string key_id = authenticate(req, res);
-  if (key_id.empty()) return;
-  GenerateRequest p = parse_generate_request(req.body, options.limits);
+std::optional<RequestRecord> ApiServer::Impl::enqueue(GenerateRequest p, const std::string& key_id,
+                                                      httplib::Response& res) {
   if (!p.server_id.empty() && !server_ids.count(p.server_id)) {
     throw UserError("[request] field 'server_id': unknown server '" + p.server_id + "'");
   }
@@ -131,21 +129,20 @@ void ApiServer::Impl::handle_submit(const httplib::Request& req, httplib::Respon
   }
   if (!engine) {
     send_failure(res, 503, "no model is loaded on this server: start it with `fluxpipe serve --model PATH`");
-    return;
+    return std::nullopt;
   }
   if (int wait_s = rate_limiter.take(key_id)) {
     res.set_header("Retry-After", std::to_string(wait_s));
     send_failure(res, 429, "rate limit: at most " + std::to_string(options.rate_limit_per_minute) +
                                " submissions per minute for this key");
-    return;
+    return std::nullopt;
   }
   int64_t active = store->count_active();
   if (active >= options.max_queue) {
     res.set_header("Retry-After", std::to_string(retry_after_seconds(active)));
     send_failure(res, 429, "the queue is full (" + std::to_string(active) + " requests); try again later");
-    return;
+    return std::nullopt;
   }
-
   if (p.seed < 0) {
     std::vector<uint8_t> b = random_bytes(4);
     p.seed = (int64_t{b[0]} << 24) | (int64_t{b[1]} << 16) | (int64_t{b[2]} << 8) | int64_t{b[3]};
@@ -166,9 +163,17 @@ void ApiServer::Impl::handle_submit(const httplib::Request& req, httplib::Respon
   r.created_ms = wall_ms();
   store->insert_request(r);
   runner->wake();
-  if (options.sync_wait_ms > 0) runner->wait_finished(r.id, options.sync_wait_ms);
-  std::optional<RequestRecord> now = store->get_request(r.id);
-  send_json(res, 200, status_json(now ? *now : r));
+  return r;
+}
+
+void ApiServer::Impl::handle_submit(const httplib::Request& req, httplib::Response& res) {
+  std::string key_id = authenticate(req, res);
+  if (key_id.empty()) return;
+  std::optional<RequestRecord> r = enqueue(parse_generate_request(req.body, options.limits), key_id, res);
+  if (!r) return;
+  if (options.sync_wait_ms > 0) runner->wait_finished(r->id, options.sync_wait_ms);
+  std::optional<RequestRecord> now = store->get_request(r->id);
+  send_json(res, 200, status_json(now ? *now : *r));
 }
 
 void ApiServer::Impl::handle_status(const httplib::Request& req, httplib::Response& res) {
@@ -289,6 +294,7 @@ void ApiServer::Impl::install_routes() {
   http.Delete(std::string("/generate/v3/status/") + id, guarded("cancel", member(&Impl::handle_cancel)));
   http.Get("/generate/v3/batch/([^/]{1,128})", guarded("batch", member(&Impl::handle_batch)));
   http.Get("/v3/images/([0-9a-f]{32})/([A-Za-z0-9._-]{1,128})", guarded("image", member(&Impl::handle_image)));
+  http.Post("/v1/images/generations", guarded("openai", member(&Impl::handle_openai)));
   http.Get("/healthz", guarded("healthz", [](const httplib::Request&, httplib::Response& res) {
              send_json(res, 200, {{"status", "ok"}});
            }));

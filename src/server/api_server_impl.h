@@ -18,6 +18,7 @@
 #include "server/keys.h"
 #include "server/metrics.h"
 #include "server/rate_limit.h"
+#include "server/request.h"
 #include "server/store.h"
 #include "server/webhook.h"
 
@@ -35,6 +36,11 @@ struct ApiServer::Impl {
   void handle_batch(const httplib::Request& req, httplib::Response& res);
   void handle_image(const httplib::Request& req, httplib::Response& res);
   void handle_readyz(const httplib::Request& req, httplib::Response& res);
+  void handle_openai(const httplib::Request& req, httplib::Response& res);   // openai_route.cpp
+
+  // Checks capacity (model, rate, queue), resolves the seeds, stores the request and wakes the
+  // runner. Answers 503/429 itself and returns nullopt when the request cannot be taken.
+  std::optional<RequestRecord> enqueue(GenerateRequest p, const std::string& key_id, httplib::Response& res);
 
   // The key id of the request's API key; answers 401 and returns empty when there is none.
   std::string authenticate(const httplib::Request& req, httplib::Response& res);

@@ -76,6 +76,8 @@ const std::vector<Option>& options() {
        [](ServeOptions& o, const std::string& v) { o.known_server_ids = split_commas(v); }},
       {"--sync-wait", "FLUXPIPE_SYNC_WAIT_MS", "MS", "how long a submission waits to answer SUCCESS (default 10000)",
        [](ServeOptions& o, const std::string& v) { o.sync_wait_ms = to_int("--sync-wait", v, 0, 600000); }},
+      {"--openai-wait", "FLUXPIPE_OPENAI_WAIT_MS", "MS", "how long /v1/images/generations waits for images (default 600000)",
+       [](ServeOptions& o, const std::string& v) { o.openai_wait_ms = to_int("--openai-wait", v, 0, 3600000); }},
       {"--max-queue", "FLUXPIPE_MAX_QUEUE", "N", "queued+running requests before 429 (default 100)",
        [](ServeOptions& o, const std::string& v) { o.max_queue = to_int("--max-queue", v, 1, 1000000); }},
       {"--rate-limit", "FLUXPIPE_RATE_LIMIT", "N", "submissions per key per minute, 0 = unlimited (default 60)",

@@ -20,6 +20,7 @@ struct ServeOptions {
   std::string server_id = "local";       // the pool this server's runner serves
   std::vector<std::string> known_server_ids;   // other pools a request may name (for routing)
   int sync_wait_ms = 10000;
+  int openai_wait_ms = 600000;            // POST /v1/images/generations waits this long
   int max_queue = 100;
   int rate_limit_per_minute = 60;        // submissions per key; 0 = unlimited
   size_t max_body_bytes = 64 * 1024;

@@ -6,6 +6,7 @@
 #include <set>
 #include <thread>
 
+#include "server/crypto.h"
 #include "test_util.h"
 
 namespace fluxpipe::testing {
@@ -307,6 +308,38 @@ TEST(Api, HealthReadinessMetricsOpenApiPlayground) {
   auto page = c.Get("/");
   EXPECT_EQ(page->status, 200);
   EXPECT_NE(page->body.find("/generate/v3"), std::string::npos);
+}
+
+TEST(Api, OpenAiStyleImagesEndpoint) {
+  TestServer s;
+  auto post = [&](const json& body) {
+    auto res = s.client().Post("/v1/images/generations", {{"Authorization", "Bearer " + s.key}}, body.dump(), "application/json");
+    return std::pair{res->status, json::parse(res->body, nullptr, false)};
+  };
+  auto [code, j] = post({{"prompt", "a toucan"}, {"n", 2}, {"size", "64x96"}, {"model", "dall-e-3"}, {"num_inference_steps", 1}});
+  ASSERT_EQ(code, 200) << j.dump();
+  ASSERT_EQ(j["data"].size(), 2u);
+  for (const auto& d : j["data"]) {
+    auto img = s.client().Get(s.path_of(d["url"]));
+    ASSERT_EQ(img->status, 200);
+    Image decoded = decode_png(img->body);
+    EXPECT_EQ(decoded.width, 64);
+    EXPECT_EQ(decoded.height, 96);
+  }
+  auto [c2, b64] = post({{"prompt", "p"}, {"size", "64x64"}, {"response_format", "b64_json"}, {"num_inference_steps", 1}, {"seed", 5}});
+  ASSERT_EQ(c2, 200) << b64.dump();
+  std::string text = b64["data"][0]["b64_json"];
+  std::vector<uint8_t> png = server::base64_decode(text);
+  Image decoded = decode_png(std::string(png.begin(), png.end()));
+  EXPECT_EQ(decoded.rgb, FakeEngine::pattern(64, 64, 5, prompt_hash("p")).rgb);
+  for (auto [body, field] : {std::pair{json{{"prompt", "p"}, {"size", "big"}}, "size"},
+                             {json{{"prompt", "p"}, {"n", 9}}, "'n'"},
+                             {json{{"prompt", "p"}, {"response_format", "jpeg"}}, "response_format"},
+                             {json{{"n", 1}}, "prompt"}}) {
+    auto [c3, e] = post(body);
+    EXPECT_EQ(c3, 400) << body.dump();
+    EXPECT_NE(e["error"]["message"].get<std::string>().find(field), std::string::npos) << e.dump();
+  }
 }
 
 TEST(Api, ManyThreadsSubmittingAtOnceLoseNothing) {

@@ -19,6 +19,10 @@ Linear linear_of(const io::WeightSet& w, const std::string& prefix, int64_t out,
   Linear l;
   l.w = need(w, prefix + ".weight", {out, in});
   if (bias) l.b = need(w, prefix + ".bias", {out});
+  if (w.has(prefix + ".scale_weight")) {
+    l.scale = w.at(prefix + ".scale_weight");
+    if (l.scale.numel() != 1) fail("tensor '" + prefix + ".scale_weight' is " + l.scale.describe() + ", expected one value");
+  }
   return l;
 }
 
@@ -28,7 +32,13 @@ int count_blocks(const io::WeightSet& w, const std::string& prefix) {
   return n;
 }
 
-Tensor apply(Ctx& c, const Tensor& x, const Linear& l) { return ops::linear(c, x, l.w, l.b.defined() ? &l.b : nullptr); }
+Tensor apply(Ctx& c, const Tensor& x, const Linear& l) {
+  if (!l.scale.defined()) return ops::linear(c, x, l.w, l.b.defined() ? &l.b : nullptr);
+  // x (s W)ᵀ + b = s (x Wᵀ) + b: the fp8 weights stay fp8 in memory.
+  Tensor s = ops::to_dtype(c, l.scale, DType::F32).reshape({1});
+  Tensor y = ops::mul(c, ops::linear(c, x, l.w), s);
+  return l.b.defined() ? ops::add(c, y, ops::to_dtype(c, l.b, DType::F32)) : y;
+}
 
 // [B, k*H] -> k contiguous [B, 1, H] views' copies (modulation chunks, in order).
 std::vector<Tensor> chunks(Ctx& c, const Tensor& x, int k) {

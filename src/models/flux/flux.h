@@ -49,8 +49,9 @@ struct Config {
 using Trace = std::function<void(const std::string& name, const Tensor& value)>;
 
 struct Linear {
-  Tensor w;   // [out, in]
-  Tensor b;   // [out] (may be undefined)
+  Tensor w;       // [out, in]
+  Tensor b;       // [out] (may be undefined)
+  Tensor scale;   // one value (ComfyUI's scaled fp8 files: w * scale is the weight), or undefined
 };
 
 class Model {

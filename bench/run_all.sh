@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every benchmark in one go on this machine (after `bash scripts/test.sh` has built them)
+# and prints the results; README.md quotes one such run. Takes about 15 minutes on 2 cores.
+#   bash bench/run_all.sh [OUT_DIR]     (checkpoints are written to OUT_DIR, default /tmp/fluxpipe-bench)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-/tmp/fluxpipe-bench}"
+mkdir -p "$out"
+export FLUXPIPE_THREADS="${FLUXPIPE_THREADS:-2}"
+echo "== machine"; lscpu | grep -E "Model name|^CPU\(s\)" ; date -u
+echo "== load: 1,000 pollers"; ./build/bench/load_bench --pollers 1000 --seconds 10
+echo "== engine core: GEMM and attention"; ./build/bench/core_bench
+for dtype in bf16 q8_0 q4_0; do
+  weights=$(./build/bench/flux_bench write --out "$out" --blocks 1,1 --dtype "$dtype")
+  echo "== FLUX.1 step, $dtype weights"; ./build/bench/flux_bench step --weights "$weights" --sizes 256,512,1024 --reps 2
+  rm -f "$weights"
+done
+echo "== autoencoder decode"; ./build/bench/flux_bench vae --sizes 256,512 --reps 2
+if /usr/bin/python3 -c "import torch" 2>/dev/null; then
+  echo "== peer: eager PyTorch bf16 (Debian python3-torch)"; /usr/bin/python3 bench/peer_pytorch.py --threads "$FLUXPIPE_THREADS" --sizes 256,512
+else
+  echo "== peer: PyTorch not installed (apt-get install python3-torch to measure it)"
+fi
