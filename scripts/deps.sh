@@ -10,6 +10,8 @@ PACKAGES=(
   libssl-dev                            # SHA-256, HMAC, CSPRNG, constant-time compare
   libcurl4-openssl-dev                  # outgoing webhooks
   libpng-dev                            # PNG images with text chunks
+  libsentencepiece-dev                  # the T5 tokenizer (SentencePiece unigram model)
+  libicu-dev                            # Unicode classes, NFC and lower-casing for the CLIP tokenizer
   libgtest-dev                          # tests
   libdnnl-dev libopenblas-dev           # baselines in the engine benchmark (bench/core_bench)
   clang libclang-rt-14-dev              # libFuzzer targets (run briefly in the test command)

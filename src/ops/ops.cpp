@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "core/error.h"
 
@@ -233,6 +234,88 @@ Tensor to_dtype(Ctx& c, const Tensor& x, DType dtype) {
 }
 
 Tensor contiguous(Ctx& c, const Tensor& x) { return x.is_contiguous() ? x : to_dtype(c, x, x.dtype()); }
+
+Tensor embedding(Ctx& c, const Tensor& table, const Tensor& ids) {
+  if (table.dim() != 2 || !info(table.dtype()).floating || !table.is_contiguous()) {
+    fail("embedding", "table " + table.describe() + " must be a contiguous [V, H] float or block matrix");
+  }
+  if (ids.dim() != 2) fail("embedding", "ids " + ids.describe() + " must be [B, T]");
+  std::vector<float> idv = ids.to_floats();
+  int64_t V = table.size(0), H = table.size(1);
+  Tensor out = c.empty({ids.size(0), ids.size(1), H}, DType::F32);
+  size_t row_bytes = bytes_for(table.dtype(), H);
+  for (size_t i = 0; i < idv.size(); ++i) {
+    float f = idv[i];
+    if (!(f >= 0 && f < static_cast<float>(V)) || f != std::floor(f)) {
+      fail("embedding", "id " + std::to_string(f) + " at position " + std::to_string(i) + " is outside the vocabulary of " + std::to_string(V));
+    }
+    to_f32(table.dtype(), table.data<uint8_t>() + static_cast<size_t>(f) * row_bytes, out.data<float>() + i * static_cast<size_t>(H), H);
+  }
+  return out;
+}
+
+Tensor arange_ids(Ctx& c, int64_t B, int64_t T) {
+  Tensor out = c.empty({B, T}, DType::F32);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) out.data<float>()[b * T + t] = static_cast<float>(t);
+  return out;
+}
+
+Tensor gather_rows_at_argmax(Ctx& c, const Tensor& x, const Tensor& ids) {
+  need_float("gather_rows_at_argmax", "x", x);
+  need_contiguous("gather_rows_at_argmax", "x", x);
+  if (x.dim() != 3 || ids.dim() != 2 || ids.size(0) != x.size(0) || ids.size(1) != x.size(1)) {
+    fail("gather_rows_at_argmax", "x " + x.describe() + " and ids " + ids.describe() + " do not agree");
+  }
+  std::vector<float> idv = ids.to_floats();
+  int64_t B = x.size(0), T = x.size(1), H = x.size(2);
+  Tensor out = c.empty({B, H}, DType::F32);
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t best = 0;
+    for (int64_t t = 1; t < T; ++t) {
+      if (idv[static_cast<size_t>(b * T + t)] > idv[static_cast<size_t>(b * T + best)]) best = t;
+    }
+    std::memcpy(out.data<float>() + b * H, x.data<float>() + (b * T + best) * H, static_cast<size_t>(H) * 4);
+  }
+  return out;
+}
+
+int t5_bucket(int64_t i, int64_t j, int num_buckets, int max_distance) {
+  int64_t r = j - i;
+  int half = num_buckets / 2;
+  int bucket = r > 0 ? half : 0;
+  int64_t n = r < 0 ? -r : r;
+  int max_exact = half / 2;
+  if (n < max_exact) return bucket + static_cast<int>(n);
+  // float32 as HF computes it: log(n / max_exact) / log(max_distance / max_exact) * (half - max_exact)
+  float ratio = static_cast<float>(n) / static_cast<float>(max_exact);
+  float denom = static_cast<float>(std::log(static_cast<double>(max_distance) / max_exact));
+  float large = std::log(ratio) / denom * static_cast<float>(half - max_exact);
+  int v = max_exact + static_cast<int>(large);
+  return bucket + std::min(v, half - 1);
+}
+
+Tensor t5_position_bias(Ctx& c, const Tensor& table, int64_t Lq, int64_t Lk, int max_distance, const Tensor* mask) {
+  need_float("t5_position_bias", "table", table);
+  if (table.dim() != 2) fail("t5_position_bias", "table " + table.describe() + " must be [buckets, heads]");
+  int64_t buckets = table.size(0), heads = table.size(1);
+  int64_t B = mask ? mask->size(0) : 1;
+  if (mask && (mask->dim() != 2 || mask->size(1) != Lk)) fail("t5_position_bias", "mask " + mask->describe() + " must be [B, Lk]");
+  std::vector<float> tv = table.to_floats(), mv = mask ? mask->to_floats() : std::vector<float>();
+  Tensor out = c.empty({B, heads, Lq, Lk}, DType::F32);
+  float* o = out.data<float>();
+  const float lowest = std::numeric_limits<float>::lowest();
+  for (int64_t i = 0; i < Lq; ++i) {
+    for (int64_t j = 0; j < Lk; ++j) {
+      int bk = t5_bucket(i, j, static_cast<int>(buckets), max_distance);
+      for (int64_t b = 0; b < B; ++b) {
+        float add = mask ? (1.0f - mv[static_cast<size_t>(b * Lk + j)]) * lowest : 0.0f;
+        for (int64_t h = 0; h < heads; ++h) o[((b * heads + h) * Lq + i) * Lk + j] = tv[static_cast<size_t>(bk * heads + h)] + add;
+      }
+    }
+  }
+  return out;
+}
 
 // The two table builders below run on the host: they are tiny (B x 256, B x L x D/2) and
 // their exact float32 arithmetic matters more than their speed.

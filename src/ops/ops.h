@@ -51,6 +51,19 @@ Tensor timestep_embedding(Ctx& c, const Tensor& t, int dim, float time_factor = 
 // omega_j = theta^(-2j/d_a); returns {cos, sin}, each [B, L, sum(axes_dim)/2], computed in
 // double from the float ids and rounded to float32.
 std::pair<Tensor, Tensor> rope_tables(Ctx& c, const Tensor& ids, const std::vector<int>& axes_dim, double theta);
+// Rows of `table` [V, H] (any float or block dtype) picked by `ids` [B, T] (integer or float
+// values) -> [B, T, H] F32. UserError naming the first id outside [0, V).
+Tensor embedding(Ctx& c, const Tensor& table, const Tensor& ids);
+// Position ids 0..T-1 for each of B rows -> [B, T] (F32 values).
+Tensor arange_ids(Ctx& c, int64_t B, int64_t T);
+// x [B, T, H] -> [B, H]: for each b the row at the first position of the largest id in ids[b]
+// (CLIP's pooling: the first end-of-text token).
+Tensor gather_rows_at_argmax(Ctx& c, const Tensor& x, const Tensor& ids);
+// T5's bidirectional relative-position bucket of key j for query i (HF's arithmetic, float32 logs).
+int t5_bucket(int64_t i, int64_t j, int num_buckets, int max_distance);
+// T5's attention bias: table [buckets, heads] -> [1, heads, Lq, Lk] (bias[h,i,j] = table[bucket(i,j), h]);
+// with mask [B, Lk] (1 = attend), [B, heads, Lq, Lk] with (1 - mask) * lowest float added.
+Tensor t5_position_bias(Ctx& c, const Tensor& table, int64_t Lq, int64_t Lk, int max_distance, const Tensor* mask);
 // A contiguous copy in `dtype` (dense float types).
 Tensor to_dtype(Ctx& c, const Tensor& x, DType dtype);
 Tensor contiguous(Ctx& c, const Tensor& x);

@@ -1,0 +1,34 @@
+#include <sentencepiece_processor.h>
+
+#include "core/error.h"
+#include "tokenizer/tokenizers.h"
+
+namespace fluxpipe::tokenizer {
+
+struct T5Tokenizer::Impl {
+  sentencepiece::SentencePieceProcessor sp;
+};
+
+T5Tokenizer::T5Tokenizer(const std::string& path) : impl_(std::make_unique<Impl>()) {
+  auto status = impl_->sp.Load(path);
+  if (!status.ok()) throw UserError("[t5 tokenizer] cannot load '" + path + "': " + status.ToString());
+}
+
+T5Tokenizer::~T5Tokenizer() = default;
+
+Encoding T5Tokenizer::encode(const std::string& text, int max_length) const {
+  if (max_length < 1) throw UserError("[t5 tokenizer] max length must be at least 1");
+  std::vector<int> pieces;
+  auto status = impl_->sp.Encode(text, &pieces);
+  if (!status.ok()) throw UserError("[t5 tokenizer] cannot encode: " + status.ToString());
+  Encoding e;
+  e.truncated = static_cast<int>(pieces.size()) > max_length - 1;
+  if (e.truncated) pieces.resize(static_cast<size_t>(max_length - 1));
+  e.ids.assign(pieces.begin(), pieces.end());
+  e.ids.push_back(1);   // </s>
+  e.n_tokens = static_cast<int>(e.ids.size());
+  e.ids.resize(static_cast<size_t>(max_length), 0);   // <pad>
+  return e;
+}
+
+}  // namespace fluxpipe::tokenizer
