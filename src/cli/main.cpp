@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <ctime>
 #include <iostream>
 #include <string>
@@ -12,6 +13,7 @@
 
 #include "core/error.h"
 #include "pipeline/components.h"
+#include "tokenizer/tokenizers.h"
 #include "pipeline/pipeline.h"
 #include "server/api_server.h"
 #include "server/keys.h"
@@ -34,6 +36,7 @@ const char* kUsage =
     "  run COMPONENT --weights W --inputs IN --output OUT [--config P.json] [--compute f32|bf16]\n"
     "                                       run transformer | vae-decode | vae-encode | sample | randn\n"
     "                                       on named tensors (see `fluxpipe help run`)\n"
+    "  tokenize clip|t5 [--tokenizer PATH] [--length N] \"text\"   the ids as a JSON array\n"
     "  help [COMMAND]                       this text, or a command's options\n"
     "\n"
     "Every --data has the environment twin FLUXPIPE_DATA.\n";
@@ -135,6 +138,10 @@ const char* kRunUsage =
     "      reads noise, txt, txt_ids, vec (guidance for dev); writes latents_packed_final, latents_unpacked,\n"
     "      image, image_u8\n"
     "  randn --seed S --shape 1,16,8,8 --dtype f32|bf16 --output OUT          writes noise (torch.randn)\n"
+    "  clip --weights W --inputs IN --output OUT [--config config.json]\n"
+    "      reads input_ids; writes last_hidden_state, pooler_output\n"
+    "  t5 --weights W --inputs IN --output OUT [--config config.json] [--mask]\n"
+    "      reads input_ids (and attention_mask with --mask; Flux uses none); writes last_hidden_state\n"
     "options: --compute f32 (default: every weight widened exactly) or bf16 (the fast path);\n"
     "         --config: the model's parameters under BFL's names (FluxParams / AutoEncoderParams JSON);\n"
     "         the real FLUX.1 files need none.\n";
@@ -149,6 +156,10 @@ int cmd_run(const std::vector<std::string>& args) {
   for (size_t i = 2; i < args.size(); ++i) {
     std::string flag = args[i];
     std::string value;
+    if (flag == "--mask") {
+      r.mask = true;
+      continue;
+    }
     if (size_t eq = flag.find('='); eq != std::string::npos) {
       value = flag.substr(eq + 1);
       flag = flag.substr(0, eq);
@@ -202,6 +213,51 @@ int cmd_run(const std::vector<std::string>& args) {
   return 0;
 }
 
+// fluxpipe tokenize clip|t5 [--tokenizer PATH] [--length N] "text": the ids as a JSON array.
+int cmd_tokenize(const std::vector<std::string>& args) {
+  if (args.size() < 3 || (args[1] != "clip" && args[1] != "t5")) {
+    throw UserError("[tokenize] usage: fluxpipe tokenize clip|t5 [--tokenizer PATH] [--length N] \"text\"");
+  }
+  bool clip = args[1] == "clip";
+  std::string path, text;
+  int length = clip ? 77 : 256;
+  bool have_text = false;
+  for (size_t i = 2; i < args.size(); ++i) {
+    if (args[i] == "--tokenizer" && i + 1 < args.size()) {
+      path = args[++i];
+    } else if (args[i] == "--length" && i + 1 < args.size()) {
+      try {
+        length = std::stoi(args[++i]);
+      } catch (const std::exception&) {
+        throw UserError("[tokenize] --length: '" + args[i] + "' is not an integer");
+      }
+      if (length < 2 || length > 4096) throw UserError("[tokenize] --length must be between 2 and 4096");
+    } else if (!have_text) {
+      text = args[i];
+      have_text = true;
+    } else {
+      throw UserError("[tokenize] unexpected argument '" + args[i] + "' (quote the text)");
+    }
+  }
+  if (!have_text) throw UserError("[tokenize] no text given");
+  std::string base = tokenizer::shipped_tokenizer_dir();
+  tokenizer::Encoding e;
+  if (clip) {
+    // A tokenizer folder (vocab.json + merges.txt); a model folder's tokenizer/ works too.
+    std::string dir = path.empty() ? base + "/clip" : path;
+    e = tokenizer::ClipTokenizer(dir).encode(text, length);
+  } else {
+    std::string file = path.empty() ? base + "/t5-v1_1-xxl/spiece.model" : path;
+    if (std::filesystem::is_directory(file)) file += "/spiece.model";
+    e = tokenizer::T5Tokenizer(file).encode(text, length);
+  }
+  std::string out = "[";
+  for (size_t i = 0; i < e.ids.size(); ++i) out += (i ? ", " : "") + std::to_string(e.ids[i]);
+  std::cout << out << "]" << std::endl;
+  if (e.truncated) std::cerr << "fluxpipe: warning: the text was truncated to " << length << " tokens\n";
+  return 0;
+}
+
 int cmd_serve(const std::vector<std::string>& args) {
   std::vector<std::string> rest(args.begin() + 1, args.end());
   for (const std::string& a : rest) {
@@ -235,6 +291,7 @@ int main(int argc, char** argv) {
     if (args[0] == "keys") return cmd_keys(args);
     if (args[0] == "webhook-secret") return cmd_webhook_secret(args);
     if (args[0] == "run") return cmd_run(args);
+    if (args[0] == "tokenize") return cmd_tokenize(args);
     std::cerr << "fluxpipe: unknown command '" << args[0] << "'\n\n" << kUsage;
     return 2;
   } catch (const fluxpipe::UserError& e) {

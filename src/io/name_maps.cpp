@@ -146,6 +146,44 @@ bool any_prefix(const WeightSet& w, const std::string& prefix) {
 
 }  // namespace
 
+WeightSet text_encoder_weights(const WeightSet& src) {
+  for (const char* prefix : {"cond_stage_model.transformer.", "text_encoders.clip_l.transformer.",
+                             "text_encoders.t5xxl.transformer."}) {
+    if (any_prefix(src, prefix)) return strip_prefix(src, prefix);
+  }
+  if (!src.has("token_embd.weight")) return src;
+  // llama.cpp's T5 names (GGUF encoders), as data: suffix after "enc.blk.N." -> HF suffix.
+  static const std::pair<const char*, const char*> block[] = {
+      {"attn_q.weight", "layer.0.SelfAttention.q.weight"},
+      {"attn_k.weight", "layer.0.SelfAttention.k.weight"},
+      {"attn_v.weight", "layer.0.SelfAttention.v.weight"},
+      {"attn_o.weight", "layer.0.SelfAttention.o.weight"},
+      {"attn_rel_b.weight", "layer.0.SelfAttention.relative_attention_bias.weight"},
+      {"attn_norm.weight", "layer.0.layer_norm.weight"},
+      {"ffn_gate.weight", "layer.1.DenseReluDense.wi_0.weight"},
+      {"ffn_up.weight", "layer.1.DenseReluDense.wi_1.weight"},
+      {"ffn_down.weight", "layer.1.DenseReluDense.wo.weight"},
+      {"ffn_norm.weight", "layer.1.layer_norm.weight"},
+  };
+  WeightSet out;
+  out.metadata = src.metadata;
+  out.files = src.files;
+  for (const auto& [name, t] : src.tensors) {
+    if (name == "token_embd.weight") {
+      out.tensors.emplace("shared.weight", t);
+    } else if (name == "enc.output_norm.weight") {
+      out.tensors.emplace("encoder.final_layer_norm.weight", t);
+    } else if (name.rfind("enc.blk.", 0) == 0) {
+      size_t dot = name.find('.', 8);
+      std::string index = name.substr(8, dot - 8), rest = name.substr(dot + 1);
+      for (auto [from, to] : block) {
+        if (rest == from) out.tensors.emplace("encoder.block." + index + "." + to, t);
+      }
+    }
+  }
+  return out;
+}
+
 const char* layout_name(Layout l) {
   switch (l) {
     case Layout::bfl: return "BFL";

@@ -26,6 +26,11 @@ WeightSet flux_transformer_weights(const WeightSet& src);
 // The autoencoder's tensors under BFL names (diffusers `vae/`, ComfyUI/BFL `ae.safetensors`).
 WeightSet autoencoder_weights(const WeightSet& src);
 
+// CLIP and T5 text encoders under Hugging Face names: HF/diffusers/ComfyUI files as they are
+// (known ComfyUI prefixes stripped), and GGUF T5 files in llama.cpp's naming
+// (token_embd, enc.blk.N.attn_q, ...) renamed.
+WeightSet text_encoder_weights(const WeightSet& src);
+
 Layout detect_transformer_layout(const WeightSet& src);
 
 }  // namespace fluxpipe::io

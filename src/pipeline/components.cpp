@@ -10,6 +10,7 @@
 #include "io/name_maps.h"
 #include "io/weights.h"
 #include "models/flux/flux.h"
+#include "models/text/encoders.h"
 #include "models/vae/vae.h"
 #include "pipeline/noise.h"
 #include "pipeline/sampler.h"
@@ -84,6 +85,18 @@ ComponentReport run_component(const ComponentRun& r) {
       vae::Model ae(vae::Config::from_weights(w, params ? &*params : nullptr), w);
       if (r.component == "vae-decode") out.push_back({"decode.out", ae.decode(c, get("decode.z"))});
       else out.push_back({"encode.out", ae.encode(c, get("encode.x"))});
+    } else if (r.component == "clip") {
+      io::WeightSet w = io::text_encoder_weights(io::load_weights(r.weights));
+      text::ClipTextModel clip(text::ClipConfig::from_weights(w, params ? &*params : nullptr), w);
+      text::ClipOutput o = clip.forward(c, input(in, "input_ids", r.inputs));
+      out.push_back({"last_hidden_state", o.last_hidden_state});
+      out.push_back({"pooler_output", o.pooler_output});
+    } else if (r.component == "t5") {
+      io::WeightSet w = io::text_encoder_weights(io::load_weights(r.weights));
+      text::T5Encoder t5(text::T5Config::from_weights(w, params ? &*params : nullptr), w);
+      Tensor mask;
+      if (r.mask) mask = input(in, "attention_mask", r.inputs);
+      out.push_back({"last_hidden_state", t5.forward(c, input(in, "input_ids", r.inputs), r.mask ? &mask : nullptr)});
     } else if (r.component == "sample") {
       if (r.ae.empty()) fail("sample needs --ae (autoencoder weights)");
       io::WeightSet tw = transformer_weights(r.weights);
@@ -109,7 +122,7 @@ ComponentReport run_component(const ComponentRun& r) {
       // The reference stores the 8-bit image as float values 0..255.
       out.push_back({"image_u8", ops::to_dtype(c, sampling::to_u8(image), DType::F32)});
     } else {
-      fail("unknown component '" + r.component + "' (transformer, vae-decode, vae-encode, sample, randn)");
+      fail("unknown component '" + r.component + "' (transformer, vae-decode, vae-encode, sample, randn, clip, t5)");
     }
   }
   ComponentReport rep;

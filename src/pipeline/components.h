@@ -12,7 +12,7 @@
 namespace fluxpipe {
 
 struct ComponentRun {
-  std::string component;     // transformer | vae-decode | vae-encode | sample | randn
+  std::string component;     // transformer | vae-decode | vae-encode | sample | randn | clip | t5
   std::string weights;       // transformer or autoencoder weights (file or folder)
   std::string ae;            // sample: autoencoder weights
   std::string config;        // BFL parameters JSON for `weights` (FluxParams / AutoEncoderParams)
@@ -25,6 +25,7 @@ struct ComponentRun {
   uint64_t seed = 0;         // randn
   std::vector<int64_t> shape;    // randn
   std::string dtype = "f32";     // randn: f32 | bf16
+  bool mask = false;             // t5: use `attention_mask` (Flux does not)
 };
 
 struct ComponentReport {

@@ -1,9 +1,22 @@
 #include <sentencepiece_processor.h>
 
+#include <cstdlib>
+#include <filesystem>
+
 #include "core/error.h"
 #include "tokenizer/tokenizers.h"
 
 namespace fluxpipe::tokenizer {
+
+std::string shipped_tokenizer_dir() {
+  if (const char* env = std::getenv("FLUXPIPE_TOKENIZERS")) return env;
+  std::error_code ec;
+  std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  for (std::filesystem::path dir = exe.parent_path(); !ec && !dir.empty() && dir != dir.root_path(); dir = dir.parent_path()) {
+    if (std::filesystem::exists(dir / "share/tokenizers/clip/vocab.json")) return (dir / "share/tokenizers").string();
+  }
+  return "share/tokenizers";
+}
 
 struct T5Tokenizer::Impl {
   sentencepiece::SentencePieceProcessor sp;

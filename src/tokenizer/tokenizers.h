@@ -18,6 +18,11 @@
 
 namespace fluxpipe::tokenizer {
 
+// Where fluxpipe's own copies of the tokenizer files live: $FLUXPIPE_TOKENIZERS, else
+// share/tokenizers beside the folder of the executable (the source tree's, for a build in build/).
+// Subfolders: clip/ (vocab.json, merges.txt), t5-v1_1-xxl/ (spiece.model).
+std::string shipped_tokenizer_dir();
+
 struct Encoding {
   std::vector<int64_t> ids;   // exactly max_length
   int n_tokens = 0;           // before padding (special tokens included)

@@ -9,6 +9,7 @@
 #include "golden.h"
 #include "io/name_maps.h"
 #include "models/flux/flux.h"
+#include "models/text/encoders.h"
 #include "models/vae/vae.h"
 #include "test_util.h"
 
@@ -202,6 +203,42 @@ TEST(Layouts, DiffusersAutoencoderComputesTheSame) {
   Ctx c;
   expect_matches(ae.decode(c, g.at("decode.z")), g.at("decode.out"), 1e-4, 1e-4, "diffusers vae decode");
   expect_matches(ae.encode(c, g.at("encode.x")), g.at("encode.out"), 1e-4, 1e-4, "diffusers vae encode");
+}
+
+TEST(Layouts, GgufT5InLlamaCppNamesComputesTheSame) {
+  io::WeightSet hf = io::load_weights(testdata("text-tiny/t5.safetensors"));
+  io::WeightSet g = io::load_weights(testdata("text-tiny/t5_io.safetensors"));
+  nlohmann::json cfg = read_json(testdata("text-tiny/t5_config.json"));
+  // HF names -> llama.cpp names, written by hand.
+  io::NamedTensors named;
+  for (const auto& [n, t] : hf.tensors) {
+    std::string d = n;
+    if (d == "shared.weight") d = "token_embd.weight";
+    else if (d == "encoder.final_layer_norm.weight") d = "enc.output_norm.weight";
+    else {
+      std::string idx = d.substr(14, d.find('.', 14) - 14);
+      for (auto [from, to] : {std::pair{"layer.0.SelfAttention.q.weight", "attn_q.weight"},
+                              {"layer.0.SelfAttention.k.weight", "attn_k.weight"},
+                              {"layer.0.SelfAttention.v.weight", "attn_v.weight"},
+                              {"layer.0.SelfAttention.o.weight", "attn_o.weight"},
+                              {"layer.0.SelfAttention.relative_attention_bias.weight", "attn_rel_b.weight"},
+                              {"layer.0.layer_norm.weight", "attn_norm.weight"},
+                              {"layer.1.DenseReluDense.wi_0.weight", "ffn_gate.weight"},
+                              {"layer.1.DenseReluDense.wi_1.weight", "ffn_up.weight"},
+                              {"layer.1.DenseReluDense.wo.weight", "ffn_down.weight"},
+                              {"layer.1.layer_norm.weight", "ffn_norm.weight"}}) {
+        if (d.size() > std::string(from).size() && d.substr(d.size() - std::string(from).size()) == from) d = "enc.blk." + idx + "." + to;
+      }
+    }
+    named.push_back({d, t});
+  }
+  TempDir dir;
+  io::write_gguf(dir.path() + "/t5.gguf", named, {{"general.architecture", "t5encoder"}});
+  io::WeightSet mapped = io::text_encoder_weights(io::load_weights(dir.path() + "/t5.gguf"));
+  EXPECT_EQ(mapped.tensors.size(), hf.tensors.size());
+  text::T5Encoder t5(text::T5Config::from_weights(mapped, &cfg), mapped);
+  Ctx c;
+  expect_matches(t5.forward(c, g.at("input_ids")), g.at("last_hidden_state_unmasked"), 5e-5, 0, "GGUF T5 (llama.cpp names)");
 }
 
 TEST(Layouts, TheRealDiffusersNamesAllMap) {

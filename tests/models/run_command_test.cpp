@@ -46,6 +46,41 @@ TEST(RunCommand, TransformerVaeSampleAndRandnMatchTheReference) {
   expect_matches(io::load_weights(out).at("noise"), want.at("noise"), 1e-6, 1e-6, "randn seed 42");
 }
 
+TEST(RunCommand, ClipAndT5MatchTheReference) {
+  TempDir dir;
+  std::string out = dir.path() + "/out.safetensors";
+  std::string t = testdata("text-tiny/");
+  ASSERT_EQ(run("clip --weights " + t + "clip.safetensors --config " + t + "clip_config.json --inputs " + t +
+                "clip_io.safetensors --output " + out), 0);
+  io::WeightSet got = io::load_weights(out), want = io::load_weights(t + "clip_io.safetensors");
+  expect_matches(got.at("pooler_output"), want.at("pooler_output"), 1e-5, 0, "run clip pooler_output");
+  expect_matches(got.at("last_hidden_state"), want.at("last_hidden_state"), 1e-5, 0, "run clip last_hidden_state");
+  ASSERT_EQ(run("t5 --weights " + t + "t5.safetensors --config " + t + "t5_config.json --inputs " + t + "t5_io.safetensors --output " + out), 0);
+  io::WeightSet t5w = io::load_weights(t + "t5_io.safetensors");
+  expect_matches(io::load_weights(out).at("last_hidden_state"), t5w.at("last_hidden_state_unmasked"), 5e-5, 0, "run t5");
+  ASSERT_EQ(run("t5 --mask --weights " + t + "t5.safetensors --config " + t + "t5_config.json --inputs " + t + "t5_io.safetensors --output " + out), 0);
+  expect_matches(io::load_weights(out).at("last_hidden_state"), t5w.at("last_hidden_state_masked"), 5e-5, 0, "run t5 --mask");
+}
+
+TEST(RunCommand, TokenizePrintsTheIds) {
+  auto capture = [](const std::string& args) {
+    std::string cmd = std::string(FLUXPIPE_BIN) + " tokenize " + args + " 2>/dev/null";
+    FILE* p = popen(cmd.c_str(), "r");
+    std::string out;
+    char buf[4096];
+    while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+    pclose(p);
+    return nlohmann::json::parse(out, nullptr, false);
+  };
+  // The shipped real T5 vocabulary: ids published with T5 (see the tokenizer's README in shared/).
+  nlohmann::json t5 = capture("t5 --length 12 'Hello world'");
+  EXPECT_EQ(t5, nlohmann::json({8774, 296, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0}));
+  nlohmann::json golden = read_json(testdata("text-tiny/clip_tokenizer_golden.json"));
+  EXPECT_EQ(capture("clip 'a photo of a cat'"), golden[0]["ids"]);
+  EXPECT_EQ(capture("t5 --tokenizer " + testdata("text-tiny/t5_spm/spiece.model") + " 'a photo of a cat'"),
+            read_json(testdata("text-tiny/t5_tokenizer_golden.json"))[0]["ids"]);
+}
+
 TEST(RunCommand, Bf16FastPathStaysCloseToTheReference) {
   TempDir dir;
   std::string out = dir.path() + "/out.safetensors";
