@@ -6,6 +6,8 @@
 //       safetensors, Q8_0 / Q4_0 as GGUF (norm scales and biases stay F32 there).
 //   build/bench/flux_bench vae [--sizes 256,512] [--compute bf16|f32] [--reps 2]
 //       times the autoencoder decode (real decoder shape, random weights) of a size/8 latent.
+//   build/bench/flux_bench t5 [--blocks N,0] [--dtype bf16|q8_0|q4_0] [--reps 2]
+//       times T5-XXL-shaped encoding of 256 tokens with N random layers, scaled to 24.
 //   build/bench/flux_bench step --weights FILE [--sizes 256,512,1024] [--compute bf16|f32] [--reps 2]
 //       times one denoising step (one transformer forward, 256 text tokens) per double block
 //       and per single block at each image size, scales to the full 19 + 38 blocks, and prints
@@ -18,6 +20,7 @@
 #include <string>
 
 #include "models/flux/flux.h"
+#include "models/text/encoders.h"
 #include "models/vae/vae.h"
 #include "peak.h"
 
@@ -226,6 +229,56 @@ int vae_step(const std::vector<int>& sizes, const std::string& compute, int reps
   return 0;
 }
 
+// T5-XXL's shape (d_model 4096, 64 heads of 64, d_ff 10240, 32128 tokens) with `layers` random
+// layers in `dtype`; times encoding 256 tokens, scales to the real 24 layers.
+int t5_step(int layers, const std::string& dtype_name, int reps) {
+  DType wdt = dtype_name == "q8_0" ? DType::Q8_0 : dtype_name == "q4_0" ? DType::Q4_0 : DType::BF16;
+  const int64_t D = 4096, HEADS = 64, DKV = 64, FF = 10240, V = 32128, L = 256;
+  int threads = ThreadPool::global().size();
+  double peak = bench::bf16_peak(threads);
+  Rng rng{11};
+  io::WeightSet w;
+  auto mat = [&](const std::string& n, int64_t out, int64_t in) {
+    w.tensors.emplace(n, random_tensor(rng, {out, in}, wdt, std::sqrt(3.0f / static_cast<float>(in))));
+  };
+  auto ones = [&](const std::string& n) {
+    Tensor t = Tensor::zeros({D}, DType::F32);
+    for (int64_t i = 0; i < D; ++i) t.data<float>()[i] = 1.0f;
+    w.tensors.emplace(n, t);
+  };
+  w.tensors.emplace("shared.weight", random_tensor(rng, {V, D}, DType::BF16, 1.0f));
+  w.tensors.emplace("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", random_tensor(rng, {32, HEADS}, DType::F32, 0.5f));
+  for (int i = 0; i < layers; ++i) {
+    std::string p = "encoder.block." + std::to_string(i) + ".layer.";
+    for (const char* m : {"q", "k", "v"}) mat(p + "0.SelfAttention." + m + ".weight", HEADS * DKV, D);
+    mat(p + "0.SelfAttention.o.weight", D, HEADS * DKV);
+    mat(p + "1.DenseReluDense.wi_0.weight", FF, D);
+    mat(p + "1.DenseReluDense.wi_1.weight", FF, D);
+    mat(p + "1.DenseReluDense.wo.weight", D, FF);
+    ones(p + "0.layer_norm.weight");
+    ones(p + "1.layer_norm.weight");
+  }
+  ones("encoder.final_layer_norm.weight");
+  nlohmann::json cfg = {{"num_heads", HEADS}, {"layer_norm_epsilon", 1e-6}, {"relative_attention_max_distance", 128}};
+  text::T5Encoder t5(text::T5Config::from_weights(w, &cfg), w);
+  std::vector<float> idv(static_cast<size_t>(L));
+  for (int64_t i = 0; i < L; ++i) idv[static_cast<size_t>(i)] = static_cast<float>((i * 7919) % V);
+  Tensor ids = Tensor::from_floats({1, L}, idv);
+  Ctx c;
+  c.compute = Compute::BF16;
+  Arena arena;
+  c.arena = &arena;
+  double t = bench::seconds_of([&] {
+    t5.forward(c, ids);
+    arena.reset();
+  }, reps);
+  double per_layer = 2.0 * L * (4.0 * D * HEADS * DKV + 3.0 * D * FF) + 4.0 * L * L * HEADS * DKV;
+  double full = t / layers * 24;
+  std::printf("T5-XXL shape, %s weights, %d of 24 layers, 256 tokens: %.3f s -> 24 layers %.2f s, %.0f GFLOP/s (%.1f%% of the BF16 peak %.0f)\n",
+              dtype_name.c_str(), layers, t, full, 24 * per_layer / full / 1e9, 100.0 * 24 * per_layer / full / peak, peak / 1e9);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -264,6 +317,7 @@ int main(int argc, char** argv) {
     if (mode == "write") return write_checkpoint(out, depth, single, dtype);
     if (mode == "step") return step(weights, sizes, compute, reps);
     if (mode == "vae") return vae_step(sizes, compute, reps);
+    if (mode == "t5") return t5_step(depth, dtype, reps);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "flux_bench: %s\n", e.what());
     return 1;

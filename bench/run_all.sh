@@ -16,6 +16,9 @@ for dtype in bf16 q8_0 q4_0; do
   rm -f "$weights"
 done
 echo "== autoencoder decode"; ./build/bench/flux_bench vae --sizes 256,512 --reps 2
+for dtype in bf16 q8_0; do
+  echo "== T5-XXL encoding, $dtype"; ./build/bench/flux_bench t5 --blocks 2,0 --dtype "$dtype" --reps 2
+done
 if /usr/bin/python3 -c "import torch" 2>/dev/null; then
   echo "== peer: eager PyTorch bf16 (Debian python3-torch)"; /usr/bin/python3 bench/peer_pytorch.py --threads "$FLUXPIPE_THREADS" --sizes 256,512
 else
