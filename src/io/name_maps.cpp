@@ -95,13 +95,8 @@ WeightSet apply_rules(const WeightSet& src, const std::vector<Rule>& rules, cons
   WeightSet out;
   out.metadata = src.metadata;
   out.files = src.files;
-  auto count = [&](const std::string& prefix, const std::string& probe) {
-    int n = 0;
-    while (src.has(prefix + std::to_string(n) + probe)) ++n;
-    return n;
-  };
-  int doubles = count("transformer_blocks.", ".norm1.linear.weight");
-  int singles = count("single_transformer_blocks.", ".norm.linear.weight");
+  int doubles = src.count_numbered("transformer_blocks.", ".norm1.linear.weight");
+  int singles = src.count_numbered("single_transformer_blocks.", ".norm.linear.weight");
   for (const Rule& r : rules) {
     std::string target = r.target;
     bool per_block = target.find("{i}") != std::string::npos;
@@ -230,11 +225,6 @@ WeightSet autoencoder_weights(const WeightSet& src) {
     for (const char* p : {"norm1", "conv1", "norm2", "conv2"}) put(to + "." + p, from + "." + p);
     put(to + ".nin_shortcut", from + ".conv_shortcut");
   };
-  auto count = [&](const std::string& prefix, const std::string& probe) {
-    int n = 0;
-    while (src.has(prefix + std::to_string(n) + probe)) ++n;
-    return n;
-  };
   for (const char* tower : {"encoder", "decoder"}) {
     std::string t = tower;
     if (!src.has(t + ".conv_in.weight")) continue;
@@ -250,11 +240,11 @@ WeightSet autoencoder_weights(const WeightSet& src) {
     put(t + ".mid.attn_1.proj_out", t + ".mid_block.attentions.0.to_out.0");
     bool dec = t == "decoder";
     std::string blocks = dec ? ".up_blocks." : ".down_blocks.";
-    int levels = count(t + blocks, ".resnets.0.conv1.weight");
+    int levels = src.count_numbered(t + blocks, ".resnets.0.conv1.weight");
     for (int i = 0; i < levels; ++i) {
       int level = dec ? levels - 1 - i : i;   // diffusers' up_blocks.0 is BFL's decoder.up.<last>
       std::string from = t + blocks + std::to_string(i), to = t + (dec ? ".up." : ".down.") + std::to_string(level);
-      int n = count(from + ".resnets.", ".conv1.weight");
+      int n = src.count_numbered(from + ".resnets.", ".conv1.weight");
       for (int j = 0; j < n; ++j) resnet(to + ".block." + std::to_string(j), from + ".resnets." + std::to_string(j));
       put(to + (dec ? ".upsample.conv" : ".downsample.conv"), from + (dec ? ".upsamplers.0.conv" : ".downsamplers.0.conv"));
     }

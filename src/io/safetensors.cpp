@@ -29,6 +29,20 @@ const Tensor& WeightSet::at(const std::string& name) const {
   return it->second;
 }
 
+const Tensor& WeightSet::expect(const std::string& name, const Shape& shape, const char* who) const {
+  const Tensor& t = at(name);
+  if (t.shape() != shape) {
+    throw UserError(std::string("[") + who + "] tensor '" + name + "' is " + t.describe() + ", expected shape " + shape_str(shape));
+  }
+  return t;
+}
+
+int WeightSet::count_numbered(const std::string& prefix, const std::string& suffix) const {
+  int n = 0;
+  while (has(prefix + std::to_string(n) + suffix)) ++n;
+  return n;
+}
+
 std::shared_ptr<Storage> map_file(const std::string& path) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw UserError("[weights] cannot open '" + path + "': " + std::strerror(errno));

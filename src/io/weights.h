@@ -30,6 +30,10 @@ struct WeightSet {
   // The named tensor, or UserError "[weights] <files>: no tensor 'name'".
   const Tensor& at(const std::string& name) const;
   bool has(const std::string& name) const { return tensors.count(name) > 0; }
+  // The named tensor, which must have `shape`: UserError "[who] tensor 'name' is F32[..], expected shape [..]".
+  const Tensor& expect(const std::string& name, const Shape& shape, const char* who) const;
+  // How many of prefix + "0" + suffix, prefix + "1" + suffix, ... exist (blocks, layers, levels).
+  int count_numbered(const std::string& prefix, const std::string& suffix) const;
 };
 
 // A read-only whole-file mapping as Storage. Throws UserError naming the path.

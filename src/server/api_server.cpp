@@ -154,18 +154,35 @@ void ApiServer::stop() {
 Store& ApiServer::store() { return *impl_->store; }
 const std::string& ApiServer::public_url() const { return impl_->base_url; }
 
-int run_server_until_signal(ServeOptions options, std::unique_ptr<Engine> engine) {
-  // Block the stop signals in every thread; this one waits for them.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+namespace {
+sigset_t stop_signal_set() {
+  sigset_t s;
+  sigemptyset(&s);
+  sigaddset(&s, SIGINT);
+  sigaddset(&s, SIGTERM);
+  return s;
+}
+}  // namespace
+
+void block_stop_signals() {
+  sigset_t s = stop_signal_set();
+  pthread_sigmask(SIG_BLOCK, &s, nullptr);
   signal(SIGPIPE, SIG_IGN);
+}
+
+int wait_for_stop_signal() {
+  sigset_t s = stop_signal_set();
+  int sig = 0;
+  sigwait(&s, &sig);
+  return sig;
+}
+
+int run_server_until_signal(ServeOptions options, std::unique_ptr<Engine> engine) {
+  // The stop signals are blocked in every thread; this one waits for them.
+  block_stop_signals();
   ApiServer server(std::move(options), std::move(engine));
   server.start();
-  int sig = 0;
-  sigwait(&stop_signals, &sig);
+  int sig = wait_for_stop_signal();
   log("info", std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") + ", stopping");
   server.stop();
   return 0;

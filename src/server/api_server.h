@@ -44,6 +44,11 @@ class ApiServer {
   std::unique_ptr<Impl> impl_;
 };
 
+// Blocks SIGINT and SIGTERM in the calling thread (and the threads it starts later) and ignores
+// SIGPIPE; wait_for_stop_signal() then returns the one that arrives.
+void block_stop_signals();
+int wait_for_stop_signal();
+
 // `fluxpipe serve`: runs until SIGINT or SIGTERM, then stops cleanly. Returns an exit code.
 int run_server_until_signal(ServeOptions options, std::unique_ptr<Engine> engine);
 

@@ -27,20 +27,14 @@ int main(int argc, char** argv) {
     }
   }
   try {
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGINT);
-    sigaddset(&stop_signals, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-    signal(SIGPIPE, SIG_IGN);
+    server::block_stop_signals();
     server::ApiServer srv(server::parse_serve_options(args), std::make_unique<testing::FakeEngine>(step_ms));
     int port = srv.start();
     if (!port_file.empty()) {
       std::ofstream(port_file + ".tmp") << port << "\n";
       std::rename((port_file + ".tmp").c_str(), port_file.c_str());
     }
-    int sig = 0;
-    sigwait(&stop_signals, &sig);
+    server::wait_for_stop_signal();
     srv.stop();
     return 0;
   } catch (const std::exception& e) {

@@ -9,11 +9,7 @@ namespace {
 
 [[noreturn]] void fail(const std::string& why) { throw UserError("[flux] " + why); }
 
-const Tensor& need(const io::WeightSet& w, const std::string& name, const Shape& shape) {
-  const Tensor& t = w.at(name);
-  if (t.shape() != shape) fail("tensor '" + name + "' is " + t.describe() + ", expected shape " + shape_str(shape));
-  return t;
-}
+const Tensor& need(const io::WeightSet& w, const std::string& name, const Shape& shape) { return w.expect(name, shape, "flux"); }
 
 Linear linear_of(const io::WeightSet& w, const std::string& prefix, int64_t out, int64_t in, bool bias = true) {
   Linear l;
@@ -27,9 +23,7 @@ Linear linear_of(const io::WeightSet& w, const std::string& prefix, int64_t out,
 }
 
 int count_blocks(const io::WeightSet& w, const std::string& prefix) {
-  int n = 0;
-  while (w.has(prefix + std::to_string(n) + ".linear1.weight") || w.has(prefix + std::to_string(n) + ".img_mod.lin.weight")) ++n;
-  return n;
+  return std::max(w.count_numbered(prefix, ".linear1.weight"), w.count_numbered(prefix, ".img_mod.lin.weight"));
 }
 
 Tensor apply(Ctx& c, const Tensor& x, const Linear& l) {

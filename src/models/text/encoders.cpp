@@ -10,15 +10,7 @@ namespace {
 [[noreturn]] void fail(const std::string& why) { throw UserError("[text encoder] " + why); }
 
 const Tensor& need(const io::WeightSet& w, const std::string& name, const Shape& shape) {
-  const Tensor& t = w.at(name);
-  if (t.shape() != shape) fail("tensor '" + name + "' is " + t.describe() + ", expected shape " + shape_str(shape));
-  return t;
-}
-
-int count(const io::WeightSet& w, const std::string& prefix, const std::string& probe) {
-  int n = 0;
-  while (w.has(prefix + std::to_string(n) + probe)) ++n;
-  return n;
+  return w.expect(name, shape, "text encoder");
 }
 
 Tensor f32(Ctx& c, const Tensor& t) { return t.dtype() == DType::F32 ? t : ops::to_dtype(c, t, DType::F32); }
@@ -46,7 +38,7 @@ ClipConfig ClipConfig::from_weights(const io::WeightSet& w, const nlohmann::json
   cfg.vocab = tok.size(0);
   cfg.hidden = tok.size(1);
   cfg.positions = w.at("text_model.embeddings.position_embedding.weight").size(0);
-  cfg.layers = count(w, "text_model.encoder.layers.", ".self_attn.q_proj.weight");
+  cfg.layers = w.count_numbered("text_model.encoder.layers.", ".self_attn.q_proj.weight");
   if (cfg.layers == 0) fail("no text_model.encoder.layers.* tensors");
   cfg.intermediate = w.at("text_model.encoder.layers.0.mlp.fc1.weight").size(0);
   if (hf) {
@@ -115,7 +107,7 @@ T5Config T5Config::from_weights(const io::WeightSet& w, const nlohmann::json* hf
   const Tensor& shared = w.has("shared.weight") ? w.at("shared.weight") : w.at("encoder.embed_tokens.weight");
   cfg.vocab = shared.size(0);
   cfg.d_model = shared.size(1);
-  cfg.layers = count(w, "encoder.block.", ".layer.0.SelfAttention.q.weight");
+  cfg.layers = w.count_numbered("encoder.block.", ".layer.0.SelfAttention.q.weight");
   if (cfg.layers == 0) fail("no encoder.block.* tensors");
   int64_t inner = w.at("encoder.block.0.layer.0.SelfAttention.q.weight").size(0);
   cfg.d_ff = w.at("encoder.block.0.layer.1.DenseReluDense.wi_0.weight").size(0);

@@ -9,12 +9,6 @@ namespace {
 
 [[noreturn]] void fail(const std::string& why) { throw UserError("[vae] " + why); }
 
-int count(const io::WeightSet& w, const std::string& prefix, const std::string& probe) {
-  int n = 0;
-  while (w.has(prefix + std::to_string(n) + probe)) ++n;
-  return n;
-}
-
 }  // namespace
 
 Config Config::from_weights(const io::WeightSet& w, const nlohmann::json* params) {
@@ -57,12 +51,12 @@ Model::Tower Model::load_tower(const io::WeightSet& w, const std::string& p, con
   t.mid_attn = {norm(p + "mid.attn_1.norm"), conv(p + "mid.attn_1.q"), conv(p + "mid.attn_1.k"), conv(p + "mid.attn_1.v"),
                 conv(p + "mid.attn_1.proj_out")};
   t.norm_out = norm(p + "norm_out");
-  int levels = count(w, p + level_name + ".", ".block.0.conv1.weight");
+  int levels = w.count_numbered(p + level_name + ".", ".block.0.conv1.weight");
   if (levels == 0) fail("no " + p + level_name + ".<i> levels in the weights");
   for (int i = 0; i < levels; ++i) {
     std::string lp = p + level_name + "." + std::to_string(i);
     Level l;
-    int blocks = count(w, lp + ".block.", ".conv1.weight");
+    int blocks = w.count_numbered(lp + ".block.", ".conv1.weight");
     for (int j = 0; j < blocks; ++j) l.blocks.push_back(resnet(lp + ".block." + std::to_string(j)));
     if (w.has(lp + "." + resample_name + ".conv.weight")) l.resample = conv(lp + "." + resample_name + ".conv");
     t.levels.push_back(std::move(l));
