@@ -6,6 +6,9 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <random>
+#include <unistd.h>
 #include <ctime>
 #include <iostream>
 #include <string>
@@ -13,6 +16,7 @@
 
 #include "core/error.h"
 #include "pipeline/components.h"
+#include "pipeline/test_model.h"
 #include "tokenizer/tokenizers.h"
 #include "pipeline/pipeline.h"
 #include "server/api_server.h"
@@ -37,6 +41,9 @@ const char* kUsage =
     "                                       run transformer | vae-decode | vae-encode | sample | randn\n"
     "                                       on named tensors (see `fluxpipe help run`)\n"
     "  tokenize clip|t5 [--tokenizer PATH] [--length N] \"text\"   the ids as a JSON array\n"
+    "  generate \"prompt\" -o out.png --model PATH [--width W --height H --steps N --seed S\n"
+    "           --samples N --negative-prompt TEXT --true-cfg X]   text to image\n"
+    "  make-test-model DIR                  a tiny random-weight model (tests, smoke checks; draws noise)\n"
     "  help [COMMAND]                       this text, or a command's options\n"
     "\n"
     "Every --data has the environment twin FLUXPIPE_DATA.\n";
@@ -213,6 +220,116 @@ int cmd_run(const std::vector<std::string>& args) {
   return 0;
 }
 
+// fluxpipe make-test-model DIR: a tiny random-weight model of FLUX.1's architecture.
+int cmd_make_test_model(const std::vector<std::string>& args) {
+  if (args.size() < 2) throw UserError("[make-test-model] usage: fluxpipe make-test-model DIR [--layout bfl]");
+  std::string dir = args[1];
+  for (size_t i = 2; i < args.size(); ++i) {
+    if (args[i] == "--layout" && i + 1 < args.size()) {
+      if (args[++i] != "bfl") throw UserError("[make-test-model] only --layout bfl is implemented so far");
+    } else {
+      throw UserError("[make-test-model] unknown option '" + args[i] + "'");
+    }
+  }
+  write_test_model(dir);
+  std::cout << "wrote a random-weight test model (not FLUX.1; it draws noise) to " << dir << std::endl;
+  return 0;
+}
+
+// fluxpipe generate "prompt" -o out.png --model PATH [options]
+int cmd_generate(const std::vector<std::string>& args) {
+  GenerateJob job;
+  job.width = job.height = 1024;
+  job.steps = 4;
+  std::string out = "fluxpipe.png", model;
+  if (const char* m = std::getenv("FLUXPIPE_MODEL")) model = m;
+  int64_t seed = -1;
+  int samples = 1;
+  bool have_prompt = false;
+  for (size_t i = 1; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= args.size()) throw UserError("[generate] " + a + " needs a value");
+      return args[++i];
+    };
+    auto integer = [&](const char* what, long long lo, long long hi) {
+      std::string v = value();
+      size_t used = 0;
+      long long x = 0;
+      try {
+        x = std::stoll(v, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used != v.size() || x < lo || x > hi) {
+        throw UserError(std::string("[generate] ") + what + ": '" + v + "' is not an integer in " + std::to_string(lo) + ".." + std::to_string(hi));
+      }
+      return x;
+    };
+    if (a == "-o" || a == "--output") out = value();
+    else if (a == "--model") model = value();
+    else if (a == "--width") job.width = static_cast<int>(integer("--width", 64, 1536));
+    else if (a == "--height") job.height = static_cast<int>(integer("--height", 64, 1536));
+    else if (a == "--steps") job.steps = static_cast<int>(integer("--steps", 1, 100));
+    else if (a == "--seed") seed = integer("--seed", -1, (1LL << 62));
+    else if (a == "--samples") samples = static_cast<int>(integer("--samples", 1, 4));
+    else if (a == "--negative-prompt") job.negative_prompt = value();
+    else if (a == "--true-cfg") job.true_cfg_scale = std::stof(value());
+    else if (!a.empty() && a[0] == '-') throw UserError("[generate] unknown option '" + a + "'");
+    else if (!have_prompt) {
+      job.prompt = a;
+      have_prompt = true;
+    } else {
+      throw UserError("[generate] unexpected argument '" + a + "' (quote the prompt)");
+    }
+  }
+  if (!have_prompt) throw UserError("[generate] no prompt given");
+  if (model.empty()) throw UserError("[generate] --model PATH is required (or FLUXPIPE_MODEL)");
+  job.width = (job.width + 8) / 16 * 16;
+  job.height = (job.height + 8) / 16 * 16;
+  if (!job.negative_prompt.empty() && job.true_cfg_scale <= 1.0f) job.true_cfg_scale = 4.0f;
+  if (seed < 0) seed = static_cast<int64_t>(std::random_device{}() & 0x7fffffff);
+  for (int i = 0; i < samples; ++i) job.seeds.push_back(seed + i);
+
+  auto t0 = std::chrono::steady_clock::now();
+  std::unique_ptr<Engine> engine = load_engine(model);
+  double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  bool tty = isatty(2);
+  auto t1 = std::chrono::steady_clock::now();
+  std::vector<Image> images = engine->generate(job, [&](int done, int total) {
+    double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+    if (tty) {
+      int width = 30, filled = width * done / total;
+      std::fprintf(stderr, "\r[%s%s] step %d/%d %.1f s", std::string(static_cast<size_t>(filled), '#').c_str(),
+                   std::string(static_cast<size_t>(width - filled), '.').c_str(), done, total, el);
+      if (done == total) std::fprintf(stderr, "\n");
+    } else {
+      std::fprintf(stderr, "step %d/%d %.1f s\n", done, total, el);
+    }
+    return true;
+  });
+  double gen_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  if (engine->last_prompt_truncated()) std::fprintf(stderr, "fluxpipe: warning: the prompt was truncated to the text encoders' limits\n");
+  for (size_t i = 0; i < images.size(); ++i) {
+    std::string path = out;
+    if (i > 0) {
+      size_t dot = out.rfind('.');
+      path = (dot == std::string::npos ? out : out.substr(0, dot)) + "-" + std::to_string(i) + (dot == std::string::npos ? "" : out.substr(dot));
+    }
+    std::string params = job.prompt + "\n" + (job.negative_prompt.empty() ? "" : "Negative prompt: " + job.negative_prompt + "\n") +
+                         "Steps: " + std::to_string(job.steps) + ", Sampler: Euler, Seed: " + std::to_string(job.seeds[i]) +
+                         ", Size: " + std::to_string(job.width) + "x" + std::to_string(job.height) + ", Model: " + engine->model_name();
+    std::vector<uint8_t> png = encode_png(images[i], {{"parameters", params}, {"Software", "fluxpipe"}});
+    std::ofstream f(path, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(png.data()), static_cast<std::streamsize>(png.size()));
+    if (!f) throw IoError("[generate] cannot write '" + path + "'");
+    std::cout << path << " (seed " << job.seeds[i] << ")\n";
+  }
+  std::fprintf(stderr, "load %.2f s, generate %.2f s (%d steps, %zu images %dx%d), peak memory %.0f MiB\n", load_s, gen_s,
+               job.steps, images.size(), job.width, job.height, static_cast<double>(peak_rss_bytes()) / (1 << 20));
+  return 0;
+}
+
 // fluxpipe tokenize clip|t5 [--tokenizer PATH] [--length N] "text": the ids as a JSON array.
 int cmd_tokenize(const std::vector<std::string>& args) {
   if (args.size() < 3 || (args[1] != "clip" && args[1] != "t5")) {
@@ -292,6 +409,8 @@ int main(int argc, char** argv) {
     if (args[0] == "webhook-secret") return cmd_webhook_secret(args);
     if (args[0] == "run") return cmd_run(args);
     if (args[0] == "tokenize") return cmd_tokenize(args);
+    if (args[0] == "generate") return cmd_generate(args);
+    if (args[0] == "make-test-model") return cmd_make_test_model(args);
     std::cerr << "fluxpipe: unknown command '" << args[0] << "'\n\n" << kUsage;
     return 2;
   } catch (const fluxpipe::UserError& e) {

@@ -29,7 +29,9 @@ std::optional<nlohmann::json> read_params(const std::string& path) {
   return j;
 }
 
-size_t peak_rss() {
+}  // namespace
+
+size_t peak_rss_bytes() {
   std::ifstream in("/proc/self/status");
   std::string line;
   while (std::getline(in, line)) {
@@ -37,6 +39,8 @@ size_t peak_rss() {
   }
   return 0;
 }
+
+namespace {
 
 // Any layout users have (BFL, diffusers folder, ComfyUI single file, GGUF) under BFL names.
 io::WeightSet transformer_weights(const std::string& path) { return io::flux_transformer_weights(io::load_weights(path)); }
@@ -111,7 +115,7 @@ ComponentReport run_component(const ComponentRun& r) {
       Tensor txt_ids = in.has("txt_ids") ? get("txt_ids") : sampling::text_ids(B, txt.size(1));
       sampling::DenoiseInputs d{sampling::pack(c, noise), sampling::image_ids(B, h, w), txt, txt_ids, get("vec"),
                                 sampling::schedule(r.steps, (h / 2) * (w / 2), model.config().guidance_embed),
-                                std::nullopt};
+                                std::nullopt, Tensor(), Tensor(), 1.0f};
       if (model.config().guidance_embed) d.guidance = in.has("guidance") ? get("guidance").to_floats()[0] : r.guidance;
       Tensor final = sampling::denoise(c, model, d);
       Tensor latents = sampling::unpack(c, final, h, w);
@@ -136,7 +140,7 @@ ComponentReport run_component(const ComponentRun& r) {
   }
   io::write_safetensors(r.output, owned, {{"producer", "fluxpipe run " + r.component}});
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  rep.peak_rss_bytes = peak_rss();
+  rep.peak_rss_bytes = peak_rss_bytes();
   rep.arena_peak_bytes = arena.peak();
   return rep;
 }

@@ -35,6 +35,9 @@ struct ComponentReport {
   size_t arena_peak_bytes = 0;        // activations
 };
 
+// The process's peak resident memory (VmHWM), in bytes.
+size_t peak_rss_bytes();
+
 // Throws UserError naming the missing input, file or option.
 ComponentReport run_component(const ComponentRun& run);
 

@@ -55,10 +55,13 @@ class Engine {
   // Throws Cancelled when on_step returned false; UserError for requests the model
   // cannot serve; IoError/InternalError otherwise.
   virtual std::vector<Image> generate(const GenerateJob& job, const StepCallback& on_step) = 0;
+  // Whether the last generate() had to cut the prompt (or negative prompt) to the text
+  // encoders' limits (77 CLIP tokens, 256/512 T5 tokens).
+  virtual bool last_prompt_truncated() const { return false; }
 };
 
-// Loads the model found at `model_path` (a folder or a file).
-// Throws UserError naming what is missing or wrong.
+// Loads the FLUX.1 model found at `model_path`: a diffusers folder, a folder of single files in
+// any layout (BFL, ComfyUI, GGUF), or one file. Throws UserError naming what is missing or wrong.
 std::unique_ptr<Engine> load_engine(const std::string& model_path);
 
 // Encodes `image` as PNG with tEXt chunks (key, value) in the given order — the

@@ -77,6 +77,10 @@ Tensor denoise(Ctx& c, const flux::Model& model, const DenoiseInputs& in, const 
     float t_curr = in.timesteps[static_cast<size_t>(i)], t_prev = in.timesteps[static_cast<size_t>(i) + 1];
     Tensor t = Tensor::from_floats({B}, std::vector<float>(static_cast<size_t>(B), t_curr));
     Tensor pred = model.forward(c, img, in.img_ids, in.txt, in.txt_ids, t, in.vec, guidance.defined() ? &guidance : nullptr);
+    if (in.neg_txt.defined()) {
+      Tensor neg = model.forward(c, img, in.img_ids, in.neg_txt, in.txt_ids, t, in.neg_vec, guidance.defined() ? &guidance : nullptr);
+      pred = ops::add(c, neg, ops::mul(c, ops::sub(c, pred, neg), Tensor::from_floats({1}, {in.true_cfg})));
+    }
     float dt = static_cast<float>(static_cast<double>(t_prev) - static_cast<double>(t_curr));
     img = ops::add(c, img, ops::mul(c, pred, Tensor::from_floats({1}, {dt})));
     if (trace) {

@@ -38,6 +38,10 @@ struct DenoiseInputs {
   Tensor vec;        // [B, vec_in] pooled text vector
   std::vector<float> timesteps;
   std::optional<float> guidance;   // dev models
+  // True classifier-free guidance (the negative prompt's conditioning): each step runs the
+  // model on both and uses neg + true_cfg * (pos - neg). Unused when neg_txt is undefined.
+  Tensor neg_txt, neg_vec;
+  float true_cfg = 1.0f;
 };
 
 // Euler steps x += (t_next - t) * v(x, t); the step size is computed in double from the

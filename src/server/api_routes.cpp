@@ -92,7 +92,9 @@ json ApiServer::Impl::status_json(const RequestRecord& r) {
   j["num_inference_steps"] = p.steps;
   j["samples"] = p.samples;
   if (!r.batch_id.empty()) j["batch_id"] = r.batch_id;
-  if (!p.warnings.empty()) j["warnings"] = p.warnings;
+  std::vector<std::string> warnings = p.warnings;
+  if (!r.warning.empty()) warnings.push_back(r.warning);
+  if (!warnings.empty()) j["warnings"] = warnings;
   if (r.state == JobState::queued) {
     int64_t ahead = store->count_ahead(r.seq);
     j["queue_position"] = ahead;

@@ -108,7 +108,7 @@ void JobRunner::run_job(const RequestRecord& record) {
                   std::to_string(job.height) + ", " + std::to_string(job.steps) + " steps)");
 
   JobState final_state = JobState::succeeded;
-  std::string error;
+  std::string error, warning;
   bool interrupted_by_shutdown = false;
   try {
     std::vector<Image> images = engine_.generate(job, [this](int done, int total) {
@@ -128,6 +128,9 @@ void JobRunner::run_job(const RequestRecord& record) {
       images_.write(record.download_token, record.file_names[i], png);
     }
     metrics_.count_images(static_cast<int>(images.size()));
+    if (engine_.last_prompt_truncated()) {
+      warning = "the prompt was truncated to the text encoders' limits (77 CLIP tokens, 256 T5 tokens for schnell)";
+    }
   } catch (const Cancelled&) {
     std::lock_guard lock(mu_);
     interrupted_by_shutdown = stopping_;
@@ -151,7 +154,7 @@ void JobRunner::run_job(const RequestRecord& record) {
     return;
   }
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  store_.finish_request(record.id, final_state, error, now_ms());
+  store_.finish_request(record.id, final_state, error, now_ms(), warning);
   metrics_.count_job(to_string(final_state));
   metrics_.observe_job_seconds(seconds);
   {

@@ -56,7 +56,7 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox(done, next_attempt_ms);
 
 const char* kRequestColumns =
     "seq, id, key_id, download_token, params, seeds, file_names, server_id, batch_id, webhook, state, error, "
-    "attempts, created_ms, started_ms, finished_ms";
+    "attempts, created_ms, started_ms, finished_ms, warning";
 
 // A prepared statement with positional binding; finalized on destruction.
 class Stmt {
@@ -118,6 +118,7 @@ RequestRecord read_request(Stmt& s) {
   r.created_ms = s.integer(13);
   r.started_ms = s.integer(14);
   r.finished_ms = s.integer(15);
+  r.warning = s.text(16);
   return r;
 }
 
@@ -146,6 +147,7 @@ class SqliteStore final : public Store {
     exec("PRAGMA journal_mode=WAL");
     exec("PRAGMA synchronous=FULL");
     exec(kSchema);
+    add_column_if_missing("requests", "warning", "TEXT NOT NULL DEFAULT ''");
     if (sqlite3_open_v2(path.c_str(), &rdb_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
       std::string msg = rdb_ ? sqlite3_errmsg(rdb_) : "out of memory";
       sqlite3_close(rdb_);
@@ -229,12 +231,12 @@ class SqliteStore final : public Store {
     return r;
   }
 
-  bool finish_request(const std::string& id, JobState final_state, const std::string& error,
-                      int64_t now_ms) override {
+  bool finish_request(const std::string& id, JobState final_state, const std::string& error, int64_t now_ms,
+                      const std::string& warning) override {
     std::lock_guard lock(mu_);
     Transaction tx(this);
-    Stmt u(db_, "UPDATE requests SET state=?, error=?, finished_ms=? WHERE id=? AND state='running'");
-    u.bind(std::string(to_string(final_state))).bind(error).bind(now_ms).bind(id).step();
+    Stmt u(db_, "UPDATE requests SET state=?, error=?, finished_ms=?, warning=? WHERE id=? AND state='running'");
+    u.bind(std::string(to_string(final_state))).bind(error).bind(now_ms).bind(warning).bind(id).step();
     if (sqlite3_changes(db_) != 1) return false;
     enqueue_webhook_locked(id, now_ms);
     tx.commit();
@@ -354,6 +356,14 @@ class SqliteStore final : public Store {
     SqliteStore* store_;
     bool done_ = false;
   };
+
+  // Columns added after a database was first created (databases are never rebuilt).
+  void add_column_if_missing(const std::string& table, const std::string& column, const std::string& decl) {
+    std::string q = "SELECT COUNT(*) FROM pragma_table_info('" + table + "') WHERE name='" + column + "'";
+    Stmt s(db_, q.c_str());
+    s.step();
+    if (s.integer(0) == 0) exec(("ALTER TABLE " + table + " ADD COLUMN " + column + " " + decl).c_str());
+  }
 
   void exec(const char* sql) {
     char* err = nullptr;

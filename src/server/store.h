@@ -42,6 +42,7 @@ struct RequestRecord {
   std::string webhook;
   JobState state = JobState::queued;
   std::string error;
+  std::string warning;         // set when the request ended (e.g. the prompt was truncated)
   int attempts = 0;            // times a runner started it
   int64_t seq = 0;             // queue order, assigned by the store
   int64_t created_ms = 0;
@@ -86,7 +87,7 @@ class Store {
   // outbox message in the same transaction (the webhook sender builds the body from the
   // final record). Returns false if it was not running.
   virtual bool finish_request(const std::string& id, JobState final_state, const std::string& error,
-                              int64_t now_ms) = 0;
+                              int64_t now_ms, const std::string& warning = "") = 0;
   // queued -> cancelled, with the outbox message as above. False if it was not queued.
   virtual bool cancel_queued(const std::string& id, int64_t now_ms) = 0;
   // running -> queued without counting the attempt (a clean shutdown interrupted it).

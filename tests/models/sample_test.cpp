@@ -50,7 +50,7 @@ TEST(Sampling, FullSchnellRunDownToTheEightBitImage) {
   Tensor noise = torch_randn(42, {1, 16, 8, 8}, DType::F32);
   expect_matches(noise, g.at("noise"), 1e-6, 1e-6, "noise from seed 42");
   sampling::DenoiseInputs in{sampling::pack(c, g.at("noise")), g.at("img_ids"), g.at("txt"), g.at("txt_ids"), g.at("vec"),
-                             sampling::schedule(4, 16, false), std::nullopt};
+                             sampling::schedule(4, 16, false), std::nullopt, Tensor(), Tensor(), 1.0f};
   std::map<std::string, Tensor> seen;
   Tensor final = sampling::denoise(c, m.flux, in, {}, [&](const std::string& n, const Tensor& t) { seen[n] = t; });
   for (int i = 0; i < 4; ++i) {
@@ -83,7 +83,7 @@ TEST(Sampling, DevRunWithShiftedScheduleAndGuidance) {
   std::vector<float> ts = sampling::schedule(4, 16, true);
   expect_matches(Tensor::from_floats({5}, ts), g.at("sample.timesteps"), 1e-6, 0, "dev timesteps");
   float guidance = g.at("sample.guidance").to_floats()[0];
-  sampling::DenoiseInputs in{g.at("sample.img_packed_init"), g.at("img_ids"), g.at("txt"), g.at("txt_ids"), g.at("y"), ts, guidance};
+  sampling::DenoiseInputs in{g.at("sample.img_packed_init"), g.at("img_ids"), g.at("txt"), g.at("txt_ids"), g.at("y"), ts, guidance, Tensor(), Tensor(), 1.0f};
   Tensor final = sampling::denoise(c, model, in);
   expect_matches(final, g.at("sample.latents_packed_final"), 5e-4, 5e-4, "dev latents_packed_final");
 }

@@ -70,6 +70,12 @@ Model::Model(Config cfg, const io::WeightSet& w) : cfg_(cfg) {
   if (has_encoder_) enc_ = load_tower(w, "encoder.", "down", "downsample");
 }
 
+int64_t Model::spatial_factor() const {
+  int64_t f = 1;
+  for (const Level& l : dec_.levels) f *= l.resample ? 2 : 1;
+  return f;
+}
+
 Tensor Model::conv(Ctx& c, const Tensor& x, const Conv& k, int stride, bool asymmetric_pad) const {
   Conv2dParams p;
   p.stride = stride;

@@ -35,6 +35,8 @@ class Model {
 
   const Config& config() const { return cfg_; }
   bool has_encoder() const { return has_encoder_; }
+  // Image pixels per latent pixel: 2^(number of upsampling levels); 8 for FLUX.1.
+  int64_t spatial_factor() const;
 
   // z [B, z_channels, h, w] in the transformer's (scaled) space -> image [B, 3, Hi, Wi] in [-1, 1].
   Tensor decode(Ctx& c, const Tensor& z, const flux::Trace& trace = {}) const;

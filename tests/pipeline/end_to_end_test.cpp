@@ -1,0 +1,164 @@
+// Text to image end to end with a random-weight test model (`fluxpipe make-test-model`):
+// through the CLI and through the real `fluxpipe serve` over HTTP. The test model draws noise,
+// so these tests check the plumbing — sizes, seeds, determinism, metadata, errors — not pictures.
+#include <gtest/gtest.h>
+#include <png.h>
+#include <signal.h>
+#include <fcntl.h>
+#include <sys/wait.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "test_util.h"
+
+namespace fluxpipe::testing {
+namespace {
+
+int sh(const std::string& cmd) {
+  int status = std::system((cmd + " > /dev/null 2>&1").c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+std::string capture(const std::string& cmd) {
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  pclose(p);
+  return out;
+}
+
+struct PngInfo {
+  int width = 0, height = 0;
+  std::string parameters;
+};
+
+PngInfo read_png(const std::string& bytes) {
+  PngInfo info;
+  png_image img;
+  std::memset(&img, 0, sizeof img);
+  img.version = PNG_IMAGE_VERSION;
+  if (png_image_begin_read_from_memory(&img, bytes.data(), bytes.size())) {
+    info.width = static_cast<int>(img.width);
+    info.height = static_cast<int>(img.height);
+    png_image_free(&img);
+  }
+  size_t at = bytes.find("parameters");
+  if (at != std::string::npos) info.parameters = bytes.substr(at + 11, 400);
+  return info;
+}
+
+class EndToEnd : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    model_ = new TempDir;
+    ASSERT_EQ(sh(std::string(FLUXPIPE_BIN) + " make-test-model " + model_->path()), 0);
+  }
+  static void TearDownTestSuite() { delete model_; }
+  static TempDir* model_;
+};
+TempDir* EndToEnd::model_ = nullptr;
+
+TEST_F(EndToEnd, GenerateWritesDeterministicPngsWithParameters) {
+  TempDir out;
+  std::string base = std::string(FLUXPIPE_BIN) + " generate 'a photo of a cat' --model " + model_->path() +
+                     " --width 96 --height 64 --steps 2 --samples 2";
+  ASSERT_EQ(sh(base + " --seed 11 -o " + out.path() + "/a.png"), 0);
+  ASSERT_EQ(sh(base + " --seed 11 -o " + out.path() + "/b.png"), 0);
+  ASSERT_EQ(sh(base + " --seed 12 -o " + out.path() + "/c.png"), 0);
+  std::string a = slurp(out.path() + "/a.png"), b = slurp(out.path() + "/b.png"), c = slurp(out.path() + "/c.png");
+  EXPECT_EQ(a, b) << "same seed and parameters must give byte-identical PNGs";
+  EXPECT_NE(a, c);
+  EXPECT_EQ(slurp(out.path() + "/a-1.png"), slurp(out.path() + "/c.png")) << "image 1 of seed 11 uses seed 12";
+  PngInfo info = read_png(a);
+  EXPECT_EQ(info.width, 96);
+  EXPECT_EQ(info.height, 64);
+  EXPECT_NE(info.parameters.find("a photo of a cat"), std::string::npos) << info.parameters;
+  EXPECT_NE(info.parameters.find("Seed: 11"), std::string::npos) << info.parameters;
+  EXPECT_NE(info.parameters.find("test model"), std::string::npos) << info.parameters;
+  // A negative prompt runs true CFG: a different image.
+  ASSERT_EQ(sh(base + " --seed 11 --negative-prompt blurry -o " + out.path() + "/n.png"), 0);
+  EXPECT_NE(slurp(out.path() + "/n.png"), a);
+}
+
+TEST_F(EndToEnd, MissingPartsAreNamed) {
+  TempDir partial;
+  for (const char* f : {"flux1-test.safetensors", "ae.safetensors", "clip_l.safetensors", "fluxpipe.json"}) {
+    std::filesystem::copy_file(model_->path() + "/" + f, partial.path() + "/" + f);
+  }
+  std::string out = capture(std::string(FLUXPIPE_BIN) + " generate x --model " + partial.path() + " -o " + partial.path() + "/x.png");
+  EXPECT_NE(out.find("T5"), std::string::npos) << out;
+  EXPECT_EQ(out.find("CLIP"), std::string::npos) << out;
+}
+
+TEST_F(EndToEnd, ServeWithTheModelAnswersTheV3Flow) {
+  TempDir data;
+  std::string key = capture(std::string(FLUXPIPE_BIN) + " keys add --data " + data.path());
+  key = key.substr(key.rfind("fpk_"), 52);
+  int port = free_port();
+  pid_t pid = fork();
+  if (pid == 0) {
+    std::string listen = "127.0.0.1:" + std::to_string(port);
+    int devnull = open("/dev/null", O_WRONLY);
+    dup2(devnull, 1);
+    dup2(devnull, 2);
+    execl(FLUXPIPE_BIN, FLUXPIPE_BIN, "serve", "--data", data.path().c_str(), "--listen", listen.c_str(), "--model",
+          model_->path().c_str(), "--sync-wait", "0", nullptr);
+    _exit(127);
+  }
+  httplib::Client c("127.0.0.1", port);
+  c.set_read_timeout(30, 0);
+  bool up = false;
+  for (int i = 0; i < 200 && !up; ++i) {
+    auto r = c.Get("/readyz");
+    up = r && r->status == 200;
+    if (!up) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  ASSERT_TRUE(up) << "server did not become ready";
+  auto poll = [&](const std::string& id) {
+    json j;
+    for (int i = 0; i < 400; ++i) {
+      auto r = c.Get("/generate/v3/status/" + id, {{"API-Key", key}});
+      j = json::parse(r->body);
+      if (j["status"] != "PENDING") break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+    return j;
+  };
+  json body = {{"prompt", "a toucan"}, {"width", 64}, {"height", 80}, {"samples", 2}, {"num_inference_steps", 2}, {"seed", 3}};
+  auto res = c.Post("/generate/v3", {{"API-Key", key}}, body.dump(), "application/json");
+  ASSERT_EQ(res->status, 200) << res->body;
+  json done = poll(json::parse(res->body)["id"]);
+  ASSERT_EQ(done["status"], "SUCCESS") << done.dump();
+  ASSERT_EQ(done["download_urls"].size(), 2u);
+  std::string url = done["download_urls"][0];
+  auto img = c.Get(url.substr(url.find("/v3/images/")));
+  ASSERT_EQ(img->status, 200);
+  PngInfo info = read_png(img->body);
+  EXPECT_EQ(info.width, 64);
+  EXPECT_EQ(info.height, 80);
+  EXPECT_NE(info.parameters.find("test model"), std::string::npos);
+  // A prompt beyond the encoders' limits is truncated, and the answer says so.
+  std::string long_prompt;
+  for (int i = 0; i < 300; ++i) long_prompt += "word ";
+  body["prompt"] = long_prompt;
+  body["samples"] = 1;
+  res = c.Post("/generate/v3", {{"API-Key", key}}, body.dump(), "application/json");
+  json warned = poll(json::parse(res->body)["id"]);
+  EXPECT_EQ(warned["status"], "SUCCESS");
+  EXPECT_NE(warned.value("warnings", json::array()).dump().find("truncated"), std::string::npos) << warned.dump();
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+}  // namespace
+}  // namespace fluxpipe::testing
