@@ -43,7 +43,9 @@ const char* kUsage =
     "  tokenize clip|t5 [--tokenizer PATH] [--length N] \"text\"   the ids as a JSON array\n"
     "  generate \"prompt\" -o out.png --model PATH [--width W --height H --steps N --seed S\n"
     "           --samples N --negative-prompt TEXT --true-cfg X]   text to image\n"
-    "  make-test-model DIR                  a tiny random-weight model (tests, smoke checks; draws noise)\n"
+    "  make-test-model DIR [--width tiny|real] [--blocks D,S] [--text-layers N]\n"
+    "                                       a random-weight model (tests, smoke checks; draws noise)\n"
+    "  quantize IN OUT.gguf [--type q8_0|q4_0|q4_k|...]   GGUF with quantized matrices\n"
     "  help [COMMAND]                       this text, or a command's options\n"
     "\n"
     "Every --data has the environment twin FLUXPIPE_DATA.\n";
@@ -220,18 +222,47 @@ int cmd_run(const std::vector<std::string>& args) {
   return 0;
 }
 
+// fluxpipe quantize IN OUT.gguf --type q8_0|q4_0|q4_k|...
+int cmd_quantize(const std::vector<std::string>& args) {
+  std::string type = "q8_0";
+  std::vector<std::string> files;
+  for (size_t i = 1; i < args.size(); ++i) {
+    if (args[i] == "--type" && i + 1 < args.size()) type = args[++i];
+    else if (!args[i].empty() && args[i][0] == '-') throw UserError("[quantize] unknown option '" + args[i] + "'");
+    else files.push_back(args[i]);
+  }
+  if (files.size() != 2) throw UserError("[quantize] usage: fluxpipe quantize IN OUT.gguf [--type q8_0|q4_0|q4_k|...]");
+  auto t0 = std::chrono::steady_clock::now();
+  int n = quantize_file(files[0], files[1], type);
+  std::printf("wrote %s: %d matrices in %s, the rest unchanged (%.1f s)\n", files[1].c_str(), n, type.c_str(),
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return 0;
+}
+
 // fluxpipe make-test-model DIR: a tiny random-weight model of FLUX.1's architecture.
 int cmd_make_test_model(const std::vector<std::string>& args) {
-  if (args.size() < 2) throw UserError("[make-test-model] usage: fluxpipe make-test-model DIR [--layout bfl]");
-  std::string dir = args[1];
-  for (size_t i = 2; i < args.size(); ++i) {
-    if (args[i] == "--layout" && i + 1 < args.size()) {
-      if (args[++i] != "bfl") throw UserError("[make-test-model] only --layout bfl is implemented so far");
-    } else {
-      throw UserError("[make-test-model] unknown option '" + args[i] + "'");
-    }
+  if (args.size() < 2) {
+    throw UserError("[make-test-model] usage: fluxpipe make-test-model DIR [--layout bfl] [--width tiny|real] [--blocks D,S] [--text-layers N]");
   }
-  write_test_model(dir);
+  std::string dir = args[1];
+  TestModelOptions o;
+  for (size_t i = 2; i < args.size(); ++i) {
+    std::string v = i + 1 < args.size() ? args[i + 1] : "";
+    if (args[i] == "--layout" && !v.empty()) {
+      if (v != "bfl") throw UserError("[make-test-model] only --layout bfl is implemented so far");
+    } else if (args[i] == "--width" && (v == "tiny" || v == "real")) {
+      o.real_width = v == "real";
+    } else if (args[i] == "--blocks" && v.find(',') != std::string::npos) {
+      o.depth = std::stoi(v.substr(0, v.find(',')));
+      o.single = std::stoi(v.substr(v.find(',') + 1));
+    } else if (args[i] == "--text-layers" && !v.empty()) {
+      o.text_layers = std::stoi(v);
+    } else {
+      throw UserError("[make-test-model] bad option '" + args[i] + "'");
+    }
+    ++i;
+  }
+  write_test_model(dir, o);
   std::cout << "wrote a random-weight test model (not FLUX.1; it draws noise) to " << dir << std::endl;
   return 0;
 }
@@ -325,8 +356,10 @@ int cmd_generate(const std::vector<std::string>& args) {
     if (!f) throw IoError("[generate] cannot write '" + path + "'");
     std::cout << path << " (seed " << job.seeds[i] << ")\n";
   }
-  std::fprintf(stderr, "load %.2f s, generate %.2f s (%d steps, %zu images %dx%d), peak memory %.0f MiB\n", load_s, gen_s,
-               job.steps, images.size(), job.width, job.height, static_cast<double>(peak_rss_bytes()) / (1 << 20));
+  std::string stages;
+  for (const auto& [name, s] : engine->last_stage_seconds()) stages += ", " + name + " " + std::to_string(s).substr(0, std::to_string(s).find('.') + 3) + " s";
+  std::fprintf(stderr, "load %.2f s, generate %.2f s (%d steps, %zu images %dx%d%s), peak memory %.0f MiB\n", load_s, gen_s,
+               job.steps, images.size(), job.width, job.height, stages.c_str(), static_cast<double>(peak_rss_bytes()) / (1 << 20));
   return 0;
 }
 
@@ -411,6 +444,7 @@ int main(int argc, char** argv) {
     if (args[0] == "tokenize") return cmd_tokenize(args);
     if (args[0] == "generate") return cmd_generate(args);
     if (args[0] == "make-test-model") return cmd_make_test_model(args);
+    if (args[0] == "quantize") return cmd_quantize(args);
     std::cerr << "fluxpipe: unknown command '" << args[0] << "'\n\n" << kUsage;
     return 2;
   } catch (const fluxpipe::UserError& e) {

@@ -1,5 +1,6 @@
 #include "pipeline/components.h"
 
+#include <cctype>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -55,6 +56,43 @@ const Tensor& input(const io::WeightSet& in, const std::string& name, const std:
 Tensor as_f32(Ctx& c, const Tensor& t) { return t.dtype() == DType::F32 && t.is_contiguous() ? t : ops::to_dtype(c, t, DType::F32); }
 
 }  // namespace
+
+int quantize_file(const std::string& input, const std::string& output, const std::string& type) {
+  std::optional<DType> target;
+  for (DType d : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q6_K}) {
+    std::string n = name(d);
+    std::string lower;
+    for (char ch : n) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (type == n || type == lower) target = d;
+  }
+  if (!target) throw UserError("[quantize] unknown type '" + type + "' (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k)");
+  io::WeightSet w = io::load_weights(input);
+  bool transformer = io::detect_transformer_layout(w) != io::Layout::bfl || w.has("img_in.weight");
+  if (transformer) w = io::flux_transformer_weights(w);
+  io::NamedTensors out;
+  int quantized = 0;
+  for (const auto& [n, t] : w.tensors) {
+    const int64_t block = info(*target).block_elems;
+    if (t.dim() == 2 && t.size(1) % block == 0 && info(t.dtype()).floating && !is_quantized(t.dtype())) {
+      std::vector<float> f = t.to_floats();
+      Tensor q = Tensor::zeros(t.shape(), *target);
+      from_f32(*target, f.data(), q.data<uint8_t>(), t.numel());
+      out.push_back({n, q});
+      ++quantized;
+    } else if (t.dtype() == DType::F8_E4M3 || t.dtype() == DType::F8_E5M2 || t.dtype() == DType::F64) {
+      std::vector<float> f = t.to_floats();
+      Tensor h = Tensor::zeros(t.shape(), t.dtype() == DType::F64 ? DType::F32 : DType::F16);
+      from_f32(h.dtype(), f.data(), h.data<uint8_t>(), t.numel());
+      out.push_back({n, h});
+    } else {
+      out.push_back({n, t});
+    }
+  }
+  nlohmann::json meta = {{"general.architecture", transformer ? "flux" : "unknown"}, {"general.file_type", std::string(name(*target))},
+                         {"fluxpipe.quantized_from", input}};
+  io::write_gguf(output, out, meta);
+  return quantized;
+}
 
 ComponentReport run_component(const ComponentRun& r) {
   auto started = std::chrono::steady_clock::now();

@@ -35,6 +35,12 @@ struct ComponentReport {
   size_t arena_peak_bytes = 0;        // activations
 };
 
+// `fluxpipe quantize`: reads weights (any layout; a FLUX transformer is renamed to BFL names),
+// writes GGUF with every matrix whose rows fit the block size in `type` (Q8_0, Q4_0, Q4_1,
+// Q5_0, Q5_1, Q4_K, Q6_K) and the rest as they were (fp8 widened to F16, which GGUF holds).
+// Returns the number of tensors quantized. Throws UserError for unknown types or files.
+int quantize_file(const std::string& input, const std::string& output, const std::string& type);
+
 // The process's peak resident memory (VmHWM), in bytes.
 size_t peak_rss_bytes();
 

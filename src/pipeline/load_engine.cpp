@@ -60,10 +60,18 @@ class FluxEngine final : public Engine {
       truncated_ = truncated_ || ce.truncated || te.truncated;
     };
     truncated_ = false;
+    stages_.clear();
+    auto mark = std::chrono::steady_clock::now();
+    auto stage = [&](const char* name) {
+      auto now = std::chrono::steady_clock::now();
+      stages_.push_back({name, std::chrono::duration<double>(now - mark).count()});
+      mark = now;
+    };
     Tensor txt, vec, neg_txt, neg_vec;
     encode(job.prompt, &txt, &vec);
     bool cfg = !job.negative_prompt.empty() && job.true_cfg_scale > 1.0f;
     if (cfg) encode(job.negative_prompt, &neg_txt, &neg_vec);
+    stage("text encoders");
 
     // Latent size: the autoencoder halves the image per down level (8x for FLUX.1's).
     const int64_t factor = ae_.spatial_factor();
@@ -81,7 +89,9 @@ class FluxEngine final : public Engine {
       in.true_cfg = job.true_cfg_scale;
     }
     Tensor latents = sampling::unpack(c, sampling::denoise(c, flux_, in, on_step), h, w);
+    stage("denoising");
     Tensor u8 = sampling::to_u8(ae_.decode(c, latents));   // [B, H, W, 3]
+    stage("decoding");
     std::vector<Image> out;
     int64_t H = u8.size(1), W = u8.size(2);
     for (int64_t b = 0; b < B; ++b) {
@@ -94,6 +104,7 @@ class FluxEngine final : public Engine {
   }
 
   bool last_prompt_truncated() const override { return truncated_; }
+  std::vector<std::pair<std::string, double>> last_stage_seconds() const override { return stages_; }
 
  private:
   // The latent grid is a multiple of 16 pixels; sizes are validated to multiples of 16 already,
@@ -116,6 +127,7 @@ class FluxEngine final : public Engine {
   tokenizer::ClipTokenizer clip_tok_;
   tokenizer::T5Tokenizer t5_tok_;
   bool truncated_ = false;
+  std::vector<std::pair<std::string, double>> stages_;
 };
 
 }  // namespace

@@ -58,6 +58,8 @@ class Engine {
   // Whether the last generate() had to cut the prompt (or negative prompt) to the text
   // encoders' limits (77 CLIP tokens, 256/512 T5 tokens).
   virtual bool last_prompt_truncated() const { return false; }
+  // Seconds per stage of the last generate() ("text encoders", "denoising", "decoding").
+  virtual std::vector<std::pair<std::string, double>> last_stage_seconds() const { return {}; }
 };
 
 // Loads the FLUX.1 model found at `model_path`: a diffusers folder, a folder of single files in

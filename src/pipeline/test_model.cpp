@@ -16,6 +16,7 @@ namespace {
 struct Writer {
   uint64_t state;
   io::NamedTensors tensors;
+  DType matrix_dtype = DType::F32;   // BF16 at the real width
 
   float uniform() {   // xorshift64*, [-1, 1)
     state ^= state >> 12;
@@ -24,8 +25,11 @@ struct Writer {
     return static_cast<float>(static_cast<double>((state * 2685821657736338717ULL) >> 11) / static_cast<double>(uint64_t{1} << 52) - 1.0);
   }
   void put(const std::string& name, const Shape& shape, float scale, float offset = 0.0f) {
-    Tensor t = Tensor::zeros(shape, DType::F32);
-    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = offset + scale * uniform();
+    std::vector<float> v(static_cast<size_t>(numel(shape)));
+    for (float& x : v) x = offset + scale * uniform();
+    DType dt = shape.size() >= 2 ? matrix_dtype : DType::F32;
+    Tensor t = Tensor::zeros(shape, dt);
+    from_f32(dt, v.data(), t.data<uint8_t>(), t.numel());
     tensors.push_back({name, t});
   }
   void linear(const std::string& n, int64_t out, int64_t in, bool bias = true) {
@@ -46,14 +50,35 @@ struct Writer {
   }
 };
 
-constexpr int64_t H = 32, HD = 16, MLP = 128, CTX = 32, VEC = 32;   // transformer
-constexpr int64_t CLIP_H = VEC, CLIP_V = 49408, T5_D = CTX, T5_V = 32128;
+constexpr int64_t CLIP_V = 49408, T5_V = 32128;   // the real tokenizers' vocabularies
+
+struct Shapes {
+  int64_t H, HD, MLP;                  // transformer
+  int depth, single;
+  int64_t ae_ch[4];
+  int ae_enc_blocks, ae_dec_blocks;
+  int64_t CLIP_H, clip_heads, clip_inter;
+  int clip_layers;
+  int64_t T5_D, t5_heads, t5_dkv, t5_ff;
+  int t5_layers;
+  std::vector<int> axes;
+};
+
+Shapes shapes_for(const TestModelOptions& o) {
+  if (o.real_width) {
+    return {3072, 128, 12288, o.depth, o.single, {128, 256, 512, 512}, 2, 3, 768, 12, 3072, o.text_layers,
+            4096, 64, 64, 10240, o.text_layers, {16, 56, 56}};
+  }
+  return {32, 16, 128, o.depth, o.single, {32, 32, 64, 64}, 1, 2, 32, 2, 64, o.text_layers, 32, 2, 16, 64, o.text_layers, {4, 6, 6}};
+}
 
 }  // namespace
 
-void write_test_model(const std::string& dir, uint64_t seed) {
+void write_test_model(const std::string& dir, const TestModelOptions& opt) {
   mkdir(dir.c_str(), 0755);
-  Writer w{seed * 0x9E3779B97F4A7C15ULL + 1, {}};
+  const Shapes sh = shapes_for(opt);
+  const int64_t H = sh.H, HD = sh.HD, MLP = sh.MLP, CTX = sh.T5_D, VEC = sh.CLIP_H, CLIP_H = sh.CLIP_H, T5_D = sh.T5_D;
+  Writer w{opt.seed * 0x9E3779B97F4A7C15ULL + 1, {}, opt.real_width ? DType::BF16 : DType::F32};
 
   // Transformer, BFL names: 1 double + 1 single block.
   w.linear("img_in", H, 64);
@@ -62,8 +87,9 @@ void write_test_model(const std::string& dir, uint64_t seed) {
   w.linear("time_in.out_layer", H, H);
   w.linear("vector_in.in_layer", H, VEC);
   w.linear("vector_in.out_layer", H, H);
+  for (int d = 0; d < sh.depth; ++d)
   for (const char* s : {"img", "txt"}) {
-    std::string p = std::string("double_blocks.0.") + s;
+    std::string p = "double_blocks." + std::to_string(d) + "." + s;
     w.linear(p + "_mod.lin", 6 * H, H);
     w.linear(p + "_attn.qkv", 3 * H, H);
     w.put(p + "_attn.norm.query_norm.scale", {HD}, 0.1f, 1.0f);
@@ -72,17 +98,20 @@ void write_test_model(const std::string& dir, uint64_t seed) {
     w.linear(p + "_mlp.0", MLP, H);
     w.linear(p + "_mlp.2", H, MLP);
   }
-  w.linear("single_blocks.0.linear1", 3 * H + MLP, H);
-  w.linear("single_blocks.0.linear2", H, H + MLP);
-  w.put("single_blocks.0.norm.query_norm.scale", {HD}, 0.1f, 1.0f);
-  w.put("single_blocks.0.norm.key_norm.scale", {HD}, 0.1f, 1.0f);
-  w.linear("single_blocks.0.modulation.lin", 3 * H, H);
+  for (int i = 0; i < sh.single; ++i) {
+    std::string p = "single_blocks." + std::to_string(i) + ".";
+    w.linear(p + "linear1", 3 * H + MLP, H);
+    w.linear(p + "linear2", H, H + MLP);
+    w.put(p + "norm.query_norm.scale", {HD}, 0.1f, 1.0f);
+    w.put(p + "norm.key_norm.scale", {HD}, 0.1f, 1.0f);
+    w.linear(p + "modulation.lin", 3 * H, H);
+  }
   w.linear("final_layer.linear", 64, H);
   w.linear("final_layer.adaLN_modulation.1", 2 * H, H);
   w.save(dir + "/flux1-test.safetensors");
 
-  // Autoencoder, BFL names: channels 32, 32, 64, 64 (three 2x levels: 8 pixels per latent pixel).
-  const int64_t ch[] = {32, 32, 64, 64};
+  // Autoencoder, BFL names: four levels, three 2x steps (8 pixels per latent pixel).
+  const int64_t* ch = sh.ae_ch;
   auto resnet = [&](const std::string& n, int64_t in, int64_t out) {
     w.norm(n + ".norm1", in);
     w.conv(n + ".conv1", out, in, 3);
@@ -99,8 +128,10 @@ void write_test_model(const std::string& dir, uint64_t seed) {
   w.conv("encoder.conv_in", ch[0], 3, 3);
   int64_t in = ch[0];
   for (int l = 0; l < 4; ++l) {
-    resnet("encoder.down." + std::to_string(l) + ".block.0", in, ch[l]);
-    in = ch[l];
+    for (int j = 0; j < sh.ae_enc_blocks; ++j) {
+      resnet("encoder.down." + std::to_string(l) + ".block." + std::to_string(j), in, ch[l]);
+      in = ch[l];
+    }
     if (l != 3) w.conv("encoder.down." + std::to_string(l) + ".downsample.conv", in, in, 3);
   }
   mid("encoder.", in);
@@ -110,7 +141,7 @@ void write_test_model(const std::string& dir, uint64_t seed) {
   mid("decoder.", ch[3]);
   in = ch[3];
   for (int l = 3; l >= 0; --l) {
-    for (int j = 0; j < 2; ++j) {
+    for (int j = 0; j < sh.ae_dec_blocks; ++j) {
       resnet("decoder.up." + std::to_string(l) + ".block." + std::to_string(j), in, ch[l]);
       in = ch[l];
     }
@@ -123,25 +154,36 @@ void write_test_model(const std::string& dir, uint64_t seed) {
   // CLIP text tower, HF names, the real vocabulary and 77 positions.
   w.put("text_model.embeddings.token_embedding.weight", {CLIP_V, CLIP_H}, 0.5f);
   w.put("text_model.embeddings.position_embedding.weight", {77, CLIP_H}, 0.2f);
-  std::string l = "text_model.encoder.layers.0.";
-  for (const char* p : {"q_proj", "k_proj", "v_proj", "out_proj"}) w.linear(l + "self_attn." + p, CLIP_H, CLIP_H);
-  w.norm(l + "layer_norm1", CLIP_H);
-  w.norm(l + "layer_norm2", CLIP_H);
-  w.linear(l + "mlp.fc1", 2 * CLIP_H, CLIP_H);
-  w.linear(l + "mlp.fc2", CLIP_H, 2 * CLIP_H);
+  for (int i = 0; i < sh.clip_layers; ++i) {
+    std::string l = "text_model.encoder.layers." + std::to_string(i) + ".";
+    for (const char* p : {"q_proj", "k_proj", "v_proj", "out_proj"}) w.linear(l + "self_attn." + p, CLIP_H, CLIP_H);
+    w.norm(l + "layer_norm1", CLIP_H);
+    w.norm(l + "layer_norm2", CLIP_H);
+    w.linear(l + "mlp.fc1", sh.clip_inter, CLIP_H);
+    w.linear(l + "mlp.fc2", CLIP_H, sh.clip_inter);
+  }
   w.norm("text_model.final_layer_norm", CLIP_H);
   w.save(dir + "/clip_l.safetensors");
 
   // T5 encoder, HF names, the real vocabulary.
   w.put("shared.weight", {T5_V, T5_D}, 1.0f);
-  std::string b = "encoder.block.0.layer.";
-  for (const char* p : {"q", "k", "v", "o"}) w.linear(b + "0.SelfAttention." + p, T5_D, T5_D, false);
-  w.put(b + "0.SelfAttention.relative_attention_bias.weight", {32, 2}, 0.5f);
-  w.norm(b + "0.layer_norm", T5_D, false);
-  w.linear(b + "1.DenseReluDense.wi_0", 2 * T5_D, T5_D, false);
-  w.linear(b + "1.DenseReluDense.wi_1", 2 * T5_D, T5_D, false);
-  w.linear(b + "1.DenseReluDense.wo", T5_D, 2 * T5_D, false);
-  w.norm(b + "1.layer_norm", T5_D, false);
+  const int64_t inner = sh.t5_heads * sh.t5_dkv;
+  for (int i = 0; i < sh.t5_layers; ++i) {
+    std::string b = "encoder.block." + std::to_string(i) + ".layer.";
+    for (const char* p : {"q", "k", "v"}) w.linear(b + "0.SelfAttention." + p, inner, T5_D, false);
+    w.linear(b + "0.SelfAttention.o", T5_D, inner, false);
+    if (i == 0) {
+      DType keep = w.matrix_dtype;
+      w.matrix_dtype = DType::F32;
+      w.put(b + "0.SelfAttention.relative_attention_bias.weight", {32, sh.t5_heads}, 0.5f);
+      w.matrix_dtype = keep;
+    }
+    w.norm(b + "0.layer_norm", T5_D, false);
+    w.linear(b + "1.DenseReluDense.wi_0", sh.t5_ff, T5_D, false);
+    w.linear(b + "1.DenseReluDense.wi_1", sh.t5_ff, T5_D, false);
+    w.linear(b + "1.DenseReluDense.wo", T5_D, sh.t5_ff, false);
+    w.norm(b + "1.layer_norm", T5_D, false);
+  }
   w.norm("encoder.final_layer_norm", T5_D, false);
   w.save(dir + "/t5xxl.safetensors");
 
@@ -149,10 +191,11 @@ void write_test_model(const std::string& dir, uint64_t seed) {
       {"name", "fluxpipe-test-model"},
       {"test_model", true},
       {"note", "random weights at toy widths with FLUX.1's architecture; not a model: it draws noise"},
-      {"transformer", {{"axes_dim", {4, 6, 6}}, {"theta", 10000}, {"num_heads", H / HD}}},
+      {"width", opt.real_width ? "real" : "tiny"},
+      {"transformer", {{"axes_dim", sh.axes}, {"theta", 10000}, {"num_heads", H / HD}}},
       {"ae", {{"scale_factor", 0.3611}, {"shift_factor", 0.1159}}},
-      {"clip", {{"num_attention_heads", 2}, {"hidden_act", "quick_gelu"}, {"layer_norm_eps", 1e-5}}},
-      {"t5", {{"num_heads", 2}, {"layer_norm_epsilon", 1e-6}, {"relative_attention_max_distance", 128}, {"feed_forward_proj", "gated-gelu"}}}};
+      {"clip", {{"num_attention_heads", sh.clip_heads}, {"hidden_act", "quick_gelu"}, {"layer_norm_eps", 1e-5}}},
+      {"t5", {{"num_heads", sh.t5_heads}, {"layer_norm_epsilon", 1e-6}, {"relative_attention_max_distance", 128}, {"feed_forward_proj", "gated-gelu"}}}};
   std::ofstream(dir + "/fluxpipe.json") << config.dump(2) << "\n";
 }
 

@@ -5,12 +5,21 @@
 // pictures.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace fluxpipe {
 
+struct TestModelOptions {
+  bool real_width = false;   // FLUX.1's real widths (hidden 3072, CLIP-L 768, T5-XXL 4096), BF16 matrices
+  int depth = 1;             // double-stream blocks
+  int single = 1;            // single-stream blocks
+  int text_layers = 1;       // layers of each text encoder
+  uint64_t seed = 1;
+};
+
 // Writes the four parts into `dir` (created if needed) in BFL / ComfyUI single-file layout:
 // flux1-test.safetensors, ae.safetensors, clip_l.safetensors, t5xxl.safetensors, fluxpipe.json.
-void write_test_model(const std::string& dir, uint64_t seed = 1);
+void write_test_model(const std::string& dir, const TestModelOptions& options = {});
 
 }  // namespace fluxpipe

@@ -7,10 +7,12 @@
 #include <fcntl.h>
 #include <sys/wait.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 
+#include "io/weights.h"
 #include "test_util.h"
 
 namespace fluxpipe::testing {
@@ -34,6 +36,8 @@ std::string capture(const std::string& cmd) {
   pclose(p);
   return out;
 }
+
+std::string testdata_dir() { return std::string(FLUXPIPE_SHARED_DIR) + "/testdata"; }
 
 struct PngInfo {
   int width = 0, height = 0;
@@ -86,6 +90,35 @@ TEST_F(EndToEnd, GenerateWritesDeterministicPngsWithParameters) {
   // A negative prompt runs true CFG: a different image.
   ASSERT_EQ(sh(base + " --seed 11 --negative-prompt blurry -o " + out.path() + "/n.png"), 0);
   EXPECT_NE(slurp(out.path() + "/n.png"), a);
+}
+
+TEST_F(EndToEnd, QuantizedTransformerStillMatchesTheReferenceClosely) {
+  TempDir out;
+  std::string tiny = testdata_dir() + "/flux-tiny/";
+  for (const char* type : {"q8_0", "q4_k"}) {
+    std::string gguf = out.path() + "/t-" + type + ".gguf";
+    ASSERT_EQ(sh(std::string(FLUXPIPE_BIN) + " quantize " + tiny + "transformer.safetensors " + gguf + " --type " + type), 0);
+    ASSERT_EQ(sh(std::string(FLUXPIPE_BIN) + " run transformer --weights " + gguf + " --config " + tiny +
+                 "transformer_params.json --inputs " + tiny + "transformer_io.safetensors --output " + out.path() + "/o.safetensors"), 0);
+    std::vector<float> got = io::load_weights(out.path() + "/o.safetensors").at("output").to_floats();
+    std::vector<float> want = io::load_weights(tiny + "transformer_io.safetensors").at("output").to_floats();
+    double err = 0, ref = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      err += (got[i] - want[i]) * (got[i] - want[i]);
+      ref += want[i] * want[i];
+    }
+    // Relative RMS error of the whole forward pass: quantization noise, not a broken model.
+    EXPECT_LT(std::sqrt(err / ref), std::string(type) == "q8_0" ? 0.02 : 0.15) << type;
+    EXPECT_GT(std::sqrt(err / ref), 0.0) << type;
+  }
+  // A test model whose transformer is a GGUF still generates.
+  TempDir mixed;
+  for (const char* f : {"ae.safetensors", "clip_l.safetensors", "t5xxl.safetensors", "fluxpipe.json"}) {
+    std::filesystem::copy_file(model_->path() + "/" + f, mixed.path() + "/" + f);
+  }
+  ASSERT_EQ(sh(std::string(FLUXPIPE_BIN) + " quantize " + model_->path() + "/flux1-test.safetensors " + mixed.path() + "/flux1-test-Q8_0.gguf --type q8_0"), 0);
+  ASSERT_EQ(sh(std::string(FLUXPIPE_BIN) + " generate cat --model " + mixed.path() + " --width 64 --height 64 --steps 1 -o " + out.path() + "/g.png"), 0);
+  EXPECT_EQ(read_png(slurp(out.path() + "/g.png")).width, 64);
 }
 
 TEST_F(EndToEnd, MissingPartsAreNamed) {
