@@ -69,29 +69,21 @@ class FluxEngine final : public Engine {
     };
     Tensor txt, vec, neg_txt, neg_vec;
     encode(job.prompt, &txt, &vec);
-    bool cfg = !job.negative_prompt.empty() && job.true_cfg_scale > 1.0f;
+    const bool cfg = !job.negative_prompt.empty() && job.true_cfg_scale > 1.0f;
     if (cfg) encode(job.negative_prompt, &neg_txt, &neg_vec);
     stage("text encoders");
 
-    // Latent size: the autoencoder halves the image per down level (8x for FLUX.1's).
-    const int64_t factor = ae_.spatial_factor();
-    const int64_t h = 2 * ((job.height + 2 * factor - 1) / (2 * factor)), w = 2 * ((job.width + 2 * factor - 1) / (2 * factor));
-    std::vector<Tensor> noises;
-    for (int64_t seed : job.seeds) noises.push_back(torch_randn(static_cast<uint64_t>(seed), {1, ae_.config().z_channels, h, w}, DType::F32));
-    Tensor noise = B == 1 ? noises[0] : ops::concat(c, noises, 0);
-
-    sampling::DenoiseInputs in{sampling::pack(c, noise), sampling::image_ids(B, h, w), txt, sampling::text_ids(B, txt.size(1)),
-                               vec, sampling::schedule(job.steps, (h / 2) * (w / 2), flux_.config().guidance_embed), std::nullopt, Tensor(), Tensor(), 1.0f};
-    if (flux_.config().guidance_embed) in.guidance = 3.5f;
-    if (cfg) {
-      in.neg_txt = neg_txt;
-      in.neg_vec = neg_vec;
-      in.true_cfg = job.true_cfg_scale;
-    }
-    Tensor latents = sampling::unpack(c, sampling::denoise(c, flux_, in, on_step), h, w);
-    stage("denoising");
-    Tensor u8 = sampling::to_u8(ae_.decode(c, latents));   // [B, H, W, 3]
-    stage("decoding");
+    sampling::RenderRequest rr{txt, vec, neg_txt, neg_vec, job.true_cfg_scale, job.seeds, job.width, job.height, job.steps, 3.5f};
+    // The two phases of render() are timed together here; the split comes from the step hook.
+    double denoise_end = 0;
+    auto hook = [&](int done, int total) {
+      if (done == total) denoise_end = std::chrono::duration<double>(std::chrono::steady_clock::now() - mark).count();
+      return on_step(done, total);
+    };
+    Tensor u8 = sampling::render(c, flux_, ae_, rr, hook);   // [B, H, W, 3]
+    double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - mark).count();
+    stages_.push_back({"denoising", denoise_end});
+    stages_.push_back({"decoding", total_s - denoise_end});
     std::vector<Image> out;
     int64_t H = u8.size(1), W = u8.size(2);
     for (int64_t b = 0; b < B; ++b) {

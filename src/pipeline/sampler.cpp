@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "pipeline/noise.h"
 #include "pipeline/pipeline.h"
 
 namespace fluxpipe::sampling {
@@ -90,6 +91,28 @@ Tensor denoise(Ctx& c, const flux::Model& model, const DenoiseInputs& in, const 
     if (hook && !hook(i + 1, total)) throw Cancelled();
   }
   return img;
+}
+
+Tensor render(Ctx& c, const flux::Model& model, const vae::Model& ae, const RenderRequest& r, const StepHook& hook) {
+  const int64_t B = static_cast<int64_t>(r.seeds.size());
+  if (B == 0 || r.txt.size(0) != B || r.vec.size(0) != B) {
+    throw UserError("[render] " + std::to_string(B) + " seeds for conditioning " + r.txt.describe() + " / " + r.vec.describe());
+  }
+  // Latent size: 2 * ceil(side / (2 * factor)), as BFL's get_noise (factor 8: side / 8).
+  const int64_t f = ae.spatial_factor();
+  const int64_t h = 2 * ((r.height + 2 * f - 1) / (2 * f)), w = 2 * ((r.width + 2 * f - 1) / (2 * f));
+  std::vector<Tensor> noises;
+  for (int64_t seed : r.seeds) noises.push_back(torch_randn(static_cast<uint64_t>(seed), {1, ae.config().z_channels, h, w}, DType::F32));
+  Tensor noise = B == 1 ? noises[0] : ops::concat(c, noises, 0);
+  DenoiseInputs in{pack(c, noise), image_ids(B, h, w), r.txt, text_ids(B, r.txt.size(1)), r.vec,
+                   schedule(r.steps, (h / 2) * (w / 2), model.config().guidance_embed), std::nullopt, Tensor(), Tensor(), 1.0f};
+  if (model.config().guidance_embed) in.guidance = r.guidance;
+  if (r.neg_txt.defined()) {
+    in.neg_txt = r.neg_txt;
+    in.neg_vec = r.neg_vec;
+    in.true_cfg = r.true_cfg;
+  }
+  return to_u8(ae.decode(c, unpack(c, denoise(c, model, in, hook), h, w)));
 }
 
 Tensor to_u8(const Tensor& image) {

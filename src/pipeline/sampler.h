@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "models/flux/flux.h"
+#include "models/vae/vae.h"
 #include "ops/ops.h"
 
 namespace fluxpipe::sampling {
@@ -48,6 +49,20 @@ struct DenoiseInputs {
 // float32 timesteps and rounded to float32, multiply and add kept separate, as the reference.
 Tensor denoise(Ctx& c, const flux::Model& model, const DenoiseInputs& in, const StepHook& hook = {},
                const flux::Trace& trace = {});
+
+// From text conditioning to 8-bit pixels, the part of text-to-image after the text encoders:
+// noise from each seed (PyTorch's CPU float32 draw, as BFL and ComfyUI) at the latent size the
+// autoencoder implies for width x height, schnell/dev schedule, Euler steps (with true CFG when
+// `neg_txt` is set), unpack, decode -> U8 [B, height', width', 3] (the latent grid's size).
+struct RenderRequest {
+  Tensor txt, vec;                 // [B, Lt, ctx], [B, vec_in]
+  Tensor neg_txt, neg_vec;         // optional, same shapes
+  float true_cfg = 1.0f;
+  std::vector<int64_t> seeds;      // B of them
+  int width = 0, height = 0, steps = 4;
+  float guidance = 3.5f;           // dev models only
+};
+Tensor render(Ctx& c, const flux::Model& model, const vae::Model& ae, const RenderRequest& r, const StepHook& hook = {});
 
 // image [B, 3, H, W] in [-1, 1] -> U8 [B, H, W, 3]: clamp, 127.5 * (x + 1), truncated.
 Tensor to_u8(const Tensor& image);

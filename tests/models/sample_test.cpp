@@ -74,6 +74,24 @@ TEST(Sampling, FullSchnellRunDownToTheEightBitImage) {
   EXPECT_LE(off_by_one, 3) << "pixels off by one at the truncation boundary";
 }
 
+TEST(Sampling, ThePipelinesRenderReproducesTheReferenceImage) {
+  // The text-to-image code after the text encoders (sampling::render, what `generate` and the
+  // server run) on the tiny reference models, given the reference's conditioning and seed.
+  Tiny m;
+  io::WeightSet g = io::load_weights(testdata("flux-tiny/sample_io.safetensors"));
+  Ctx c;
+  sampling::RenderRequest r{g.at("txt"), g.at("vec"), Tensor(), Tensor(), 1.0f, {42}, 16, 16, 4, 3.5f};
+  Tensor u8 = sampling::render(c, m.flux, m.ae, r);
+  ASSERT_EQ(u8.shape(), (Shape{1, 16, 16, 3}));
+  std::vector<float> a = u8.to_floats(), b = g.at("image_u8").to_floats();
+  int off = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_LE(std::fabs(a[i] - b[i]), 1.0f) << i;
+    off += a[i] != b[i];
+  }
+  EXPECT_LE(off, 3);
+}
+
 TEST(Sampling, DevRunWithShiftedScheduleAndGuidance) {
   io::WeightSet w = io::load_weights(testdata("flux-tiny/transformer_dev.safetensors"));
   io::WeightSet g = io::load_weights(testdata("flux-tiny/transformer_dev_io.safetensors"));
