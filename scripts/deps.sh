@@ -10,6 +10,7 @@ PACKAGES=(
   libssl-dev                            # SHA-256, HMAC, CSPRNG, constant-time compare
   libcurl4-openssl-dev                  # outgoing webhooks
   libpng-dev                            # PNG images with text chunks
+  libjpeg-dev libwebp-dev               # JPEG and WebP output of `fluxpipe generate`
   libsentencepiece-dev                  # the T5 tokenizer (SentencePiece unigram model)
   libicu-dev                            # Unicode classes, NFC and lower-casing for the CLIP tokenizer
   libgtest-dev                          # tests

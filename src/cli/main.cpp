@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -42,7 +43,8 @@ const char* kUsage =
     "                                       on named tensors (see `fluxpipe help run`)\n"
     "  tokenize clip|t5 [--tokenizer PATH] [--length N] \"text\"   the ids as a JSON array\n"
     "  generate \"prompt\" -o out.png --model PATH [--width W --height H --steps N --seed S\n"
-    "           --samples N --negative-prompt TEXT --true-cfg X]   text to image\n"
+    "           --samples N --negative-prompt TEXT --true-cfg X --quality Q]   text to image;\n"
+    "           the format follows -o: .png (default, with a parameters chunk), .jpg, .webp\n"
     "  make-test-model DIR [--width tiny|real] [--blocks D,S] [--text-layers N]\n"
     "                                       a random-weight model (tests, smoke checks; draws noise)\n"
     "  quantize IN OUT.gguf [--type q8_0|q4_0|q4_k|...]   GGUF with quantized matrices\n"
@@ -276,6 +278,7 @@ int cmd_generate(const std::vector<std::string>& args) {
   if (const char* m = std::getenv("FLUXPIPE_MODEL")) model = m;
   int64_t seed = -1;
   int samples = 1;
+  int quality = 92;   // JPEG / WebP
   bool have_prompt = false;
   for (size_t i = 1; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -306,6 +309,7 @@ int cmd_generate(const std::vector<std::string>& args) {
     else if (a == "--samples") samples = static_cast<int>(integer("--samples", 1, 4));
     else if (a == "--negative-prompt") job.negative_prompt = value();
     else if (a == "--true-cfg") job.true_cfg_scale = std::stof(value());
+    else if (a == "--quality") quality = static_cast<int>(integer("--quality", 1, 100));
     else if (!a.empty() && a[0] == '-') throw UserError("[generate] unknown option '" + a + "'");
     else if (!have_prompt) {
       job.prompt = a;
@@ -350,7 +354,12 @@ int cmd_generate(const std::vector<std::string>& args) {
     std::string params = job.prompt + "\n" + (job.negative_prompt.empty() ? "" : "Negative prompt: " + job.negative_prompt + "\n") +
                          "Steps: " + std::to_string(job.steps) + ", Sampler: Euler, Seed: " + std::to_string(job.seeds[i]) +
                          ", Size: " + std::to_string(job.width) + "x" + std::to_string(job.height) + ", Model: " + engine->model_name();
-    std::vector<uint8_t> png = encode_png(images[i], {{"parameters", params}, {"Software", "fluxpipe"}});
+    // The format follows the file name: .jpg/.jpeg, .webp, anything else PNG.
+    std::string ext = path.substr(path.rfind('.') == std::string::npos ? path.size() : path.rfind('.'));
+    for (char& ch : ext) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    std::vector<uint8_t> png = ext == ".jpg" || ext == ".jpeg" ? encode_jpeg(images[i], quality, params)
+                               : ext == ".webp"                ? encode_webp(images[i], quality)
+                                                               : encode_png(images[i], {{"parameters", params}, {"Software", "fluxpipe"}});
     std::ofstream f(path, std::ios::binary);
     f.write(reinterpret_cast<const char*>(png.data()), static_cast<std::streamsize>(png.size()));
     if (!f) throw IoError("[generate] cannot write '" + path + "'");

@@ -71,4 +71,9 @@ std::unique_ptr<Engine> load_engine(const std::string& model_path);
 std::vector<uint8_t> encode_png(const Image& image,
                                 const std::vector<std::pair<std::string, std::string>>& text);
 
+// JPEG (quality 1..100) with `comment` in a COM marker (the parameters text), and WebP (lossy,
+// quality 0..100, no metadata). Throw InternalError on failure.
+std::vector<uint8_t> encode_jpeg(const Image& image, int quality, const std::string& comment);
+std::vector<uint8_t> encode_webp(const Image& image, int quality);
+
 }  // namespace fluxpipe

@@ -87,6 +87,14 @@ TEST_F(EndToEnd, GenerateWritesDeterministicPngsWithParameters) {
   EXPECT_NE(info.parameters.find("a photo of a cat"), std::string::npos) << info.parameters;
   EXPECT_NE(info.parameters.find("Seed: 11"), std::string::npos) << info.parameters;
   EXPECT_NE(info.parameters.find("test model"), std::string::npos) << info.parameters;
+  // JPEG (parameters in a COM marker) and WebP by file name.
+  ASSERT_EQ(sh(base + " --seed 11 --samples 1 -o " + out.path() + "/a.jpg"), 0);
+  ASSERT_EQ(sh(base + " --seed 11 --samples 1 -o " + out.path() + "/a.webp"), 0);
+  std::string jpg = slurp(out.path() + "/a.jpg"), webp = slurp(out.path() + "/a.webp");
+  EXPECT_EQ(jpg.substr(0, 3), "\xff\xd8\xff");
+  EXPECT_NE(jpg.find("Seed: 11"), std::string::npos);
+  EXPECT_EQ(webp.substr(0, 4), "RIFF");
+  EXPECT_EQ(webp.substr(8, 4), "WEBP");
   // A negative prompt runs true CFG: a different image.
   ASSERT_EQ(sh(base + " --seed 11 --negative-prompt blurry -o " + out.path() + "/n.png"), 0);
   EXPECT_NE(slurp(out.path() + "/n.png"), a);
