@@ -251,7 +251,7 @@ int cmd_make_test_model(const std::vector<std::string>& args) {
   for (size_t i = 2; i < args.size(); ++i) {
     std::string v = i + 1 < args.size() ? args[i + 1] : "";
     if (args[i] == "--layout" && !v.empty()) {
-      if (v != "bfl") throw UserError("[make-test-model] only --layout bfl is implemented so far");
+      o.layout = v;
     } else if (args[i] == "--width" && (v == "tiny" || v == "real")) {
       o.real_width = v == "real";
     } else if (args[i] == "--blocks" && v.find(',') != std::string::npos) {

@@ -179,6 +179,8 @@ WeightSet text_encoder_weights(const WeightSet& src) {
   return out;
 }
 
+WeightSet with_prefix(const WeightSet& src, const std::string& prefix) { return strip_prefix(src, prefix); }
+
 const char* layout_name(Layout l) {
   switch (l) {
     case Layout::bfl: return "BFL";

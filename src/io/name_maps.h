@@ -33,4 +33,7 @@ WeightSet text_encoder_weights(const WeightSet& src);
 
 Layout detect_transformer_layout(const WeightSet& src);
 
+// The tensors whose names start with `prefix`, with it removed (views, no copies).
+WeightSet with_prefix(const WeightSet& src, const std::string& prefix);
+
 }  // namespace fluxpipe::io

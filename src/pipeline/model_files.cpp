@@ -95,10 +95,17 @@ ModelFiles find_model_files(const std::string& path) {
   for (const fs::path& p : candidates) {
     io::WeightSet w = io::load_weights(p.string());
     // A ComfyUI "all in one" checkpoint holds several parts under prefixes.
-    bool multi = has_prefix(w, "model.diffusion_model.") && (has_prefix(w, "first_stage_model.") || has_prefix(w, "cond_stage_model."));
+    bool multi = has_prefix(w, "model.diffusion_model.") &&
+                 (has_prefix(w, "first_stage_model.") || has_prefix(w, "text_encoders.") || has_prefix(w, "cond_stage_model."));
     if (multi) {
-      assign(m, Part::transformer, io::flux_transformer_weights(w), p.string());
-      if (has_prefix(w, "first_stage_model.")) assign(m, Part::ae, io::autoencoder_weights(w), p.string());
+      assign(m, Part::transformer, io::flux_transformer_weights(io::with_prefix(w, "model.diffusion_model.")), p.string());
+      if (has_prefix(w, "first_stage_model.")) assign(m, Part::ae, io::with_prefix(w, "first_stage_model."), p.string());
+      if (has_prefix(w, "text_encoders.clip_l.transformer.")) {
+        assign(m, Part::clip, io::with_prefix(w, "text_encoders.clip_l.transformer."), p.string());
+      }
+      if (has_prefix(w, "text_encoders.t5xxl.transformer.")) {
+        assign(m, Part::t5, io::with_prefix(w, "text_encoders.t5xxl.transformer."), p.string());
+      }
       continue;
     }
     switch (classify(w)) {

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -44,9 +45,41 @@ struct Writer {
     put(n + ".weight", {c}, 0.1f, 1.0f);
     if (bias) put(n + ".bias", {c}, 0.1f);
   }
-  void save(const std::string& path) {
-    io::write_safetensors(path, tensors, {{"fluxpipe.test_model", "random weights at toy widths; not FLUX.1, draws noise"}});
+  std::string layout = "bfl";
+  io::NamedTensors all_in_one;   // comfyui: every part in one file under ComfyUI's prefixes
+
+  // Ends one part: bfl writes it as its own file; comfyui collects it under its prefix;
+  // gguf writes the transformer as GGUF Q8_0 and the rest as safetensors.
+  void save(const std::string& path, const char* comfy_prefix) {
+    const std::map<std::string, std::string> meta = {{"fluxpipe.test_model", "random weights; not FLUX.1, draws noise"}};
+    if (layout == "comfyui") {
+      for (auto& [n, t] : tensors) all_in_one.push_back({comfy_prefix + n, t});
+    } else if (layout == "gguf" && std::string(comfy_prefix) == "model.diffusion_model.") {
+      io::NamedTensors q;
+      for (auto& [n, t] : tensors) {
+        if (t.dim() == 2 && t.size(1) % 32 == 0) {
+          std::vector<float> f = t.to_floats();
+          Tensor qt = Tensor::zeros(t.shape(), DType::Q8_0);
+          from_f32(DType::Q8_0, f.data(), qt.data<uint8_t>(), t.numel());
+          q.push_back({n, qt});
+        } else {
+          std::vector<float> f = t.to_floats();
+          Tensor ft = Tensor::zeros(t.shape(), DType::F32);
+          from_f32(DType::F32, f.data(), ft.data<uint8_t>(), t.numel());
+          q.push_back({n, ft});
+        }
+      }
+      io::write_gguf(path.substr(0, path.rfind('.')) + "-Q8_0.gguf", q, {{"general.architecture", "flux"}, {"fluxpipe.test_model", true}});
+    } else {
+      io::write_safetensors(path, tensors, meta);
+    }
     tensors.clear();
+  }
+  void finish(const std::string& dir) {
+    if (layout == "comfyui") {
+      io::write_safetensors(dir + "/flux1-test-comfyui-all-in-one.safetensors", all_in_one,
+                            {{"fluxpipe.test_model", "random weights; not FLUX.1, draws noise"}});
+    }
   }
 };
 
@@ -78,7 +111,10 @@ void write_test_model(const std::string& dir, const TestModelOptions& opt) {
   mkdir(dir.c_str(), 0755);
   const Shapes sh = shapes_for(opt);
   const int64_t H = sh.H, HD = sh.HD, MLP = sh.MLP, CTX = sh.T5_D, VEC = sh.CLIP_H, CLIP_H = sh.CLIP_H, T5_D = sh.T5_D;
-  Writer w{opt.seed * 0x9E3779B97F4A7C15ULL + 1, {}, opt.real_width ? DType::BF16 : DType::F32};
+  Writer w{opt.seed * 0x9E3779B97F4A7C15ULL + 1, {}, opt.real_width ? DType::BF16 : DType::F32, opt.layout, {}};
+  if (opt.layout != "bfl" && opt.layout != "comfyui" && opt.layout != "gguf") {
+    throw UserError("[make-test-model] unknown layout '" + opt.layout + "' (bfl, comfyui, gguf)");
+  }
 
   // Transformer, BFL names: 1 double + 1 single block.
   w.linear("img_in", H, 64);
@@ -108,7 +144,7 @@ void write_test_model(const std::string& dir, const TestModelOptions& opt) {
   }
   w.linear("final_layer.linear", 64, H);
   w.linear("final_layer.adaLN_modulation.1", 2 * H, H);
-  w.save(dir + "/flux1-test.safetensors");
+  w.save(dir + "/flux1-test.safetensors", "model.diffusion_model.");
 
   // Autoencoder, BFL names: four levels, three 2x steps (8 pixels per latent pixel).
   const int64_t* ch = sh.ae_ch;
@@ -149,7 +185,7 @@ void write_test_model(const std::string& dir, const TestModelOptions& opt) {
   }
   w.norm("decoder.norm_out", in);
   w.conv("decoder.conv_out", 3, in, 3);
-  w.save(dir + "/ae.safetensors");
+  w.save(dir + "/ae.safetensors", "first_stage_model.");
 
   // CLIP text tower, HF names, the real vocabulary and 77 positions.
   w.put("text_model.embeddings.token_embedding.weight", {CLIP_V, CLIP_H}, 0.5f);
@@ -163,7 +199,7 @@ void write_test_model(const std::string& dir, const TestModelOptions& opt) {
     w.linear(l + "mlp.fc2", CLIP_H, sh.clip_inter);
   }
   w.norm("text_model.final_layer_norm", CLIP_H);
-  w.save(dir + "/clip_l.safetensors");
+  w.save(dir + "/clip_l.safetensors", "text_encoders.clip_l.transformer.");
 
   // T5 encoder, HF names, the real vocabulary.
   w.put("shared.weight", {T5_V, T5_D}, 1.0f);
@@ -185,13 +221,15 @@ void write_test_model(const std::string& dir, const TestModelOptions& opt) {
     w.norm(b + "1.layer_norm", T5_D, false);
   }
   w.norm("encoder.final_layer_norm", T5_D, false);
-  w.save(dir + "/t5xxl.safetensors");
+  w.save(dir + "/t5xxl.safetensors", "text_encoders.t5xxl.transformer.");
+  w.finish(dir);
 
   nlohmann::json config = {
       {"name", "fluxpipe-test-model"},
       {"test_model", true},
       {"note", "random weights at toy widths with FLUX.1's architecture; not a model: it draws noise"},
       {"width", opt.real_width ? "real" : "tiny"},
+      {"layout", opt.layout},
       {"transformer", {{"axes_dim", sh.axes}, {"theta", 10000}, {"num_heads", H / HD}}},
       {"ae", {{"scale_factor", 0.3611}, {"shift_factor", 0.1159}}},
       {"clip", {{"num_attention_heads", sh.clip_heads}, {"hidden_act", "quick_gelu"}, {"layer_norm_eps", 1e-5}}},

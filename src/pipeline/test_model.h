@@ -16,10 +16,12 @@ struct TestModelOptions {
   int single = 1;            // single-stream blocks
   int text_layers = 1;       // layers of each text encoder
   uint64_t seed = 1;
+  std::string layout = "bfl";   // bfl: four files; comfyui: one all-in-one file with ComfyUI's prefixes;
+                                // gguf: the transformer as GGUF Q8_0, the rest as bfl
 };
 
-// Writes the four parts into `dir` (created if needed) in BFL / ComfyUI single-file layout:
-// flux1-test.safetensors, ae.safetensors, clip_l.safetensors, t5xxl.safetensors, fluxpipe.json.
+// Writes the four parts into `dir` (created if needed) in the chosen layout, plus fluxpipe.json
+// (the sizes the weights cannot tell, and the test-model mark).
 void write_test_model(const std::string& dir, const TestModelOptions& options = {});
 
 }  // namespace fluxpipe
