@@ -206,6 +206,18 @@ void quant_q8_0(const float* x, uint8_t* b) {
   float id = d ? 1.0f / d : 0.0f;
   for (int j = 0; j < QK; ++j) b[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(std::lrintf(x[j] * id)));
 }
+// The classic blocks' quant layout after the scales: for 5 bits a u32 of fifth bits (bit j =
+// element j), then 16 bytes of nibbles (element j low, element j + 16 high).
+void store_quants(const uint8_t* q, uint8_t* qs, int bits) {
+  if (bits == 5) {
+    uint32_t qh = 0;
+    for (int j = 0; j < QK; ++j) qh |= static_cast<uint32_t>((q[j] >> 4) & 1) << j;
+    for (int i = 0; i < 4; ++i) qs[i] = static_cast<uint8_t>(qh >> (8 * i));
+    qs += 4;
+  }
+  for (int j = 0; j < 16; ++j) qs[j] = static_cast<uint8_t>((q[j] & 0xF) | ((q[j + 16] & 0xF) << 4));
+}
+
 // Symmetric 4/5-bit: d = signed max / -(2^(bits-1)), as the format's zero point allows.
 void quant_sym(const float* x, uint8_t* b, int bits) {
   float amax = 0, vmax = 0;
@@ -221,14 +233,7 @@ void quant_sym(const float* x, uint8_t* b, int bits) {
   store_f16(b, d);
   uint8_t q[QK];
   for (int j = 0; j < QK; ++j) q[j] = static_cast<uint8_t>(std::clamp(static_cast<int>(std::lrintf(x[j] * id)) + half, 0, top));
-  uint8_t* qs = b + 2;
-  if (bits == 5) {
-    uint32_t qh = 0;
-    for (int j = 0; j < QK; ++j) qh |= static_cast<uint32_t>((q[j] >> 4) & 1) << j;
-    for (int i = 0; i < 4; ++i) qs[i] = static_cast<uint8_t>(qh >> (8 * i));
-    qs += 4;
-  }
-  for (int j = 0; j < 16; ++j) qs[j] = static_cast<uint8_t>((q[j] & 0xF) | ((q[j + 16] & 0xF) << 4));
+  store_quants(q, b + 2, bits);
 }
 void quant_affine(const float* x, uint8_t* b, int bits) {
   float lo = x[0], hi = x[0];
@@ -243,14 +248,7 @@ void quant_affine(const float* x, uint8_t* b, int bits) {
   store_f16(b + 2, lo);
   uint8_t q[QK];
   for (int j = 0; j < QK; ++j) q[j] = static_cast<uint8_t>(std::clamp(static_cast<int>(std::lrintf((x[j] - lo) * id)), 0, top));
-  uint8_t* qs = b + 4;
-  if (bits == 5) {
-    uint32_t qh = 0;
-    for (int j = 0; j < QK; ++j) qh |= static_cast<uint32_t>((q[j] >> 4) & 1) << j;
-    for (int i = 0; i < 4; ++i) qs[i] = static_cast<uint8_t>(qh >> (8 * i));
-    qs += 4;
-  }
-  for (int j = 0; j < 16; ++j) qs[j] = static_cast<uint8_t>((q[j] & 0xF) | ((q[j + 16] & 0xF) << 4));
+  store_quants(q, b + 4, bits);
 }
 
 // Q4_K: each 32-element sub-block gets an affine (scale, min) with min >= 0 subtracted;

@@ -155,14 +155,15 @@ void pack_bf16(const BMatrix& B, int64_t n0, int64_t N, int64_t k0, int64_t kc, 
 }
 
 // ---- micro-kernels: C[rows x 32] (+)= A[rows x kc] · panel --------------------------------
-// `first`: C is overwritten (first K chunk), otherwise accumulated. `nv`: valid columns.
 
-__attribute__((target("avx512f,avx512bw"))) void ukernel_f32_avx512(int rows, const float* A, int64_t lda,
-                                                                   const float* Bp, int64_t kc, float* C,
-                                                                   int64_t ldc, int nv, bool first) {
-  __m512 acc[MR][2];
-  __mmask16 m0 = nv >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nv) - 1);
-  __mmask16 m1 = nv >= 32 ? 0xFFFF : nv <= 16 ? 0 : static_cast<__mmask16>((1u << (nv - 16)) - 1);
+// The first `valid` of 16 lanes (valid may be <= 0 or >= 16).
+inline __mmask16 lane_mask(int valid) {
+  return valid >= 16 ? 0xFFFF : valid <= 0 ? 0 : static_cast<__mmask16>((1u << valid) - 1);
+}
+
+// The accumulators of an MR x 32 tile: C's valid columns when accumulating, zeros otherwise.
+__attribute__((target("avx512f,avx512bw"))) inline void load_tile(__m512 (&acc)[MR][2], int rows, const float* C,
+                                                                  int64_t ldc, __mmask16 m0, __mmask16 m1, bool first) {
   for (int r = 0; r < MR; ++r) {
     if (r < rows && !first) {
       acc[r][0] = _mm512_maskz_loadu_ps(m0, C + r * ldc);
@@ -171,6 +172,15 @@ __attribute__((target("avx512f,avx512bw"))) void ukernel_f32_avx512(int rows, co
       acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     }
   }
+}
+// `first`: C is overwritten (first K chunk), otherwise accumulated. `nv`: valid columns.
+
+__attribute__((target("avx512f,avx512bw"))) void ukernel_f32_avx512(int rows, const float* A, int64_t lda,
+                                                                   const float* Bp, int64_t kc, float* C,
+                                                                   int64_t ldc, int nv, bool first) {
+  __m512 acc[MR][2];
+  const __mmask16 m0 = lane_mask(nv), m1 = lane_mask(nv - 16);
+  load_tile(acc, rows, C, ldc, m0, m1, first);
 #define FP_F32_KERNEL(R)                                                    \
   for (int64_t k = 0; k < kc; ++k) {                                        \
     __m512 b0 = _mm512_loadu_ps(Bp + k * NR), b1 = _mm512_loadu_ps(Bp + k * NR + 16); \
@@ -203,16 +213,8 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void ukernel_bf16_avx512(
                                                                               int64_t pairs, float* C, int64_t ldc,
                                                                               int nv, bool first) {
   __m512 acc[MR][2];
-  __mmask16 m0 = nv >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nv) - 1);
-  __mmask16 m1 = nv >= 32 ? 0xFFFF : nv <= 16 ? 0 : static_cast<__mmask16>((1u << (nv - 16)) - 1);
-  for (int r = 0; r < MR; ++r) {
-    if (r < rows && !first) {
-      acc[r][0] = _mm512_maskz_loadu_ps(m0, C + r * ldc);
-      acc[r][1] = _mm512_maskz_loadu_ps(m1, C + r * ldc + 16);
-    } else {
-      acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    }
-  }
+  const __mmask16 m0 = lane_mask(nv), m1 = lane_mask(nv - 16);
+  load_tile(acc, rows, C, ldc, m0, m1, first);
 #define FP_BF16_KERNEL(R)                                                                         \
   for (int64_t p = 0; p < pairs; ++p) {                                                           \
     __m512bh b0 = (__m512bh)_mm512_loadu_si512(Bp + p * 2 * NR);                                  \
