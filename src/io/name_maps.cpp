@@ -205,50 +205,114 @@ WeightSet flux_transformer_weights(const WeightSet& src) {
   return src;
 }
 
+namespace {
+
+// (BFL module, diffusers module) pairs of an autoencoder, as data built from the level and block
+// counts of `w` (in diffusers naming when `diffusers`, BFL naming otherwise). Each module has a
+// ".weight" and usually a ".bias".
+std::vector<std::pair<std::string, std::string>> ae_module_pairs(const WeightSet& w, bool diffusers) {
+  std::vector<std::pair<std::string, std::string>> pairs;
+  auto resnet = [&](const std::string& bfl, const std::string& dif) {
+    for (const char* p : {"norm1", "conv1", "norm2", "conv2"}) pairs.push_back({bfl + "." + p, dif + "." + p});
+    pairs.push_back({bfl + ".nin_shortcut", dif + ".conv_shortcut"});
+  };
+  for (const char* tower : {"encoder", "decoder"}) {
+    std::string t = tower;
+    if (!w.has(t + ".conv_in.weight")) continue;
+    pairs.push_back({t + ".conv_in", t + ".conv_in"});
+    pairs.push_back({t + ".conv_out", t + ".conv_out"});
+    pairs.push_back({t + ".norm_out", t + ".conv_norm_out"});
+    resnet(t + ".mid.block_1", t + ".mid_block.resnets.0");
+    resnet(t + ".mid.block_2", t + ".mid_block.resnets.1");
+    pairs.push_back({t + ".mid.attn_1.norm", t + ".mid_block.attentions.0.group_norm"});
+    pairs.push_back({t + ".mid.attn_1.q", t + ".mid_block.attentions.0.to_q"});
+    pairs.push_back({t + ".mid.attn_1.k", t + ".mid_block.attentions.0.to_k"});
+    pairs.push_back({t + ".mid.attn_1.v", t + ".mid_block.attentions.0.to_v"});
+    pairs.push_back({t + ".mid.attn_1.proj_out", t + ".mid_block.attentions.0.to_out.0"});
+    const bool dec = t == "decoder";
+    const std::string dif_levels = t + (dec ? ".up_blocks." : ".down_blocks."), bfl_levels = t + (dec ? ".up." : ".down.");
+    int levels = diffusers ? w.count_numbered(dif_levels, ".resnets.0.conv1.weight") : w.count_numbered(bfl_levels, ".block.0.conv1.weight");
+    for (int i = 0; i < levels; ++i) {
+      int level = dec ? levels - 1 - i : i;   // diffusers' up_blocks.0 is BFL's decoder.up.<last>
+      std::string dif = dif_levels + std::to_string(i), bfl = bfl_levels + std::to_string(level);
+      int n = diffusers ? w.count_numbered(dif + ".resnets.", ".conv1.weight") : w.count_numbered(bfl + ".block.", ".conv1.weight");
+      for (int j = 0; j < n; ++j) resnet(bfl + ".block." + std::to_string(j), dif + ".resnets." + std::to_string(j));
+      pairs.push_back({bfl + (dec ? ".upsample.conv" : ".downsample.conv"), dif + (dec ? ".upsamplers.0.conv" : ".downsamplers.0.conv")});
+    }
+  }
+  return pairs;
+}
+
+}  // namespace
+
 WeightSet autoencoder_weights(const WeightSet& src) {
   if (any_prefix(src, "first_stage_model.")) return strip_prefix(src, "first_stage_model.");
   if (any_prefix(src, "vae.")) return strip_prefix(src, "vae.");
   if (!src.has("decoder.up_blocks.0.resnets.0.conv1.weight") && !src.has("decoder.mid_block.resnets.0.conv1.weight")) return src;
-  // diffusers AutoencoderKL: levels counted from the other end in the decoder, different names.
   WeightSet out;
   out.metadata = src.metadata;
   out.files = src.files;
-  auto put = [&](const std::string& to, const std::string& from) {
-    for (const char* w : {"weight", "bias"}) {
-      std::string f = from + "." + w;
-      if (!src.has(f)) continue;
-      Tensor t = src.at(f);
+  for (const auto& [bfl, dif] : ae_module_pairs(src, true)) {
+    for (const char* w : {".weight", ".bias"}) {
+      if (!src.has(dif + w)) continue;
+      Tensor t = src.at(dif + w);
       // diffusers' attention projections are linear [C, C]; BFL's are 1x1 convolutions.
-      if (std::string(w) == "weight" && t.dim() == 2 && to.find("attn_1.") != std::string::npos) t = t.reshape({t.size(0), t.size(1), 1, 1});
-      out.tensors.emplace(to + "." + w, t);
+      if (std::string(w) == ".weight" && t.dim() == 2 && bfl.find("attn_1.") != std::string::npos) t = t.reshape({t.size(0), t.size(1), 1, 1});
+      out.tensors.emplace(bfl + w, t);
     }
-  };
-  auto resnet = [&](const std::string& to, const std::string& from) {
-    for (const char* p : {"norm1", "conv1", "norm2", "conv2"}) put(to + "." + p, from + "." + p);
-    put(to + ".nin_shortcut", from + ".conv_shortcut");
-  };
-  for (const char* tower : {"encoder", "decoder"}) {
-    std::string t = tower;
-    if (!src.has(t + ".conv_in.weight")) continue;
-    put(t + ".conv_in", t + ".conv_in");
-    put(t + ".conv_out", t + ".conv_out");
-    put(t + ".norm_out", t + ".conv_norm_out");
-    resnet(t + ".mid.block_1", t + ".mid_block.resnets.0");
-    resnet(t + ".mid.block_2", t + ".mid_block.resnets.1");
-    put(t + ".mid.attn_1.norm", t + ".mid_block.attentions.0.group_norm");
-    put(t + ".mid.attn_1.q", t + ".mid_block.attentions.0.to_q");
-    put(t + ".mid.attn_1.k", t + ".mid_block.attentions.0.to_k");
-    put(t + ".mid.attn_1.v", t + ".mid_block.attentions.0.to_v");
-    put(t + ".mid.attn_1.proj_out", t + ".mid_block.attentions.0.to_out.0");
-    bool dec = t == "decoder";
-    std::string blocks = dec ? ".up_blocks." : ".down_blocks.";
-    int levels = src.count_numbered(t + blocks, ".resnets.0.conv1.weight");
-    for (int i = 0; i < levels; ++i) {
-      int level = dec ? levels - 1 - i : i;   // diffusers' up_blocks.0 is BFL's decoder.up.<last>
-      std::string from = t + blocks + std::to_string(i), to = t + (dec ? ".up." : ".down.") + std::to_string(level);
-      int n = src.count_numbered(from + ".resnets.", ".conv1.weight");
-      for (int j = 0; j < n; ++j) resnet(to + ".block." + std::to_string(j), from + ".resnets." + std::to_string(j));
-      put(to + (dec ? ".upsample.conv" : ".downsample.conv"), from + (dec ? ".upsamplers.0.conv" : ".downsamplers.0.conv"));
+  }
+  return out;
+}
+
+NamedTensors autoencoder_to_diffusers(const WeightSet& bfl) {
+  NamedTensors out;
+  for (const auto& [b, dif] : ae_module_pairs(bfl, false)) {
+    for (const char* w : {".weight", ".bias"}) {
+      if (!bfl.has(b + w)) continue;
+      Tensor t = bfl.at(b + w);
+      if (std::string(w) == ".weight" && t.dim() == 4 && b.find("attn_1.") != std::string::npos) t = t.reshape({t.size(0), t.size(1)});
+      out.push_back({dif + w, t});
+    }
+  }
+  return out;
+}
+
+NamedTensors flux_transformer_to_diffusers(const WeightSet& bfl) {
+  NamedTensors out;
+  const int64_t hidden = bfl.at("img_in.weight").size(0);
+  int doubles = bfl.count_numbered("double_blocks.", ".img_mod.lin.weight");
+  int singles = bfl.count_numbered("single_blocks.", ".linear1.weight");
+  for (const Rule& r : diffusers_transformer_rules()) {
+    std::string target = r.target;
+    bool per_block = target.find("{i}") != std::string::npos;
+    int blocks = !per_block ? 1 : target.rfind("double_blocks", 0) == 0 ? doubles : singles;
+    for (int i = 0; i < blocks; ++i) {
+      for (const char* w : {"weight", "bias"}) {
+        if (target.find("{w}") == std::string::npos && std::string(w) == "bias") continue;
+        auto expand = [&](const std::string& s) { return substitute(substitute(s, "{i}", std::to_string(i)), "{w}", w); };
+        std::string name = expand(target);
+        if (!bfl.has(name)) continue;
+        const Tensor& t = bfl.at(name);
+        // Rows per source: equal parts, except the single blocks' q, k, v (hidden rows each) and MLP (the rest).
+        int64_t rows = t.size(0), n = static_cast<int64_t>(r.sources.size()), at = 0;
+        size_t row_bytes = t.nbytes() / static_cast<size_t>(rows);
+        for (int64_t k = 0; k < n; ++k) {
+          int64_t part = n == 4 ? (k < 3 ? hidden : rows - 3 * hidden) : rows / n;
+          Shape shape = t.shape();
+          shape[0] = part;
+          Tensor piece = Tensor::zeros(shape, t.dtype());
+          const uint8_t* src = t.data<uint8_t>() + static_cast<size_t>(at) * row_bytes;
+          size_t bytes = static_cast<size_t>(part) * row_bytes;
+          if (r.swap_halves) {   // back to diffusers' (scale, shift)
+            std::memcpy(piece.data<uint8_t>(), src + bytes / 2, bytes / 2);
+            std::memcpy(piece.data<uint8_t>() + bytes / 2, src, bytes / 2);
+          } else {
+            std::memcpy(piece.data<uint8_t>(), src, bytes);
+          }
+          out.push_back({expand(r.sources[static_cast<size_t>(k)]), piece});
+          at += part;
+        }
+      }
     }
   }
   return out;

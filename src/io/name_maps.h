@@ -33,6 +33,11 @@ WeightSet text_encoder_weights(const WeightSet& src);
 
 Layout detect_transformer_layout(const WeightSet& src);
 
+// The inverse maps, BFL names -> diffusers names (split q/k/v, halves swapped back, levels
+// renumbered), for writing diffusers folders (`make-test-model --layout diffusers`).
+NamedTensors flux_transformer_to_diffusers(const WeightSet& bfl);
+NamedTensors autoencoder_to_diffusers(const WeightSet& bfl);
+
 // The tensors whose names start with `prefix`, with it removed (views, no copies).
 WeightSet with_prefix(const WeightSet& src, const std::string& prefix);
 

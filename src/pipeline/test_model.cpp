@@ -9,7 +9,9 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "io/name_maps.h"
 #include "io/weights.h"
+#include "tokenizer/tokenizers.h"
 
 namespace fluxpipe {
 namespace {
@@ -47,6 +49,7 @@ struct Writer {
   }
   std::string layout = "bfl";
   io::NamedTensors all_in_one;   // comfyui: every part in one file under ComfyUI's prefixes
+  std::map<std::string, io::NamedTensors> parts;   // diffusers: by ComfyUI prefix, written at finish()
 
   // Ends one part: bfl writes it as its own file; comfyui collects it under its prefix;
   // gguf writes the transformer as GGUF Q8_0 and the rest as safetensors.
@@ -54,6 +57,8 @@ struct Writer {
     const std::map<std::string, std::string> meta = {{"fluxpipe.test_model", "random weights; not FLUX.1, draws noise"}};
     if (layout == "comfyui") {
       for (auto& [n, t] : tensors) all_in_one.push_back({comfy_prefix + n, t});
+    } else if (layout == "diffusers") {
+      parts[comfy_prefix] = tensors;
     } else if (layout == "gguf" && std::string(comfy_prefix) == "model.diffusion_model.") {
       io::NamedTensors q;
       for (auto& [n, t] : tensors) {
@@ -75,7 +80,32 @@ struct Writer {
     }
     tensors.clear();
   }
-  void finish(const std::string& dir) {
+  void finish(const std::string& dir, const nlohmann::json& configs) {
+    if (layout == "diffusers") {
+      auto as_set = [](const io::NamedTensors& ts) {
+        io::WeightSet w;
+        for (const auto& [n, t] : ts) w.tensors.emplace(n, t);
+        return w;
+      };
+      const std::map<std::string, std::string> meta = {{"fluxpipe.test_model", "random weights; not FLUX.1, draws noise"}};
+      auto folder = [&](const std::string& sub, const io::NamedTensors& ts, const std::string& file, const nlohmann::json& cfg) {
+        mkdir((dir + "/" + sub).c_str(), 0755);
+        io::write_safetensors(dir + "/" + sub + "/" + file, ts, meta);
+        std::ofstream(dir + "/" + sub + "/config.json") << cfg.dump(2) << "\n";
+      };
+      folder("transformer", io::flux_transformer_to_diffusers(as_set(parts["model.diffusion_model."])), "diffusion_pytorch_model.safetensors",
+             configs["transformer"]);
+      folder("vae", io::autoencoder_to_diffusers(as_set(parts["first_stage_model."])), "diffusion_pytorch_model.safetensors", configs["vae"]);
+      folder("text_encoder", parts["text_encoders.clip_l.transformer."], "model.safetensors", configs["clip"]);
+      folder("text_encoder_2", parts["text_encoders.t5xxl.transformer."], "model.safetensors", configs["t5"]);
+      mkdir((dir + "/tokenizer").c_str(), 0755);
+      for (const char* f : {"vocab.json", "merges.txt"}) {
+        std::ifstream in(tokenizer::shipped_tokenizer_dir() + "/clip/" + f, std::ios::binary);
+        if (!in) throw UserError("[make-test-model] cannot read the shipped CLIP tokenizer file " + std::string(f));
+        std::ofstream(dir + "/tokenizer/" + f, std::ios::binary) << in.rdbuf();
+      }
+      std::ofstream(dir + "/model_index.json") << nlohmann::json{{"_class_name", "FluxPipeline"}, {"_fluxpipe_test_model", true}}.dump(2) << "\n";
+    }
     if (layout == "comfyui") {
       io::write_safetensors(dir + "/flux1-test-comfyui-all-in-one.safetensors", all_in_one,
                             {{"fluxpipe.test_model", "random weights; not FLUX.1, draws noise"}});
@@ -111,9 +141,9 @@ void write_test_model(const std::string& dir, const TestModelOptions& opt) {
   mkdir(dir.c_str(), 0755);
   const Shapes sh = shapes_for(opt);
   const int64_t H = sh.H, HD = sh.HD, MLP = sh.MLP, CTX = sh.T5_D, VEC = sh.CLIP_H, CLIP_H = sh.CLIP_H, T5_D = sh.T5_D;
-  Writer w{opt.seed * 0x9E3779B97F4A7C15ULL + 1, {}, opt.real_width ? DType::BF16 : DType::F32, opt.layout, {}};
-  if (opt.layout != "bfl" && opt.layout != "comfyui" && opt.layout != "gguf") {
-    throw UserError("[make-test-model] unknown layout '" + opt.layout + "' (bfl, comfyui, gguf)");
+  Writer w{opt.seed * 0x9E3779B97F4A7C15ULL + 1, {}, opt.real_width ? DType::BF16 : DType::F32, opt.layout, {}, {}};
+  if (opt.layout != "bfl" && opt.layout != "comfyui" && opt.layout != "gguf" && opt.layout != "diffusers") {
+    throw UserError("[make-test-model] unknown layout '" + opt.layout + "' (bfl, diffusers, comfyui, gguf)");
   }
 
   // Transformer, BFL names: 1 double + 1 single block.
@@ -222,7 +252,17 @@ void write_test_model(const std::string& dir, const TestModelOptions& opt) {
   }
   w.norm("encoder.final_layer_norm", T5_D, false);
   w.save(dir + "/t5xxl.safetensors", "text_encoders.t5xxl.transformer.");
-  w.finish(dir);
+  // The same sizes as diffusers' config.json files say them (diffusers layout).
+  nlohmann::json diffusers_configs = {
+      {"transformer", {{"_class_name", "FluxTransformer2DModel"}, {"axes_dims_rope", sh.axes}, {"num_attention_heads", H / HD},
+                       {"attention_head_dim", HD}, {"in_channels", 64}, {"joint_attention_dim", CTX}, {"pooled_projection_dim", VEC},
+                       {"num_layers", sh.depth}, {"num_single_layers", sh.single}, {"guidance_embeds", false}}},
+      {"vae", {{"_class_name", "AutoencoderKL"}, {"latent_channels", 16}, {"scaling_factor", 0.3611}, {"shift_factor", 0.1159}}},
+      {"clip", {{"architectures", {"CLIPTextModel"}}, {"hidden_size", CLIP_H}, {"num_attention_heads", sh.clip_heads},
+                {"hidden_act", "quick_gelu"}, {"layer_norm_eps", 1e-5}, {"num_hidden_layers", sh.clip_layers}}},
+      {"t5", {{"architectures", {"T5EncoderModel"}}, {"d_model", T5_D}, {"num_heads", sh.t5_heads}, {"layer_norm_epsilon", 1e-6},
+              {"relative_attention_max_distance", 128}, {"feed_forward_proj", "gated-gelu"}}}};
+  w.finish(dir, diffusers_configs);
 
   nlohmann::json config = {
       {"name", "fluxpipe-test-model"},
@@ -234,6 +274,9 @@ void write_test_model(const std::string& dir, const TestModelOptions& opt) {
       {"ae", {{"scale_factor", 0.3611}, {"shift_factor", 0.1159}}},
       {"clip", {{"num_attention_heads", sh.clip_heads}, {"hidden_act", "quick_gelu"}, {"layer_norm_eps", 1e-5}}},
       {"t5", {{"num_heads", sh.t5_heads}, {"layer_norm_epsilon", 1e-6}, {"relative_attention_max_distance", 128}, {"feed_forward_proj", "gated-gelu"}}}};
+  if (opt.layout == "diffusers") {
+    for (const char* k : {"transformer", "ae", "clip", "t5"}) config.erase(k);
+  }
   std::ofstream(dir + "/fluxpipe.json") << config.dump(2) << "\n";
 }
 

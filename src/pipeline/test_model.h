@@ -16,7 +16,8 @@ struct TestModelOptions {
   int single = 1;            // single-stream blocks
   int text_layers = 1;       // layers of each text encoder
   uint64_t seed = 1;
-  std::string layout = "bfl";   // bfl: four files; comfyui: one all-in-one file with ComfyUI's prefixes;
+  std::string layout = "bfl";   // bfl: four files; diffusers: the published folder layout with configs;
+                                // comfyui: one all-in-one file with ComfyUI's prefixes;
                                 // gguf: the transformer as GGUF Q8_0, the rest as bfl
 };
 

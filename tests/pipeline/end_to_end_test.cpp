@@ -134,7 +134,7 @@ TEST_F(EndToEnd, EveryTestModelLayoutGeneratesTheSameImage) {
   // whose Q8_0 transformer changes the numbers a little.
   TempDir out;
   std::string reference;
-  for (const char* layout : {"bfl", "comfyui", "gguf"}) {
+  for (const char* layout : {"bfl", "diffusers", "comfyui", "gguf"}) {
     TempDir m;
     ASSERT_EQ(sh(std::string(FLUXPIPE_BIN) + " make-test-model " + m.path() + " --layout " + layout), 0) << layout;
     std::string png = out.path() + "/" + layout + ".png";
@@ -143,8 +143,8 @@ TEST_F(EndToEnd, EveryTestModelLayoutGeneratesTheSameImage) {
     EXPECT_EQ(read_png(bytes).width, 64) << layout;
     if (std::string(layout) == "bfl") {
       reference = bytes;
-    } else if (std::string(layout) == "comfyui") {
-      EXPECT_EQ(bytes, reference) << "comfyui layout";
+    } else if (std::string(layout) == "comfyui" || std::string(layout) == "diffusers") {
+      EXPECT_EQ(bytes, reference) << layout << " layout";
     } else {
       EXPECT_NE(bytes, reference) << "gguf (quantized) layout";
     }
