@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/parse.h"
 #include "pipeline/components.h"
 #include "pipeline/test_model.h"
 #include "tokenizer/tokenizers.h"
@@ -178,15 +179,8 @@ int cmd_run(const std::vector<std::string>& args) {
       if (i + 1 >= args.size()) throw UserError("[run] " + flag + " needs a value");
       value = args[++i];
     }
-    auto number = [&](const char* what) {
-      try {
-        size_t used = 0;
-        long long v = std::stoll(value, &used);
-        if (used != value.size()) throw std::invalid_argument(value);
-        return v;
-      } catch (const std::exception&) {
-        throw UserError(std::string("[run] ") + what + ": '" + value + "' is not an integer");
-      }
+    auto number = [&](const char* what, const std::string& text) {
+      return parse_integer("run", what, text, INT64_MIN, INT64_MAX);
     };
     if (flag == "--weights") r.weights = value;
     else if (flag == "--inputs") r.inputs = value;
@@ -196,18 +190,14 @@ int cmd_run(const std::vector<std::string>& args) {
     else if (flag == "--ae-config") r.ae_config = value;
     else if (flag == "--compute") r.compute = value;
     else if (flag == "--dtype") r.dtype = value;
-    else if (flag == "--steps") r.steps = static_cast<int>(number("--steps"));
-    else if (flag == "--seed") r.seed = static_cast<uint64_t>(number("--seed"));
+    else if (flag == "--steps") r.steps = static_cast<int>(number("--steps", value));
+    else if (flag == "--seed") r.seed = static_cast<uint64_t>(number("--seed", value));
     else if (flag == "--guidance") r.guidance = std::stof(value);
     else if (flag == "--shape") {
       size_t start = 0;
       while (start <= value.size()) {
         size_t comma = value.find(',', start);
-        std::string part = value.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-        std::string saved = value;
-        value = part;
-        r.shape.push_back(number("--shape"));
-        value = saved;
+        r.shape.push_back(number("--shape", value.substr(start, comma == std::string::npos ? std::string::npos : comma - start)));
         if (comma == std::string::npos) break;
         start = comma + 1;
       }
@@ -286,20 +276,7 @@ int cmd_generate(const std::vector<std::string>& args) {
       if (i + 1 >= args.size()) throw UserError("[generate] " + a + " needs a value");
       return args[++i];
     };
-    auto integer = [&](const char* what, long long lo, long long hi) {
-      std::string v = value();
-      size_t used = 0;
-      long long x = 0;
-      try {
-        x = std::stoll(v, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (used != v.size() || x < lo || x > hi) {
-        throw UserError(std::string("[generate] ") + what + ": '" + v + "' is not an integer in " + std::to_string(lo) + ".." + std::to_string(hi));
-      }
-      return x;
-    };
+    auto integer = [&](const char* what, long long lo, long long hi) { return parse_integer("generate", what, value(), lo, hi); };
     if (a == "-o" || a == "--output") out = value();
     else if (a == "--model") model = value();
     else if (a == "--width") job.width = static_cast<int>(integer("--width", 64, 1536));
@@ -385,12 +362,7 @@ int cmd_tokenize(const std::vector<std::string>& args) {
     if (args[i] == "--tokenizer" && i + 1 < args.size()) {
       path = args[++i];
     } else if (args[i] == "--length" && i + 1 < args.size()) {
-      try {
-        length = std::stoi(args[++i]);
-      } catch (const std::exception&) {
-        throw UserError("[tokenize] --length: '" + args[i] + "' is not an integer");
-      }
-      if (length < 2 || length > 4096) throw UserError("[tokenize] --length must be between 2 and 4096");
+      length = static_cast<int>(parse_integer("tokenize", "--length", args[++i], 2, 4096));
     } else if (!have_text) {
       text = args[i];
       have_text = true;

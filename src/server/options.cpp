@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "core/parse.h"
 
 namespace fluxpipe::server {
 namespace {
@@ -18,18 +19,7 @@ struct Option {
 };
 
 int to_int(const std::string& flag, const std::string& v, long long lo, long long hi) {
-  size_t used = 0;
-  long long x = 0;
-  try {
-    x = std::stoll(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != v.size() || v.empty()) throw UserError("[serve] " + flag + ": '" + v + "' is not an integer");
-  if (x < lo || x > hi) {
-    throw UserError("[serve] " + flag + ": " + v + " is outside " + std::to_string(lo) + ".." + std::to_string(hi));
-  }
-  return static_cast<int>(x);
+  return static_cast<int>(parse_integer("serve", flag, v, lo, hi));
 }
 
 bool to_bool(const std::string& flag, const std::string& v) {
