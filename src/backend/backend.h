@@ -41,8 +41,9 @@ class Backend {
   // Over the last dimension; weight/bias optional, [D].
   virtual void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Tensor& out) = 0;
   virtual void rms_norm(const Tensor& x, const Tensor* w, float eps, Tensor& out) = 0;
-  // x [B,C,H,W]; statistics per (batch, group of C/groups channels).
-  virtual void group_norm(const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, Tensor& out) = 0;
+  // x [B,C,H,W]; statistics per (batch, group of C/groups channels); `silu` applies SiLU to the
+  // result in the same pass (the autoencoder always follows a group norm with SiLU).
+  virtual void group_norm(const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, bool silu, Tensor& out) = 0;
   // x [B,H,L,D]; cos/sin [1 or B, L, D/2]; rotates interleaved pairs (x[2i], x[2i+1]).
   virtual void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& out) = 0;
   virtual void unary(Unary op, const Tensor& x, Tensor& out) = 0;

@@ -1,5 +1,7 @@
 #include "core/tensor.h"
 
+#include "core/block_cache.h"
+
 #include <cstdlib>
 #include <cstring>
 
@@ -36,15 +38,14 @@ Shape contiguous_strides(const Shape& s) {
 }
 }  // namespace
 
-std::shared_ptr<Storage> allocate_cpu(size_t bytes) {
+std::shared_ptr<Storage> allocate_cpu(size_t bytes, bool zero) {
   auto s = std::make_shared<Storage>();
-  size_t rounded = (bytes + 63) / 64 * 64;
-  if (rounded == 0) rounded = 64;
-  s->data = std::aligned_alloc(64, rounded);
+  size_t capacity = 0;
+  s->data = block_cache::take(bytes, &capacity);
   if (!s->data) throw IoError("[allocate_cpu] out of memory allocating " + std::to_string(bytes) + " bytes");
-  std::memset(s->data, 0, rounded);
+  if (zero) std::memset(s->data, 0, capacity);
   s->bytes = bytes;
-  s->release = [](Storage& st) { std::free(st.data); };
+  s->release = [capacity](Storage& st) { block_cache::give(st.data, capacity); };
   return s;
 }
 
@@ -53,6 +54,13 @@ Tensor Tensor::zeros(const Shape& shape, DType dtype) {
     if (d < 0) throw UserError("[Tensor::zeros] negative dimension in " + shape_str(shape));
   }
   return view_of(allocate_cpu(bytes_for(dtype, fluxpipe::numel(shape))), 0, shape, dtype);
+}
+
+Tensor Tensor::empty(const Shape& shape, DType dtype) {
+  for (int64_t d : shape) {
+    if (d < 0) throw UserError("[Tensor::empty] negative dimension in " + shape_str(shape));
+  }
+  return view_of(allocate_cpu(bytes_for(dtype, fluxpipe::numel(shape)), false), 0, shape, dtype);
 }
 
 Tensor Tensor::view_of(std::shared_ptr<Storage> storage, size_t offset, const Shape& shape, DType dtype) {

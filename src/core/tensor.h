@@ -45,6 +45,8 @@ class Tensor {
   Tensor() = default;
   // A new zero-filled CPU tensor (64-byte aligned).
   static Tensor zeros(const Shape& shape, DType dtype);
+  // A new CPU tensor whose contents are unspecified, for outputs that are written whole.
+  static Tensor empty(const Shape& shape, DType dtype);
   // Wraps existing storage; offset in bytes. REQUIRES storage large enough (checked).
   static Tensor view_of(std::shared_ptr<Storage> storage, size_t offset, const Shape& shape, DType dtype);
   // A CPU F32 tensor with the given values (tests, small inputs).
@@ -89,7 +91,8 @@ class Tensor {
   size_t offset_ = 0;
 };
 
-// Allocates `bytes` of 64-byte aligned, zeroed CPU memory.
-std::shared_ptr<Storage> allocate_cpu(size_t bytes);
+// Allocates `bytes` of 64-byte aligned CPU memory, zeroed unless `zero` is false. Large
+// blocks come from (and go back to) core/block_cache.h.
+std::shared_ptr<Storage> allocate_cpu(size_t bytes, bool zero = true);
 
 }  // namespace fluxpipe

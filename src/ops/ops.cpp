@@ -10,7 +10,7 @@
 namespace fluxpipe {
 
 Tensor Ctx::empty(const Shape& shape, DType dtype) const {
-  return arena ? arena->empty(shape, dtype) : Tensor::zeros(shape, dtype);
+  return arena ? arena->empty(shape, dtype) : Tensor::empty(shape, dtype);
 }
 
 namespace ops {
@@ -129,7 +129,7 @@ Tensor rms_norm(Ctx& c, const Tensor& x, const Tensor* w, float eps) {
   return out;
 }
 
-Tensor group_norm(Ctx& c, const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps) {
+Tensor group_norm(Ctx& c, const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, bool silu) {
   need_float("group_norm", "x", x);
   need_contiguous("group_norm", "x", x);
   if (x.dim() != 4) fail("group_norm", "x " + x.describe() + " must be [B, C, H, W]");
@@ -140,7 +140,7 @@ Tensor group_norm(Ctx& c, const Tensor& x, int groups, const Tensor* w, const Te
   need_vector("group_norm", "weight", w, x.size(1));
   need_vector("group_norm", "bias", b, x.size(1));
   Tensor out = c.empty(x.shape(), DType::F32);
-  c.backend->group_norm(x, groups, w, b, eps, out);
+  c.backend->group_norm(x, groups, w, b, eps, silu, out);
   return out;
 }
 

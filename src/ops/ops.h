@@ -30,7 +30,7 @@ Tensor attention(Ctx& c, const Tensor& q, const Tensor& k, const Tensor& v, floa
                  const Tensor* bias = nullptr, bool causal = false);
 Tensor layer_norm(Ctx& c, const Tensor& x, const Tensor* w, const Tensor* b, float eps);
 Tensor rms_norm(Ctx& c, const Tensor& x, const Tensor* w, float eps);
-Tensor group_norm(Ctx& c, const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps);
+Tensor group_norm(Ctx& c, const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, bool silu = false);
 Tensor rope(Ctx& c, const Tensor& x, const Tensor& cos, const Tensor& sin);
 Tensor gelu_tanh(Ctx& c, const Tensor& x);
 Tensor gelu_erf(Ctx& c, const Tensor& x);

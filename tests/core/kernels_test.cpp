@@ -217,6 +217,9 @@ TEST(Kernels, NormsAgainstReference) {
     Tensor want = Tensor::zeros(x.shape(), DType::F32);
     cpu::ref::group_norm(x, 32, &w, &b, 1e-6f, want);
     expect_close(ops::group_norm(c, x, 32, &w, &b, 1e-6f), want, 1e-5, 1e-5, "group_norm C=" + std::to_string(C));
+    Tensor want_silu = Tensor::zeros(x.shape(), DType::F32);
+    cpu::ref::unary(Unary::silu, want, want_silu);
+    expect_close(ops::group_norm(c, x, 32, &w, &b, 1e-6f, true), want_silu, 1e-5, 1e-5, "group_norm+silu C=" + std::to_string(C));
   }
 }
 

@@ -101,7 +101,83 @@ FP_AVX512 double exp_shifted(float* x, int64_t n, float shift) {
   return sum;
 }
 
+FP_AVX512 inline __m512d lo_pd(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
+FP_AVX512 inline __m512d hi_pd(__m512 v) { return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))); }
+
+FP_AVX512 double sum_of(const float* x, int64_t n) {
+  __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 v = _mm512_loadu_ps(x + i);
+    a0 = _mm512_add_pd(a0, lo_pd(v));
+    a1 = _mm512_add_pd(a1, hi_pd(v));
+  }
+  double s = _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
+  for (; i < n; ++i) s += x[i];
+  return s;
+}
+
+FP_AVX512 double squared_deviation(const float* x, int64_t n, double mean) {
+  const __m512d m = _mm512_set1_pd(mean);
+  __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 v = _mm512_loadu_ps(x + i);
+    __m512d d0 = _mm512_sub_pd(lo_pd(v), m), d1 = _mm512_sub_pd(hi_pd(v), m);
+    a0 = _mm512_fmadd_pd(d0, d0, a0);
+    a1 = _mm512_fmadd_pd(d1, d1, a1);
+  }
+  double s = _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
+  for (; i < n; ++i) s += (x[i] - mean) * (x[i] - mean);
+  return s;
+}
+
+template <bool silu>
+FP_AVX512 inline __m512 normalized(__m512 v, __m512 mean, __m512 scale, __m512 shift) {
+  __m512 y = _mm512_fmadd_ps(_mm512_sub_ps(v, mean), scale, shift);
+  if constexpr (silu) y = x_sigmoid(y, 1.0f);
+  return y;
+}
+
+template <bool silu>
+FP_AVX512 void normalize(const float* x, float* out, int64_t n, float mean, float scale, float shift) {
+  const __m512 m = _mm512_set1_ps(mean), sc = _mm512_set1_ps(scale), sh = _mm512_set1_ps(shift);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, normalized<silu>(_mm512_loadu_ps(x + i), m, sc, sh));
+  if (i < n) {
+    __mmask16 k = static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(out + i, k, normalized<silu>(_mm512_maskz_loadu_ps(k, x + i), m, sc, sh));
+  }
+}
+
+bool have_avx512() {
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+  return ok;
+}
+
 }  // namespace
+
+bool sum_avx512(const float* x, int64_t n, double* sum) {
+  if (!have_avx512()) return false;
+  *sum = sum_of(x, n);
+  return true;
+}
+
+bool squared_deviation_avx512(const float* x, int64_t n, double mean, double* squares) {
+  if (!have_avx512()) return false;
+  *squares = squared_deviation(x, n, mean);
+  return true;
+}
+
+bool normalize_avx512(const float* x, float* out, int64_t n, float mean, float scale, float shift, bool silu) {
+  if (!have_avx512()) return false;
+  if (silu) {
+    normalize<true>(x, out, n, mean, scale, shift);
+  } else {
+    normalize<false>(x, out, n, mean, scale, shift);
+  }
+  return true;
+}
 
 bool softmax_avx512(float* x, int64_t n) {
   static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");

@@ -19,4 +19,12 @@ bool softmax_avx512(float* x, int64_t n);
 // False (nothing done) without AVX-512.
 bool exp_shifted_avx512(float* x, int64_t n, float shift, double* sum);
 
+// Group-norm helpers, false (nothing done) without AVX-512. Sums are in double over 16 float
+// lanes widened, in a fixed order (deterministic).
+// *sum = sum of x[i]; *squares = sum of (x[i] - mean)^2.
+bool sum_avx512(const float* x, int64_t n, double* sum);
+bool squared_deviation_avx512(const float* x, int64_t n, double mean, double* squares);
+// out[i] = y or silu(y) with y = (x[i] - mean) * scale + shift.
+bool normalize_avx512(const float* x, float* out, int64_t n, float mean, float scale, float shift, bool silu);
+
 }  // namespace fluxpipe::cpu

@@ -190,7 +190,7 @@ class CpuBackend final : public Backend {
     });
   }
 
-  void group_norm(const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, Tensor& out) override {
+  void group_norm(const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, bool silu, Tensor& out) override {
     int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), cg = C / groups;
     std::vector<float> wv = w ? w->to_floats() : std::vector<float>(), bv = b ? b->to_floats() : std::vector<float>();
     const float* X = x.data<float>();
@@ -201,9 +201,13 @@ class CpuBackend final : public Backend {
         const float* xs = X + (n * C + g * cg) * HW;
         int64_t cnt = cg * HW;
         double mean = 0, var = 0;
-        for (int64_t i = 0; i < cnt; ++i) mean += xs[i];
+        if (!cpu::sum_avx512(xs, cnt, &mean)) {
+          for (int64_t i = 0; i < cnt; ++i) mean += xs[i];
+        }
         mean /= static_cast<double>(cnt);
-        for (int64_t i = 0; i < cnt; ++i) var += (xs[i] - mean) * (xs[i] - mean);
+        if (!cpu::squared_deviation_avx512(xs, cnt, mean, &var)) {
+          for (int64_t i = 0; i < cnt; ++i) var += (xs[i] - mean) * (xs[i] - mean);
+        }
         float inv = static_cast<float>(1.0 / std::sqrt(var / static_cast<double>(cnt) + eps));
         float mf = static_cast<float>(mean);
         for (int64_t cc = 0; cc < cg; ++cc) {
@@ -211,7 +215,11 @@ class CpuBackend final : public Backend {
           float sc = inv * (w ? wv[static_cast<size_t>(ch)] : 1.0f), sh = b ? bv[static_cast<size_t>(ch)] : 0.0f;
           float* o = O + (n * C + ch) * HW;
           const float* xi = X + (n * C + ch) * HW;
+          if (cpu::normalize_avx512(xi, o, HW, mf, sc, sh, silu)) continue;
           for (int64_t i = 0; i < HW; ++i) o[i] = (xi[i] - mf) * sc + sh;
+          if (silu) {
+            for (int64_t i = 0; i < HW; ++i) o[i] = o[i] / (1.0f + std::exp(-o[i]));
+          }
         }
       }
     });

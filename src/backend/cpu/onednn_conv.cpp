@@ -2,7 +2,6 @@
 
 #include <map>
 #include <mutex>
-#include <tuple>
 #include <vector>
 
 #include <dnnl.hpp>
@@ -13,20 +12,79 @@ namespace {
 using dt = dnnl::memory::data_type;
 using tag = dnnl::memory::format_tag;
 
-struct Cached {
+// One convolution shape: the primitive oneDNN chose and the reorders between our plain F32
+// NCHW tensors and its layouts, all made once (making them JIT-compiles code).
+struct Plan {
   dnnl::convolution_forward::primitive_desc pd;
   dnnl::convolution_forward conv;
+  dnnl::reorder to_src, from_dst;
+};
+
+// A weight tensor reordered once into the layout a plan wants. Weights are immutable (file
+// mappings or tensors nobody writes); `owner` notices when their storage is gone, so a new
+// tensor at the same address is never mistaken for the old one.
+struct Packed {
+  std::weak_ptr<Storage> owner;
+  dnnl::memory::desc desc;
+  Tensor data;
 };
 
 struct ConvEngine {
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   std::mutex mu;
-  std::map<std::vector<int64_t>, Cached> cache;
+  std::map<std::vector<int64_t>, Plan> plans;
+  std::multimap<const void*, Packed> packed;   // by weight address
+  size_t packed_bytes = 0;
 };
 
 ConvEngine& engine() {
   static ConvEngine e;
   return e;
+}
+
+constexpr size_t kMaxPackedBytes = size_t{1} << 30;   // about six FLUX.1 decoders' worth of layouts
+
+dnnl::memory on(const dnnl::memory::desc& d, const dnnl::engine& eng, Tensor* keep) {
+  *keep = Tensor::empty({static_cast<int64_t>(d.get_size())}, DType::U8);
+  return dnnl::memory(d, eng, keep->data<uint8_t>());
+}
+
+// The packed weights for `plan`, made on first use. Caller holds e.mu.
+const Tensor& packed_weights(ConvEngine& e, const Plan& plan, const Tensor& w, dnnl::stream& stream) {
+  const dnnl::memory::desc want = plan.pd.weights_desc();
+  const void* addr = w.data<uint8_t>();
+  auto range = e.packed.equal_range(addr);
+  for (auto it = range.first; it != range.second; ++it) {
+    auto owner = it->second.owner.lock();
+    if (owner && owner == w.storage() && it->second.desc == want) return it->second.data;
+  }
+  // Drop entries whose weights are gone, and everything when the cache grew too large.
+  for (auto it = e.packed.begin(); it != e.packed.end();) {
+    if (it->second.owner.expired()) {
+      e.packed_bytes -= it->second.data.nbytes();
+      it = e.packed.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  if (e.packed_bytes > kMaxPackedBytes) {
+    e.packed.clear();
+    e.packed_bytes = 0;
+  }
+  dnnl::memory::dims wei{w.size(0), w.size(1), w.size(2), w.size(3)};
+  std::vector<float> wf;
+  const float* wp = w.data<float>();
+  if (w.dtype() != DType::F32) {
+    wf = w.to_floats();
+    wp = wf.data();
+  }
+  dnnl::memory user({wei, dt::f32, tag::oihw}, e.eng, const_cast<float*>(wp));
+  Packed p{w.storage(), want, {}};
+  dnnl::memory m = on(want, e.eng, &p.data);
+  dnnl::reorder(user, m).execute(stream, user, m);
+  stream.wait();
+  e.packed_bytes += p.data.nbytes();
+  return e.packed.emplace(addr, std::move(p))->second.data;
 }
 
 }  // namespace
@@ -40,45 +98,49 @@ bool onednn_conv2d_bf16(const Tensor& x, const Tensor& w, const Tensor* bias, co
     dnnl::memory::dims strides{p.stride, p.stride}, pad_l{p.pad_top, p.pad_left}, pad_r{p.pad_bottom, p.pad_right};
     std::vector<int64_t> key{src[0], src[1], src[2], src[3], wei[0], wei[2], wei[3], p.stride, p.pad_top, p.pad_left,
                              p.pad_bottom, p.pad_right, bias ? 1 : 0};
-    Cached c;
+    dnnl::stream stream(e.eng);
+    Plan plan;
+    Tensor wpk;
     {
       std::lock_guard lock(e.mu);
-      auto it = e.cache.find(key);
-      if (it == e.cache.end()) {
+      auto it = e.plans.find(key);
+      if (it == e.plans.end()) {
         dnnl::memory::desc s_md(src, dt::bf16, tag::any), w_md(wei, dt::bf16, tag::any), d_md(dst, dt::f32, tag::any);
         dnnl::memory::desc b_md({wei[0]}, dt::f32, tag::a);
         auto d = bias ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
                                                         s_md, w_md, b_md, d_md, strides, pad_l, pad_r)
                       : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
                                                         s_md, w_md, d_md, strides, pad_l, pad_r);
-        dnnl::convolution_forward::primitive_desc pd(d, e.eng);
-        if (e.cache.size() > 128) e.cache.clear();
-        it = e.cache.emplace(key, Cached{pd, dnnl::convolution_forward(pd)}).first;
+        dnnl::primitive_attr attr;
+        attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);   // from our allocator, not fresh pages per call
+        dnnl::convolution_forward::primitive_desc pd(d, attr, e.eng);
+        dnnl::memory::desc user_src(src, dt::f32, tag::nchw), user_dst(dst, dt::f32, tag::nchw);
+        if (e.plans.size() > 128) e.plans.clear();
+        it = e.plans.emplace(key, Plan{pd, dnnl::convolution_forward(pd),
+                                       dnnl::reorder(dnnl::reorder::primitive_desc(e.eng, user_src, e.eng, pd.src_desc())),
+                                       dnnl::reorder(dnnl::reorder::primitive_desc(e.eng, pd.dst_desc(), e.eng, user_dst))})
+                 .first;
       }
-      c = it->second;
+      plan = it->second;
+      wpk = packed_weights(e, plan, w, stream);
     }
-    dnnl::stream stream(e.eng);
     // Our plain F32 tensors, reordered (and rounded to bf16) into the layouts oneDNN chose.
-    dnnl::memory user_src({src, dt::f32, tag::nchw}, e.eng, x.data<float>());
+    dnnl::memory user_src({src, dt::f32, tag::nchw}, e.eng, const_cast<float*>(x.data<float>()));
     dnnl::memory user_dst({dst, dt::f32, tag::nchw}, e.eng, out.data<float>());
-    std::vector<float> wf;
-    const float* wp = w.data<float>();
-    if (w.dtype() != DType::F32) {
-      wf = w.to_floats();
-      wp = wf.data();
-    }
-    dnnl::memory user_wei({wei, dt::f32, tag::oihw}, e.eng, const_cast<float*>(wp));
-    dnnl::memory s(c.pd.src_desc(), e.eng), wm(c.pd.weights_desc(), e.eng), d(c.pd.dst_desc(), e.eng);
-    dnnl::reorder(user_src, s).execute(stream, user_src, s);
-    dnnl::reorder(user_wei, wm).execute(stream, user_wei, wm);
-    std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, s}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, d}};
+    Tensor s_buf, d_buf, pad_buf;
+    dnnl::memory s = on(plan.pd.src_desc(), e.eng, &s_buf), d = on(plan.pd.dst_desc(), e.eng, &d_buf);
+    dnnl::memory scratch = on(plan.pd.scratchpad_desc(), e.eng, &pad_buf);
+    dnnl::memory wm(plan.pd.weights_desc(), e.eng, wpk.data<uint8_t>());
+    plan.to_src.execute(stream, user_src, s);
+    std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, s}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, d},
+                                               {DNNL_ARG_SCRATCHPAD, scratch}};
     std::vector<float> bf;
     if (bias) {
       bf = bias->to_floats();
       args.emplace(DNNL_ARG_BIAS, dnnl::memory({{wei[0]}, dt::f32, tag::a}, e.eng, bf.data()));
     }
-    c.conv.execute(stream, args);
-    dnnl::reorder(d, user_dst).execute(stream, d, user_dst);
+    plan.conv.execute(stream, args);
+    plan.from_dst.execute(stream, d, user_dst);
     stream.wait();
     return true;
   } catch (const dnnl::error&) {

@@ -88,11 +88,13 @@ Tensor Model::conv(Ctx& c, const Tensor& x, const Conv& k, int stride, bool asym
   return ops::conv2d(c, x, k.w, &k.b, p);
 }
 
-Tensor Model::norm(Ctx& c, const Tensor& x, const Norm& n) const { return ops::group_norm(c, x, 32, &n.w, &n.b, 1e-6f); }
+Tensor Model::norm(Ctx& c, const Tensor& x, const Norm& n, bool silu) const {
+  return ops::group_norm(c, x, 32, &n.w, &n.b, 1e-6f, silu);
+}
 
 Tensor Model::resnet(Ctx& c, const Tensor& x, const Resnet& r) const {
-  Tensor h = conv(c, ops::silu(c, norm(c, x, r.norm1)), r.conv1);
-  h = conv(c, ops::silu(c, norm(c, h, r.norm2)), r.conv2);
+  Tensor h = conv(c, norm(c, x, r.norm1, true), r.conv1);
+  h = conv(c, norm(c, h, r.norm2, true), r.conv2);
   return ops::add(c, r.shortcut ? conv(c, x, *r.shortcut) : x, h);
 }
 
@@ -137,6 +139,7 @@ Tensor Model::decode(Ctx& c, const Tensor& z, const flux::Trace& trace) const {
       emit("up." + std::to_string(lv) + ".upsample", h);
     }
   }
+  if (!trace) return conv(c, norm(c, h, dec_.norm_out, true), dec_.conv_out);
   h = norm(c, h, dec_.norm_out);
   emit("norm_out", h);
   return conv(c, ops::silu(c, h), dec_.conv_out);

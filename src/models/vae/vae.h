@@ -75,7 +75,7 @@ class Model {
   Tensor resnet(Ctx& c, const Tensor& x, const Resnet& r) const;
   Tensor attention(Ctx& c, const Tensor& x, const Attn& a) const;
   Tensor conv(Ctx& c, const Tensor& x, const Conv& k, int stride = 1, bool asymmetric_pad = false) const;
-  Tensor norm(Ctx& c, const Tensor& x, const Norm& n) const;
+  Tensor norm(Ctx& c, const Tensor& x, const Norm& n, bool silu = false) const;   // GroupNorm(32), SiLU after
 
   Config cfg_;
   Tower dec_, enc_;
