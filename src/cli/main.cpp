@@ -44,9 +44,12 @@ const char* kUsage =
     "                                       on named tensors (see `fluxpipe help run`)\n"
     "  tokenize clip|t5 [--tokenizer PATH] [--length N] \"text\"   the ids as a JSON array\n"
     "  generate \"prompt\" -o out.png --model PATH [--width W --height H --steps N --seed S\n"
-    "           --samples N --negative-prompt TEXT --true-cfg X --quality Q]   text to image;\n"
-    "           the format follows -o: .png (default, with a parameters chunk), .jpg, .webp\n"
-    "  make-test-model DIR [--width tiny|real] [--blocks D,S] [--text-layers N]\n"
+    "           --samples N --negative-prompt TEXT --true-cfg X --quality Q\n"
+    "           --memory-budget SIZE --vae-tiling auto|on|off]   text to image;\n"
+    "           the format follows -o: .png (default, with a parameters chunk), .jpg, .webp;\n"
+    "           the memory plan keeps a job within SIZE (default: this machine's memory)\n"
+    "  make-test-model DIR [--layout bfl|diffusers|comfyui|gguf] [--width tiny|real] [--blocks D,S]\n"
+    "           [--text-layers N] [--quant TYPE] [--text-quant TYPE]   (gguf: transformer / T5 block types)\n"
     "                                       a random-weight model (tests, smoke checks; draws noise)\n"
     "  quantize IN OUT.gguf [--type q8_0|q4_0|q4_k|...]   GGUF with quantized matrices\n"
     "  help [COMMAND]                       this text, or a command's options\n"
@@ -234,7 +237,8 @@ int cmd_quantize(const std::vector<std::string>& args) {
 // fluxpipe make-test-model DIR: a tiny random-weight model of FLUX.1's architecture.
 int cmd_make_test_model(const std::vector<std::string>& args) {
   if (args.size() < 2) {
-    throw UserError("[make-test-model] usage: fluxpipe make-test-model DIR [--layout bfl] [--width tiny|real] [--blocks D,S] [--text-layers N]");
+    throw UserError("[make-test-model] usage: fluxpipe make-test-model DIR [--layout bfl|diffusers|comfyui|gguf] [--width tiny|real] "
+                    "[--blocks D,S] [--text-layers N] [--quant TYPE] [--text-quant TYPE]");
   }
   std::string dir = args[1];
   TestModelOptions o;
@@ -249,6 +253,10 @@ int cmd_make_test_model(const std::vector<std::string>& args) {
       o.single = std::stoi(v.substr(v.find(',') + 1));
     } else if (args[i] == "--text-layers" && !v.empty()) {
       o.text_layers = std::stoi(v);
+    } else if (args[i] == "--quant" && !v.empty()) {
+      o.quant = v;
+    } else if (args[i] == "--text-quant" && !v.empty()) {
+      o.text_quant = v;
     } else {
       throw UserError("[make-test-model] bad option '" + args[i] + "'");
     }
@@ -270,6 +278,8 @@ int cmd_generate(const std::vector<std::string>& args) {
   int samples = 1;
   int quality = 92;   // JPEG / WebP
   bool have_prompt = false;
+  EngineOptions engine_options;
+  if (const char* m = std::getenv("FLUXPIPE_MEMORY_BUDGET")) engine_options.memory_budget = parse_bytes("generate", "FLUXPIPE_MEMORY_BUDGET", m);
   for (size_t i = 1; i < args.size(); ++i) {
     const std::string& a = args[i];
     auto value = [&]() -> std::string {
@@ -287,6 +297,8 @@ int cmd_generate(const std::vector<std::string>& args) {
     else if (a == "--negative-prompt") job.negative_prompt = value();
     else if (a == "--true-cfg") job.true_cfg_scale = std::stof(value());
     else if (a == "--quality") quality = static_cast<int>(integer("--quality", 1, 100));
+    else if (a == "--memory-budget") engine_options.memory_budget = parse_bytes("generate", a, value());
+    else if (a == "--vae-tiling") engine_options.vae_tiling = parse_tiling("generate", value());
     else if (!a.empty() && a[0] == '-') throw UserError("[generate] unknown option '" + a + "'");
     else if (!have_prompt) {
       job.prompt = a;
@@ -304,7 +316,7 @@ int cmd_generate(const std::vector<std::string>& args) {
   for (int i = 0; i < samples; ++i) job.seeds.push_back(seed + i);
 
   auto t0 = std::chrono::steady_clock::now();
-  std::unique_ptr<Engine> engine = load_engine(model);
+  std::unique_ptr<Engine> engine = load_engine(model, engine_options);
   double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   bool tty = isatty(2);
   auto t1 = std::chrono::steady_clock::now();
@@ -344,8 +356,9 @@ int cmd_generate(const std::vector<std::string>& args) {
   }
   std::string stages;
   for (const auto& [name, s] : engine->last_stage_seconds()) stages += ", " + name + " " + std::to_string(s).substr(0, std::to_string(s).find('.') + 3) + " s";
-  std::fprintf(stderr, "load %.2f s, generate %.2f s (%d steps, %zu images %dx%d%s), peak memory %.0f MiB\n", load_s, gen_s,
-               job.steps, images.size(), job.width, job.height, stages.c_str(), static_cast<double>(peak_rss_bytes()) / (1 << 20));
+  std::fprintf(stderr, "load %.2f s, generate %.2f s (%d steps, %zu images %dx%d%s), peak memory %.0f MiB\nmemory plan: %s\n",
+               load_s, gen_s, job.steps, images.size(), job.width, job.height, stages.c_str(),
+               static_cast<double>(peak_rss_bytes()) / (1 << 20), engine->last_memory_plan().c_str());
   return 0;
 }
 
@@ -399,7 +412,7 @@ int cmd_serve(const std::vector<std::string>& args) {
   }
   server::ServeOptions options = server::parse_serve_options(rest);
   std::unique_ptr<Engine> engine;
-  if (!options.model_path.empty()) engine = load_engine(options.model_path);
+  if (!options.model_path.empty()) engine = load_engine(options.model_path, options.engine);
   return server::run_server_until_signal(std::move(options), std::move(engine));
 }
 

@@ -5,11 +5,10 @@
 // asked the kernel for fresh pages, which it zero-fills: at 512² a third of the autoencoder's
 // time was spent in the kernel clearing pages.
 // Policy: a freed block is kept; a request takes the smallest kept block that is at least
-// the size asked and at most a quarter larger. A request that finds none first frees the
-// least recently used kept blocks until no more is kept than is live, then allocates. So
-// resident activation memory stays within twice what the live tensors need, and in steady
-// state (the same sizes pass after pass) nothing is allocated at all. trim() at the end of a
-// job gives everything back.
+// the size asked and at most a quarter larger. A request that finds none first returns every
+// kept block to the system and then allocates. So the process never holds kept blocks while
+// it grows: its peak resident memory is what its live tensors need, as without the cache, and
+// in steady state (the same sizes block after block, step after step) nothing is allocated.
 // Small requests (< kMinBytes) go straight to the allocator; large ones are mappings of whole
 // 2 MiB pages, marked for transparent huge pages.
 // Thread-safety: every function may be called from any thread.

@@ -3,6 +3,8 @@
 // states its layout.
 #include "core/dtype.h"
 
+#include <cctype>
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -546,6 +548,15 @@ void from_f32(DType t, const float* src, void* dst, int64_t n) {
     case DType::Q6_K: blocks(quant_q6_k, 210, QK_K); return;
     default: throw UserError(std::string("[from_f32] cannot encode to ") + name(t));
   }
+}
+
+std::optional<DType> quant_type_from_name(std::string_view type) {
+  for (DType d : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q6_K}) {
+    std::string n = name(d), lower;
+    for (char ch : n) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (type == n || type == lower) return d;
+  }
+  return std::nullopt;
 }
 
 }  // namespace fluxpipe

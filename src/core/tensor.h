@@ -30,6 +30,7 @@ struct Storage {
   void* data = nullptr;
   size_t bytes = 0;
   bool read_only = false;
+  bool file_mapped = false;                // a read-only mapping of a file: pages can be dropped and re-read
   std::function<void(Storage&)> release;   // frees or unmaps; may be empty
   ~Storage() {
     if (release) release(*this);

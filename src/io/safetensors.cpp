@@ -54,6 +54,7 @@ std::shared_ptr<Storage> map_file(const std::string& path) {
   auto s = std::make_shared<Storage>();
   s->bytes = static_cast<size_t>(st.st_size);
   s->read_only = true;
+  s->file_mapped = true;
   if (s->bytes > 0) {
     void* p = mmap(nullptr, s->bytes, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {
@@ -66,6 +67,27 @@ std::shared_ptr<Storage> map_file(const std::string& path) {
   }
   close(fd);
   return s;
+}
+
+size_t total_bytes(const WeightSet& w) {
+  size_t n = 0;
+  for (const auto& [name, t] : w.tensors) n += t.nbytes();
+  return n;
+}
+
+size_t release_resident_pages(const WeightSet& w) {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  size_t advised = 0;
+  for (const auto& [name, t] : w.tensors) {
+    if (!t.defined() || !t.storage()->file_mapped || t.nbytes() == 0) continue;
+    // Whole pages inside the tensor only: a page shared with a neighbour may belong to another part.
+    uintptr_t b = reinterpret_cast<uintptr_t>(t.data<uint8_t>()), e = b + t.nbytes();
+    b = (b + page - 1) / page * page;
+    e = e / page * page;
+    if (e <= b) continue;
+    if (madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED) == 0) advised += e - b;
+  }
+  return advised;
 }
 
 namespace {

@@ -39,6 +39,15 @@ struct WeightSet {
 // A read-only whole-file mapping as Storage. Throws UserError naming the path.
 std::shared_ptr<Storage> map_file(const std::string& path);
 
+// Drops the resident pages of the file-mapped tensors of `w` (madvise MADV_DONTNEED over each
+// tensor's whole pages): the process's resident memory shrinks by what they held, the tensors
+// stay valid, and the next read pages them back in from the file (from the page cache when the
+// system kept it). Tensors in process memory (e.g. diffusers' stacked q/k/v) are left alone.
+// Returns the bytes advised.
+size_t release_resident_pages(const WeightSet& w);
+// Bytes of all tensors in `w`.
+size_t total_bytes(const WeightSet& w);
+
 // Parses a safetensors image held in `file` (a mapping or any memory); `label` names it in errors.
 WeightSet parse_safetensors(const std::shared_ptr<Storage>& file, const std::string& label);
 WeightSet load_safetensors(const std::string& path);

@@ -58,13 +58,7 @@ Tensor as_f32(Ctx& c, const Tensor& t) { return t.dtype() == DType::F32 && t.is_
 }  // namespace
 
 int quantize_file(const std::string& input, const std::string& output, const std::string& type) {
-  std::optional<DType> target;
-  for (DType d : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q6_K}) {
-    std::string n = name(d);
-    std::string lower;
-    for (char ch : n) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    if (type == n || type == lower) target = d;
-  }
+  std::optional<DType> target = quant_type_from_name(type);
   if (!target) throw UserError("[quantize] unknown type '" + type + "' (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k)");
   io::WeightSet w = io::load_weights(input);
   bool transformer = io::detect_transformer_layout(w) != io::Layout::bfl || w.has("img_in.weight");

@@ -3,10 +3,12 @@
 // (true CFG with a negative prompt) -> autoencoder decode -> 8-bit RGB.
 #include <chrono>
 
+#include "core/block_cache.h"
 #include "core/error.h"
 #include "models/flux/flux.h"
 #include "models/text/encoders.h"
 #include "models/vae/vae.h"
+#include "pipeline/memory_plan.h"
 #include "pipeline/model_files.h"
 #include "pipeline/noise.h"
 #include "pipeline/pipeline.h"
@@ -20,8 +22,9 @@ const nlohmann::json* opt(const std::optional<nlohmann::json>& j) { return j ? &
 
 class FluxEngine final : public Engine {
  public:
-  explicit FluxEngine(ModelFiles files)
-      : files_(std::move(files)),
+  FluxEngine(ModelFiles files, const EngineOptions& options)
+      : options_(options),
+        files_(std::move(files)),
         flux_(flux::Config::from_weights(files_.transformer, opt(files_.transformer_params)), files_.transformer),
         ae_(vae::Config::from_weights(files_.ae, opt(files_.ae_params)), files_.ae),
         clip_(text::ClipConfig::from_weights(files_.clip, opt(files_.clip_config)), files_.clip),
@@ -36,6 +39,15 @@ class FluxEngine final : public Engine {
       throw UserError("[model] the T5 encoder is " + std::to_string(t5_.config().d_model) +
                       " wide but the transformer expects text tokens of " + std::to_string(flux_.config().context_in_dim));
     }
+    size_t budget = options_.memory_budget ? options_.memory_budget : machine_memory_bytes();
+    planner_ = std::make_unique<MemoryPlanner>(budget);
+    auto part = [&](const char* name, const io::WeightSet& w) {
+      return planner_->add_part(name, io::total_bytes(w), [&w] { io::release_resident_pages(w); });
+    };
+    part_transformer_ = part("transformer", files_.transformer);
+    part_ae_ = part("autoencoder", files_.ae);
+    part_clip_ = part("CLIP encoder", files_.clip);
+    part_t5_ = part("T5 encoder", files_.t5);
   }
 
   std::string model_name() const override {
@@ -67,20 +79,32 @@ class FluxEngine final : public Engine {
       stages_.push_back({name, std::chrono::duration<double>(now - mark).count()});
       mark = now;
     };
+    plan_.clear();
+    auto note_released = [&](const std::vector<std::string>& names, const char* before) {
+      for (const std::string& n : names) plan_.push_back("released the " + n + " before " + before);
+    };
+    const bool cfg_run = !job.negative_prompt.empty() && job.true_cfg_scale > 1.0f;
+    note_released(planner_->enter({part_clip_, part_t5_}, size_t{512} << 20), "text encoding");
     Tensor txt, vec, neg_txt, neg_vec;
     encode(job.prompt, &txt, &vec);
-    const bool cfg = !job.negative_prompt.empty() && job.true_cfg_scale > 1.0f;
-    if (cfg) encode(job.negative_prompt, &neg_txt, &neg_vec);
+    if (cfg_run) encode(job.negative_prompt, &neg_txt, &neg_vec);
     stage("text encoders");
 
     sampling::RenderRequest rr{txt, vec, neg_txt, neg_vec, job.true_cfg_scale, job.seeds, job.width, job.height, job.steps, 3.5f};
+    const int64_t f = ae_.spatial_factor();
+    const int64_t lat_h = 2 * ((job.height + 2 * f - 1) / (2 * f)), lat_w = 2 * ((job.width + 2 * f - 1) / (2 * f));
+    note_released(planner_->enter({part_transformer_}, denoise_activation_bytes(cfg_run ? 2 * B : B, (lat_h / 2) * (lat_w / 2),
+                                                                                 txt.size(1), flux_.config().hidden)),
+                  "denoising");
     // The two phases of render() are timed together here; the split comes from the step hook.
     double denoise_end = 0;
     auto hook = [&](int done, int total) {
       if (done == total) denoise_end = std::chrono::duration<double>(std::chrono::steady_clock::now() - mark).count();
       return on_step(done, total);
     };
-    Tensor u8 = sampling::render(c, flux_, ae_, rr, hook);   // [B, H, W, 3]
+    Tensor z = sampling::render_latents(c, flux_, ae_, rr, hook);   // [B, z, h, w]
+    Tensor u8 = sampling::to_u8(decode(c, z));                      // [B, H, W, 3]
+    block_cache::trim();   // the job's activation blocks go back to the system
     double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - mark).count();
     stages_.push_back({"denoising", denoise_end});
     stages_.push_back({"decoding", total_s - denoise_end});
@@ -96,9 +120,41 @@ class FluxEngine final : public Engine {
   }
 
   bool last_prompt_truncated() const override { return truncated_; }
+  std::string last_memory_plan() const override {
+    std::string s;
+    for (const std::string& p : plan_) s += (s.empty() ? "" : "; ") + p;
+    return s.empty() ? "kept every part resident" : s;
+  }
   std::vector<std::pair<std::string, double>> last_stage_seconds() const override { return stages_; }
 
  private:
+  // Decodes whole when that fits the budget (releasing other parts first if that is what it
+  // takes), in tiles otherwise, or as the options force.
+  Tensor decode(Ctx& c, const Tensor& z) {
+    const int64_t B = z.size(0), f = ae_.spatial_factor(), pixels = z.size(2) * z.size(3) * f * f;
+    const size_t whole = decode_activation_bytes(1, pixels) * static_cast<size_t>(B);
+    bool tiled = options_.vae_tiling == Tiling::on;
+    if (options_.vae_tiling == Tiling::automatic) {
+      tiled = whole > planner_->room_with_only({part_ae_});
+    }
+    if (!tiled) {
+      for (const std::string& n : planner_->enter({part_ae_}, whole)) plan_.push_back("released the " + n + " before decoding");
+      return ae_.decode(c, z);
+    }
+    // Tiles sized to what is left once everything but the autoencoder is released (if needed).
+    size_t room = planner_->room_with_only({part_ae_});
+    int64_t tile = decode_tile_for(room, f);
+    if (options_.vae_tiling == Tiling::on) tile = std::min<int64_t>(tile, 64);   // forced: 512-pixel tiles at most
+    const int64_t overlap = std::max<int64_t>(4, tile / 4);
+    for (const std::string& n : planner_->enter({part_ae_}, decode_activation_bytes(1, tile * tile * f * f))) {
+      plan_.push_back("released the " + n + " before decoding");
+    }
+    size_t tiles = vae::tile_spans(z.size(2), tile, overlap).size() * vae::tile_spans(z.size(3), tile, overlap).size();
+    if (tiles > 1) plan_.push_back("decoded in " + std::to_string(tiles * static_cast<size_t>(B)) + " tiles of " + std::to_string(tile * f) +
+                    " pixels (overlap " + std::to_string(overlap * f) + ")");
+    return ae_.decode_tiled(c, z, tile, overlap);
+  }
+
   // The latent grid is a multiple of 16 pixels; sizes are validated to multiples of 16 already,
   // so this only trims when a smaller autoencoder factor rounds up.
   static Image crop(const Image& img, int width, int height) {
@@ -111,6 +167,7 @@ class FluxEngine final : public Engine {
     return out;
   }
 
+  EngineOptions options_;
   ModelFiles files_;
   flux::Model flux_;
   vae::Model ae_;
@@ -120,12 +177,22 @@ class FluxEngine final : public Engine {
   tokenizer::T5Tokenizer t5_tok_;
   bool truncated_ = false;
   std::vector<std::pair<std::string, double>> stages_;
+  std::unique_ptr<MemoryPlanner> planner_;
+  int part_transformer_ = 0, part_ae_ = 0, part_clip_ = 0, part_t5_ = 0;
+  std::vector<std::string> plan_;
 };
 
 }  // namespace
 
-std::unique_ptr<Engine> load_engine(const std::string& model_path) {
-  return std::make_unique<FluxEngine>(find_model_files(model_path));
+Tiling parse_tiling(const std::string& op, const std::string& text) {
+  if (text == "auto") return Tiling::automatic;
+  if (text == "on") return Tiling::on;
+  if (text == "off") return Tiling::off;
+  throw UserError("[" + op + "] --vae-tiling: '" + text + "' is not auto, on or off");
+}
+
+std::unique_ptr<Engine> load_engine(const std::string& model_path, const EngineOptions& options) {
+  return std::make_unique<FluxEngine>(find_model_files(model_path), options);
 }
 
 }  // namespace fluxpipe

@@ -60,11 +60,27 @@ class Engine {
   virtual bool last_prompt_truncated() const { return false; }
   // Seconds per stage of the last generate() ("text encoders", "denoising", "decoding").
   virtual std::vector<std::pair<std::string, double>> last_stage_seconds() const { return {}; }
+  // What the memory plan did in the last generate(), in words ("kept every part resident",
+  // "released the T5 encoder before denoising; decoded in 4 tiles of 64"); empty if nothing to say.
+  virtual std::string last_memory_plan() const { return {}; }
+};
+
+enum class Tiling { automatic, on, off };
+
+struct EngineOptions {
+  // Resident memory the engine plans a job within, in bytes; 0: this machine's memory (the
+  // smaller of MemTotal and the cgroup limit). Parts not needed by the running phase are
+  // released when keeping them would not fit (see pipeline/memory_plan.h).
+  size_t memory_budget = 0;
+  // Tiled decoding: automatic when a whole decode would not fit the budget, always, or never.
+  Tiling vae_tiling = Tiling::automatic;
 };
 
 // Loads the FLUX.1 model found at `model_path`: a diffusers folder, a folder of single files in
 // any layout (BFL, ComfyUI, GGUF), or one file. Throws UserError naming what is missing or wrong.
-std::unique_ptr<Engine> load_engine(const std::string& model_path);
+std::unique_ptr<Engine> load_engine(const std::string& model_path, const EngineOptions& options = {});
+// "auto" | "on" | "off"; UserError "[op] --vae-tiling: ..." otherwise.
+Tiling parse_tiling(const std::string& op, const std::string& text);
 
 // Encodes `image` as PNG with tEXt chunks (key, value) in the given order — the
 // "parameters" chunk image tools read goes here. Throws InternalError on failure.

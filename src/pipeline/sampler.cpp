@@ -94,6 +94,10 @@ Tensor denoise(Ctx& c, const flux::Model& model, const DenoiseInputs& in, const 
 }
 
 Tensor render(Ctx& c, const flux::Model& model, const vae::Model& ae, const RenderRequest& r, const StepHook& hook) {
+  return to_u8(ae.decode(c, render_latents(c, model, ae, r, hook)));
+}
+
+Tensor render_latents(Ctx& c, const flux::Model& model, const vae::Model& ae, const RenderRequest& r, const StepHook& hook) {
   const int64_t B = static_cast<int64_t>(r.seeds.size());
   if (B == 0 || r.txt.size(0) != B || r.vec.size(0) != B) {
     throw UserError("[render] " + std::to_string(B) + " seeds for conditioning " + r.txt.describe() + " / " + r.vec.describe());
@@ -112,7 +116,7 @@ Tensor render(Ctx& c, const flux::Model& model, const vae::Model& ae, const Rend
     in.neg_vec = r.neg_vec;
     in.true_cfg = r.true_cfg;
   }
-  return to_u8(ae.decode(c, unpack(c, denoise(c, model, in, hook), h, w)));
+  return unpack(c, denoise(c, model, in, hook), h, w);
 }
 
 Tensor to_u8(const Tensor& image) {

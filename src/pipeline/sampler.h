@@ -63,6 +63,8 @@ struct RenderRequest {
   float guidance = 3.5f;           // dev models only
 };
 Tensor render(Ctx& c, const flux::Model& model, const vae::Model& ae, const RenderRequest& r, const StepHook& hook = {});
+// render() up to the denoised latent [B, z_channels, h, w], for callers that decode it themselves.
+Tensor render_latents(Ctx& c, const flux::Model& model, const vae::Model& ae, const RenderRequest& r, const StepHook& hook = {});
 
 // image [B, 3, H, W] in [-1, 1] -> U8 [B, H, W, 3]: clamp, 127.5 * (x + 1), truncated.
 Tensor to_u8(const Tensor& image);

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <fstream>
 #include <map>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -20,6 +21,7 @@ struct Writer {
   uint64_t state;
   io::NamedTensors tensors;
   DType matrix_dtype = DType::F32;   // BF16 at the real width
+  std::optional<DType> quant;        // set: matrices whose rows fit its blocks are made in it directly
 
   float uniform() {   // xorshift64*, [-1, 1)
     state ^= state >> 12;
@@ -31,6 +33,7 @@ struct Writer {
     std::vector<float> v(static_cast<size_t>(numel(shape)));
     for (float& x : v) x = offset + scale * uniform();
     DType dt = shape.size() >= 2 ? matrix_dtype : DType::F32;
+    if (quant && shape.size() == 2 && shape[1] % info(*quant).block_elems == 0) dt = *quant;
     Tensor t = Tensor::zeros(shape, dt);
     from_f32(dt, v.data(), t.data<uint8_t>(), t.numel());
     tensors.push_back({name, t});
@@ -59,22 +62,11 @@ struct Writer {
       for (auto& [n, t] : tensors) all_in_one.push_back({comfy_prefix + n, t});
     } else if (layout == "diffusers") {
       parts[comfy_prefix] = tensors;
-    } else if (layout == "gguf" && std::string(comfy_prefix) == "model.diffusion_model.") {
-      io::NamedTensors q;
-      for (auto& [n, t] : tensors) {
-        if (t.dim() == 2 && t.size(1) % 32 == 0) {
-          std::vector<float> f = t.to_floats();
-          Tensor qt = Tensor::zeros(t.shape(), DType::Q8_0);
-          from_f32(DType::Q8_0, f.data(), qt.data<uint8_t>(), t.numel());
-          q.push_back({n, qt});
-        } else {
-          std::vector<float> f = t.to_floats();
-          Tensor ft = Tensor::zeros(t.shape(), DType::F32);
-          from_f32(DType::F32, f.data(), ft.data<uint8_t>(), t.numel());
-          q.push_back({n, ft});
-        }
-      }
-      io::write_gguf(path.substr(0, path.rfind('.')) + "-Q8_0.gguf", q, {{"general.architecture", "flux"}, {"fluxpipe.test_model", true}});
+    } else if (layout == "gguf" && quant) {   // the transformer, and T5 when asked: made quantized by put()
+      std::string stem = path.substr(0, path.rfind('.'));
+      std::string q = name(*quant);
+      io::write_gguf(stem + "-" + q + ".gguf", tensors, {{"general.architecture", std::string(comfy_prefix) == "model.diffusion_model." ? "flux" : "t5encoder"},
+                                                        {"fluxpipe.test_model", true}});
     } else {
       io::write_safetensors(path, tensors, meta);
     }
@@ -141,7 +133,13 @@ void write_test_model(const std::string& dir, const TestModelOptions& opt) {
   mkdir(dir.c_str(), 0755);
   const Shapes sh = shapes_for(opt);
   const int64_t H = sh.H, HD = sh.HD, MLP = sh.MLP, CTX = sh.T5_D, VEC = sh.CLIP_H, CLIP_H = sh.CLIP_H, T5_D = sh.T5_D;
-  Writer w{opt.seed * 0x9E3779B97F4A7C15ULL + 1, {}, opt.real_width ? DType::BF16 : DType::F32, opt.layout, {}, {}};
+  Writer w{opt.seed * 0x9E3779B97F4A7C15ULL + 1, {}, opt.real_width ? DType::BF16 : DType::F32, std::nullopt, opt.layout, {}, {}};
+  auto quant_type = [](const std::string& t) {
+    std::optional<DType> d = quant_type_from_name(t);
+    if (!d) throw UserError("[make-test-model] unknown block type '" + t + "' (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k)");
+    return d;
+  };
+  if (opt.layout == "gguf") w.quant = quant_type(opt.quant);   // the transformer
   if (opt.layout != "bfl" && opt.layout != "comfyui" && opt.layout != "gguf" && opt.layout != "diffusers") {
     throw UserError("[make-test-model] unknown layout '" + opt.layout + "' (bfl, diffusers, comfyui, gguf)");
   }
@@ -175,6 +173,7 @@ void write_test_model(const std::string& dir, const TestModelOptions& opt) {
   w.linear("final_layer.linear", 64, H);
   w.linear("final_layer.adaLN_modulation.1", 2 * H, H);
   w.save(dir + "/flux1-test.safetensors", "model.diffusion_model.");
+  w.quant = std::nullopt;
 
   // Autoencoder, BFL names: four levels, three 2x steps (8 pixels per latent pixel).
   const int64_t* ch = sh.ae_ch;
@@ -232,6 +231,7 @@ void write_test_model(const std::string& dir, const TestModelOptions& opt) {
   w.save(dir + "/clip_l.safetensors", "text_encoders.clip_l.transformer.");
 
   // T5 encoder, HF names, the real vocabulary.
+  if (opt.layout == "gguf" && !opt.text_quant.empty()) w.quant = quant_type(opt.text_quant);
   w.put("shared.weight", {T5_V, T5_D}, 1.0f);
   const int64_t inner = sh.t5_heads * sh.t5_dkv;
   for (int i = 0; i < sh.t5_layers; ++i) {
@@ -252,6 +252,7 @@ void write_test_model(const std::string& dir, const TestModelOptions& opt) {
   }
   w.norm("encoder.final_layer_norm", T5_D, false);
   w.save(dir + "/t5xxl.safetensors", "text_encoders.t5xxl.transformer.");
+  w.quant = std::nullopt;
   // The same sizes as diffusers' config.json files say them (diffusers layout).
   nlohmann::json diffusers_configs = {
       {"transformer", {{"_class_name", "FluxTransformer2DModel"}, {"axes_dims_rope", sh.axes}, {"num_attention_heads", H / HD},

@@ -16,9 +16,12 @@ struct TestModelOptions {
   int single = 1;            // single-stream blocks
   int text_layers = 1;       // layers of each text encoder
   uint64_t seed = 1;
+  std::string quant = "q8_0";   // gguf layout: the transformer's matrices in this block type
+  std::string text_quant;       // gguf layout: the T5 encoder as GGUF in this type too (empty: safetensors)
   std::string layout = "bfl";   // bfl: four files; diffusers: the published folder layout with configs;
                                 // comfyui: one all-in-one file with ComfyUI's prefixes;
-                                // gguf: the transformer as GGUF Q8_0, the rest as bfl
+                                // gguf: the transformer as GGUF (`quant`), the rest as bfl
+                                // (T5 as GGUF too with `text_quant`)
 };
 
 // Writes the four parts into `dir` (created if needed) in the chosen layout, plus fluxpipe.json

@@ -55,6 +55,10 @@ const std::vector<Option>& options() {
        [](ServeOptions& o, const std::string& v) { o.data_dir = v; }},
       {"--model", "FLUXPIPE_MODEL", "PATH", "model folder or file; without it generation answers 503",
        [](ServeOptions& o, const std::string& v) { o.model_path = v; }},
+      {"--memory-budget", "FLUXPIPE_MEMORY_BUDGET", "SIZE", "resident memory a job is planned within, e.g. 8G (default: the machine's)",
+       [](ServeOptions& o, const std::string& v) { o.engine.memory_budget = parse_bytes("serve", "--memory-budget", v); }},
+      {"--vae-tiling", "FLUXPIPE_VAE_TILING", "auto|on|off", "tiled decoding: when a whole decode would not fit (default auto)",
+       [](ServeOptions& o, const std::string& v) { o.engine.vae_tiling = parse_tiling("serve", v); }},
       {"--public-url", "FLUXPIPE_PUBLIC_URL", "URL", "base of image download URLs (default http://HOST:PORT)",
        [](ServeOptions& o, const std::string& v) {
          o.public_url = v;

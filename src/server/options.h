@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "pipeline/pipeline.h"
 #include "server/request.h"
 #include "server/webhook.h"
 
@@ -16,6 +17,7 @@ struct ServeOptions {
   int listen_port = 8080;
   std::string data_dir;                  // required
   std::string model_path;                // empty: no model, generation answers 503
+  EngineOptions engine;                  // memory budget, tiled decoding
   std::string public_url;                // base of download URLs; default http://<listen>
   std::string server_id = "local";       // the pool this server's runner serves
   std::vector<std::string> known_server_ids;   // other pools a request may name (for routing)

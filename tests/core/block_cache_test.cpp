@@ -30,7 +30,7 @@ TEST(BlockCache, ReusesAFreedBlockOfAboutTheSameSize) {
   EXPECT_EQ(block_cache::kept_bytes(), 0u);
 }
 
-TEST(BlockCache, AMissKeepsNoMoreThanIsLive) {
+TEST(BlockCache, AMissFreesEverythingKept) {
   block_cache::trim();
   size_t c1 = 0, c2 = 0, c3 = 0;
   void* a = block_cache::take(4 * MiB, &c1);

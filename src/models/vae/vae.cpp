@@ -1,5 +1,6 @@
 #include "models/vae/vae.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -143,6 +144,97 @@ Tensor Model::decode(Ctx& c, const Tensor& z, const flux::Trace& trace) const {
   h = norm(c, h, dec_.norm_out);
   emit("norm_out", h);
   return conv(c, ops::silu(c, h), dec_.conv_out);
+}
+
+std::vector<Span> tile_spans(int64_t size, int64_t tile, int64_t overlap) {
+  if (tile < 1 || overlap < 0 || overlap >= tile) fail("tile_spans: tile " + std::to_string(tile) + ", overlap " + std::to_string(overlap));
+  std::vector<Span> spans;
+  if (size <= tile) return {{0, size}};
+  const int64_t stride = tile - overlap;
+  for (int64_t b = 0;; b += stride) {
+    if (b + tile >= size) {
+      spans.push_back({size - tile, size});
+      break;
+    }
+    spans.push_back({b, b + tile});
+  }
+  return spans;
+}
+
+namespace {
+
+// Blend weights along one image axis for the tile covering image pixels [b, e) of [0, n):
+// a linear ramp over the part shared with the previous / next tile, 1 elsewhere. Positive
+// everywhere, so every pixel has weight from at least one tile.
+std::vector<float> ramp(int64_t b, int64_t e, int64_t prev_end, int64_t next_begin) {
+  std::vector<float> w(static_cast<size_t>(e - b), 1.0f);
+  for (int64_t i = b; i < e; ++i) {
+    float v = 1.0f;
+    if (i < prev_end) v = std::min(v, (static_cast<float>(i - b) + 0.5f) / static_cast<float>(prev_end - b));
+    if (i >= next_begin) v = std::min(v, (static_cast<float>(e - i) - 0.5f) / static_cast<float>(e - next_begin));
+    w[static_cast<size_t>(i - b)] = v;
+  }
+  return w;
+}
+
+}  // namespace
+
+Tensor Model::decode_tiled(Ctx& c, const Tensor& z, int64_t tile, int64_t overlap) const {
+  if (z.dim() != 4 || z.size(1) != cfg_.z_channels) {
+    fail("decode_tiled: z " + z.describe() + " must be [B, " + std::to_string(cfg_.z_channels) + ", h, w]");
+  }
+  if (tile < 8 || overlap < 0 || overlap > tile / 2) {
+    fail("decode_tiled: tile " + std::to_string(tile) + " with overlap " + std::to_string(overlap) +
+         " (need tile >= 8 and overlap <= tile / 2)");
+  }
+  if (z.size(2) <= tile && z.size(3) <= tile) return decode(c, z);
+  return decode_in_tiles(c, z, spatial_factor(), tile, overlap, [&](const Tensor& part) { return decode(c, part); });
+}
+
+Tensor decode_in_tiles(Ctx& c, const Tensor& z, int64_t f, int64_t tile, int64_t overlap,
+                       const std::function<Tensor(const Tensor&)>& decode_tile) {
+  const int64_t B = z.size(0), h = z.size(2), w = z.size(3);
+  const std::vector<Span> ys = tile_spans(h, tile, overlap), xs = tile_spans(w, tile, overlap);
+  const int64_t H = h * f, W = w * f;
+  Tensor zc = z.is_contiguous() ? z : ops::contiguous(c, z);
+  std::vector<float> acc(static_cast<size_t>(B * 3 * H * W), 0.0f), wsum(static_cast<size_t>(H * W), 0.0f);
+  for (int64_t b = 0; b < B; ++b) {
+    for (size_t ty = 0; ty < ys.size(); ++ty) {
+      for (size_t tx = 0; tx < xs.size(); ++tx) {
+        const Span sy = ys[ty], sx = xs[tx];
+        Tensor part = ops::contiguous(c, zc.slice(0, b, 1).slice(2, sy.begin, sy.end - sy.begin).slice(3, sx.begin, sx.end - sx.begin));
+        Tensor img = decode_tile(part);   // [1, 3, th*f, tw*f]
+        const int64_t y0 = sy.begin * f, y1 = sy.end * f, x0 = sx.begin * f, x1 = sx.end * f, th = y1 - y0, tw = x1 - x0;
+        if (img.dim() != 4 || img.size(0) != 1 || img.size(1) != 3 || img.size(2) != th || img.size(3) != tw || img.dtype() != DType::F32) {
+          fail("decode_in_tiles: a tile decoded to " + img.describe() + ", expected F32[1, 3, " + std::to_string(th) + ", " +
+               std::to_string(tw) + "]");
+        }
+        img = img.is_contiguous() ? img : ops::contiguous(c, img);
+        std::vector<float> wy = ramp(y0, y1, ty > 0 ? ys[ty - 1].end * f : y0, ty + 1 < ys.size() ? ys[ty + 1].begin * f : y1);
+        std::vector<float> wx = ramp(x0, x1, tx > 0 ? xs[tx - 1].end * f : x0, tx + 1 < xs.size() ? xs[tx + 1].begin * f : x1);
+        const float* src = img.data<float>();
+        for (int64_t ch = 0; ch < 3; ++ch) {
+          for (int64_t y = 0; y < th; ++y) {
+            float* dst = acc.data() + ((b * 3 + ch) * H + y0 + y) * W + x0;
+            const float* row = src + (ch * th + y) * tw;
+            for (int64_t x = 0; x < tw; ++x) dst[x] += wy[static_cast<size_t>(y)] * wx[static_cast<size_t>(x)] * row[x];
+          }
+        }
+        if (b == 0) {
+          for (int64_t y = 0; y < th; ++y) {
+            float* ws = wsum.data() + (y0 + y) * W + x0;
+            for (int64_t x = 0; x < tw; ++x) ws[x] += wy[static_cast<size_t>(y)] * wx[static_cast<size_t>(x)];
+          }
+        }
+      }
+    }
+  }
+  Tensor out = Tensor::empty({B, 3, H, W}, DType::F32);
+  float* o = out.data<float>();
+  for (int64_t i = 0; i < B * 3; ++i) {
+    for (int64_t p = 0; p < H * W; ++p) o[i * H * W + p] = acc[static_cast<size_t>(i * H * W + p)] / wsum[static_cast<size_t>(p)];
+  }
+  return out;
 }
 
 Tensor Model::encode(Ctx& c, const Tensor& x, const flux::Trace& trace) const {

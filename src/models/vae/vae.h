@@ -8,6 +8,7 @@
 // Letters: B batch, C channels, h/w latent size, Hi/Wi image size.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -27,6 +28,20 @@ struct Config {
   static Config from_weights(const io::WeightSet& w, const nlohmann::json* params);
 };
 
+// Where the tiles of a latent side of `size` start and end: spans of at most `tile` that cover
+// [0, size), consecutive ones overlapping by at least `overlap` (the last one is moved back to end
+// at `size`). REQUIRES tile >= 1, 0 <= overlap < tile.
+struct Span {
+  int64_t begin, end;
+};
+std::vector<Span> tile_spans(int64_t size, int64_t tile, int64_t overlap);
+
+// Tiled decoding with any per-tile decoder: `decode_tile` maps a latent tile [1, C, th, tw] to
+// an image [1, 3, th * factor, tw * factor]; the tiles' images are blended with linear ramps
+// over their overlaps. -> [B, 3, h * factor, w * factor].
+Tensor decode_in_tiles(Ctx& c, const Tensor& z, int64_t factor, int64_t tile, int64_t overlap,
+                       const std::function<Tensor(const Tensor&)>& decode_tile);
+
 class Model {
  public:
   // Loads the decoder, and the encoder when the weights have one. Throws UserError naming a
@@ -40,6 +55,13 @@ class Model {
 
   // z [B, z_channels, h, w] in the transformer's (scaled) space -> image [B, 3, Hi, Wi] in [-1, 1].
   Tensor decode(Ctx& c, const Tensor& z, const flux::Trace& trace = {}) const;
+  // The same, tile by tile, for large images in bounded memory: the latent is cut into tiles of
+  // at most `tile` x `tile` latent pixels overlapping by `overlap`, each tile decoded on its own
+  // and the overlaps blended with linear ramps. Not identical to decode(): the group norms and
+  // the mid-block attention see one tile at a time (as in diffusers' and ComfyUI's tiled
+  // decoding). A tile that covers the latent gives exactly decode(). REQUIRES tile >= 8, 0 <= overlap <= tile / 2.
+  Tensor decode_tiled(Ctx& c, const Tensor& z, int64_t tile, int64_t overlap) const;
+
   // image [B, 3, Hi, Wi] -> scale * (posterior mean - shift) [B, z_channels, h, w].
   Tensor encode(Ctx& c, const Tensor& x, const flux::Trace& trace = {}) const;
 

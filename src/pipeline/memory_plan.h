@@ -1,0 +1,66 @@
+// fluxpipe pipeline: the memory plan — which model parts stay resident between the phases of
+// a job (text encoding, denoising, decoding) and whether decoding is tiled, so that a job stays
+// within a budget of resident memory.
+//
+// The weights are memory-mapped files: a part becomes resident as a phase reads it, and
+// "releasing" it drops its pages from the process (io::release_resident_pages); it stays
+// mapped and is read back in (from the page cache when the system kept it) when a later phase
+// needs it. Before each phase the planner releases parts the phase does not need, the largest
+// first, only while the resident parts plus what the phase needs would exceed the budget — so
+// with memory to spare nothing is ever released, and a server keeps everything warm.
+// Activation sizes are estimates (constants measured on the real widths; see memory_plan.cpp).
+// Thread-safety: one job at a time (the engine's contract).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace fluxpipe {
+
+// This machine's memory for one process: the smaller of MemTotal and the cgroup limit.
+size_t machine_memory_bytes();
+
+class MemoryPlanner {
+ public:
+  explicit MemoryPlanner(size_t budget_bytes) : budget_(budget_bytes) {}
+
+  // A part of `bytes` that `release` drops from resident memory. Returns its handle.
+  int add_part(std::string name, size_t bytes, std::function<void()> release);
+
+  // Before a phase that reads `needs` and allocates about `activation_bytes`: releases resident
+  // parts outside `needs`, largest first, while the total would exceed the budget; then marks
+  // `needs` resident. Returns the names released (for the job's report).
+  std::vector<std::string> enter(const std::vector<int>& needs, size_t activation_bytes);
+
+  // Budget left for activations if `needs` were resident and every other part released
+  // (0 when the parts alone exceed it).
+  size_t room_with_only(const std::vector<int>& needs) const;
+  // Budget left for activations with `needs` resident and every resident part kept.
+  size_t room_keeping(const std::vector<int>& needs) const;
+
+  size_t budget() const { return budget_; }
+  bool resident(int part) const { return parts_.at(static_cast<size_t>(part)).resident; }
+
+ private:
+  struct Part {
+    std::string name;
+    size_t bytes;
+    std::function<void()> release;
+    bool resident = false;
+  };
+  size_t total(const std::vector<int>& needs, bool keep_others) const;
+  size_t budget_;
+  std::vector<Part> parts_;
+};
+
+// Activation estimates (bytes) for the phases of a FLUX.1 job.
+size_t denoise_activation_bytes(int64_t batch, int64_t image_tokens, int64_t text_tokens, int64_t hidden);
+size_t decode_activation_bytes(int64_t batch, int64_t pixels);
+// The largest square tile side (in latent pixels, a multiple of 8, at least 32) whose decoding
+// fits `room` bytes; `factor` is image pixels per latent pixel.
+int64_t decode_tile_for(size_t room, int64_t factor);
+
+}  // namespace fluxpipe

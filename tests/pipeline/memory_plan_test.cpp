@@ -1,0 +1,228 @@
+// The memory plan (pipeline/memory_plan.h): which parts are released before each phase, the
+// release of a mapped file's pages, tiled decoding, and a whole job under a tight budget
+// giving the same image as with memory to spare.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <string>
+
+#include "core/parse.h"
+#include "golden.h"
+#include "io/weights.h"
+#include "models/vae/vae.h"
+#include "pipeline/memory_plan.h"
+#include "pipeline/pipeline.h"
+#include "pipeline/test_model.h"
+#include "test_util.h"
+
+namespace fluxpipe::testing {
+namespace {
+
+constexpr size_t MiB = size_t{1} << 20;
+
+TEST(MemoryPlanner, KeepsEverythingWhenItFits) {
+  MemoryPlanner p(10000 * MiB);
+  std::vector<std::string> released;
+  int t = p.add_part("transformer", 6000 * MiB, [&] { released.push_back("transformer"); });
+  int e = p.add_part("T5 encoder", 3000 * MiB, [&] { released.push_back("T5"); });
+  EXPECT_TRUE(p.enter({e}, 500 * MiB).empty());
+  EXPECT_TRUE(p.enter({t}, 500 * MiB).empty());
+  EXPECT_TRUE(p.enter({e}, 500 * MiB).empty());
+  EXPECT_TRUE(released.empty());
+  EXPECT_TRUE(p.resident(t));
+  EXPECT_TRUE(p.resident(e));
+}
+
+TEST(MemoryPlanner, ReleasesTheLargestUnneededPartsOnlyAsFarAsNeeded) {
+  MemoryPlanner p(8000 * MiB);
+  std::vector<std::string> released;
+  int t = p.add_part("transformer", 6000 * MiB, [&] { released.push_back("transformer"); });
+  int t5 = p.add_part("T5", 5000 * MiB, [&] { released.push_back("T5"); });
+  int clip = p.add_part("CLIP", 250 * MiB, [&] { released.push_back("CLIP"); });
+  int ae = p.add_part("AE", 170 * MiB, [&] { released.push_back("AE"); });
+  EXPECT_TRUE(p.enter({clip, t5}, 500 * MiB).empty());
+  // 6000 + 5000 + 250 > 8000: the T5 must go; then 6000 + 250 + 500 fits, so CLIP stays.
+  EXPECT_EQ(p.enter({t}, 500 * MiB), std::vector<std::string>{"T5"});
+  EXPECT_FALSE(p.resident(t5));
+  EXPECT_TRUE(p.resident(clip));
+  // Decoding next to the transformer fits: nothing released.
+  EXPECT_TRUE(p.enter({ae}, 1000 * MiB).empty());
+  EXPECT_EQ(p.room_keeping({ae}), 8000 * MiB - 6000 * MiB - 250 * MiB - 170 * MiB);
+  EXPECT_EQ(p.room_with_only({ae}), 8000 * MiB - 170 * MiB);
+  // The next job's encoders: the transformer goes first (largest), which is enough.
+  EXPECT_EQ(p.enter({clip, t5}, 500 * MiB), std::vector<std::string>{"transformer"});
+  EXPECT_EQ(released, (std::vector<std::string>{"T5", "transformer"}));
+  // A part that is needed is never released, even over budget.
+  MemoryPlanner tiny(1);
+  int only = tiny.add_part("x", 100, [] { ADD_FAILURE() << "released a needed part"; });
+  EXPECT_TRUE(tiny.enter({only}, 100).empty());
+}
+
+TEST(MemoryPlan, Estimates) {
+  // The decoder estimate grows with pixels and batch; a tile fits the room it was sized for.
+  EXPECT_GT(decode_activation_bytes(1, 1024 * 1024), 3 * decode_activation_bytes(1, 512 * 512) - (256 * MiB));
+  EXPECT_EQ(decode_activation_bytes(2, 512 * 512) - decode_activation_bytes(1, 512 * 512),
+            decode_activation_bytes(1, 512 * 512) - (64 * MiB));
+  for (size_t room : {size_t{300} * MiB, size_t{1000} * MiB, size_t{4000} * MiB}) {
+    int64_t tile = decode_tile_for(room, 8);
+    EXPECT_EQ(tile % 8, 0);
+    EXPECT_GE(tile, 32);
+    if (tile > 32) {
+      EXPECT_LE(decode_activation_bytes(1, tile * tile * 64), room);
+    }
+  }
+  EXPECT_GT(denoise_activation_bytes(2, 4096, 256, 3072), denoise_activation_bytes(1, 4096, 256, 3072));
+  EXPECT_GT(machine_memory_bytes(), 256 * MiB);
+}
+
+TEST(MemoryPlan, ParsesSizes) {
+  EXPECT_EQ(parse_bytes("t", "--m", "8G"), size_t{8} << 30);
+  EXPECT_EQ(parse_bytes("t", "--m", "8GiB"), size_t{8} << 30);
+  EXPECT_EQ(parse_bytes("t", "--m", "7500m"), size_t{7500} << 20);
+  EXPECT_EQ(parse_bytes("t", "--m", "4096"), size_t{4096});
+  for (const char* bad : {"", "G", "8X", "-8G", "8.5G", "8 G"}) {
+    EXPECT_THROW(parse_bytes("t", "--m", bad), UserError) << bad;
+  }
+}
+
+// Resident bytes of this process's mappings of `path` (/proc/self/smaps "Rss:").
+size_t mapped_rss(const std::string& path) {
+  std::ifstream in("/proc/self/smaps");
+  std::string line;
+  bool ours = false;
+  size_t total = 0;
+  while (std::getline(in, line)) {
+    if (!line.empty() && std::isxdigit(static_cast<unsigned char>(line[0])) && line.find('-') != std::string::npos &&
+        line.find(' ') != std::string::npos && line.rfind("Rss:", 0) != 0) {
+      ours = line.size() >= path.size() && line.compare(line.size() - path.size(), path.size(), path) == 0;
+    } else if (ours && line.rfind("Rss:", 0) == 0) {
+      total += std::stoull(line.substr(4)) * 1024;
+    }
+  }
+  return total;
+}
+
+TEST(MemoryPlan, ReleasingAMappedPartDropsItsPagesAndKeepsItsData) {
+  TempDir dir;
+  const std::string path = dir.path() + "/w.safetensors";
+  const int64_t n = 8 << 20;   // 32 MiB of F32
+  Tensor t = Tensor::zeros({n}, DType::F32);
+  for (int64_t i = 0; i < n; ++i) t.data<float>()[i] = static_cast<float>(i % 1000);
+  Tensor heap = Tensor::from_floats({4}, {1, 2, 3, 4});
+  io::write_safetensors(path, {{"w", t}});
+  io::WeightSet w = io::load_weights(path);
+  w.tensors.emplace("in_memory", heap);   // process memory: must be left alone
+  auto sum = [&] {
+    double s = 0;
+    const float* p = w.at("w").data<float>();
+    for (int64_t i = 0; i < n; ++i) s += p[i];
+    return s;
+  };
+  const double want = sum();
+  const std::string real = std::filesystem::canonical(path).string();
+  EXPECT_GT(mapped_rss(real), 30 * MiB);
+  EXPECT_GE(io::release_resident_pages(w), 31 * MiB);
+  EXPECT_LT(mapped_rss(real), 1 * MiB);
+  EXPECT_EQ(sum(), want);   // read back from the file
+  EXPECT_EQ(w.at("in_memory").to_floats(), (std::vector<float>{1, 2, 3, 4}));
+}
+
+TEST(TiledDecoding, SpansCoverTheSideWithTheOverlap) {
+  for (int64_t size : {8, 31, 64, 65, 100, 192}) {
+    for (auto [tile, overlap] : {std::pair<int64_t, int64_t>{16, 4}, {32, 8}, {24, 0}}) {
+      std::vector<vae::Span> s = vae::tile_spans(size, tile, overlap);
+      ASSERT_FALSE(s.empty());
+      EXPECT_EQ(s.front().begin, 0);
+      EXPECT_EQ(s.back().end, size);
+      for (size_t i = 0; i < s.size(); ++i) {
+        EXPECT_LE(s[i].end - s[i].begin, tile);
+        if (i > 0) {
+          EXPECT_GE(s[i - 1].end - s[i].begin, overlap) << size << " " << tile;
+          EXPECT_GT(s[i].begin, s[i - 1].begin);
+        }
+      }
+    }
+  }
+  EXPECT_THROW(vae::tile_spans(10, 4, 4), UserError);
+}
+
+TEST(TiledDecoding, BlendingReproducesALocalDecoderExactly) {
+  // A decoder that is local (each latent pixel alone makes its f x f image pixels) has nothing
+  // to lose by tiling: the blend of its tiles must be its whole output, whatever the tiles.
+  Ctx c;
+  const int64_t f = 4, C = 5, h = 37, w = 50;
+  std::vector<float> v(static_cast<size_t>(2 * C * h * w));
+  for (size_t i = 0; i < v.size(); ++i) v[i] = std::sin(0.37f * static_cast<float>(i));
+  Tensor z = Tensor::from_floats({2, C, h, w}, v);
+  auto local = [&](const Tensor& t) {   // channels 0..2, each latent pixel repeated f x f
+    Tensor first = ops::contiguous(c, t.slice(1, 0, 3));
+    for (int i = 0; i < 2; ++i) first = ops::upsample_nearest2x(c, first);
+    return first;
+  };
+  std::vector<float> want;
+  for (int64_t b = 0; b < 2; ++b) {
+    std::vector<float> one = local(ops::contiguous(c, z.slice(0, b, 1))).to_floats();
+    want.insert(want.end(), one.begin(), one.end());
+  }
+  for (auto [tile, overlap] : {std::pair<int64_t, int64_t>{16, 4}, {12, 6}, {20, 0}}) {
+    std::vector<float> got = vae::decode_in_tiles(c, z, f, tile, overlap, local).to_floats();
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-6f) << "tile " << tile << " at " << i;
+  }
+}
+
+TEST(TiledDecoding, TheAutoencoderInTiles) {
+  io::WeightSet aw = io::load_weights(testdata("flux-tiny/ae.safetensors"));
+  nlohmann::json ap = read_json(testdata("flux-tiny/ae_params.json"));
+  vae::Model ae{vae::Config::from_weights(aw, &ap), aw};
+  Ctx c;
+  const int64_t h = 40, w = 56, C = ae.config().z_channels;
+  std::vector<float> v(static_cast<size_t>(C * h * w));
+  for (size_t i = 0; i < v.size(); ++i) v[i] = std::sin(0.05f * static_cast<float>(i));
+  Tensor z = Tensor::from_floats({1, C, h, w}, v);
+  Tensor whole = ae.decode(c, z);
+  // A tile covering the latent is the whole decode, exactly.
+  EXPECT_EQ(ae.decode_tiled(c, z, 64, 16).to_floats(), whole.to_floats());
+  // Real tiles: the image's shape, every pixel finite. (Not equal to the whole decode: each
+  // tile has its own group-norm statistics and attention; on this random-weight toy model the
+  // difference says nothing about the real autoencoder, so it is not asserted.)
+  Tensor tiled = ae.decode_tiled(c, z, 24, 6);
+  ASSERT_EQ(tiled.shape(), whole.shape());
+  for (float x : tiled.to_floats()) ASSERT_TRUE(std::isfinite(x));
+  EXPECT_THROW(ae.decode_tiled(c, z, 4, 1), UserError);
+  EXPECT_THROW(ae.decode_tiled(c, z, 16, 9), UserError);
+}
+
+TEST(MemoryPlan, ATightBudgetGivesTheSameImage) {
+  TempDir dir;
+  write_test_model(dir.path());
+  GenerateJob job;
+  job.prompt = "a lighthouse";
+  job.width = 96;
+  job.height = 80;
+  job.steps = 2;
+  job.seeds = {7};
+  auto keep = load_engine(dir.path());
+  std::vector<Image> a = keep->generate(job, [](int, int) { return true; });
+  EXPECT_EQ(keep->last_memory_plan(), "kept every part resident");
+  EngineOptions tight;
+  tight.memory_budget = 1;   // nothing fits: release everything not in use, tile the decode
+  auto lean = load_engine(dir.path(), tight);
+  std::vector<Image> b = lean->generate(job, [](int, int) { return true; });
+  std::string plan = lean->last_memory_plan();
+  EXPECT_NE(plan.find("released the T5 encoder before denoising"), std::string::npos) << plan;
+  EXPECT_NE(plan.find("released the transformer before decoding"), std::string::npos) << plan;
+  ASSERT_EQ(a.size(), 1u);
+  ASSERT_EQ(b.size(), 1u);
+  EXPECT_EQ(a[0].rgb, b[0].rgb) << "releasing pages must not change the image";
+  // A second job brings the encoders back (they are re-read from the files).
+  std::vector<Image> b2 = lean->generate(job, [](int, int) { return true; });
+  EXPECT_EQ(b2[0].rgb, a[0].rgb);
+  // The first job ended with only the autoencoder resident; it makes way for the encoders.
+  EXPECT_NE(lean->last_memory_plan().find("released the autoencoder before text encoding"), std::string::npos)
+      << lean->last_memory_plan();
+}
+
+}  // namespace
+}  // namespace fluxpipe::testing
