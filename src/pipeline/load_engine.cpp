@@ -40,7 +40,9 @@ class FluxEngine final : public Engine {
                       " wide but the transformer expects text tokens of " + std::to_string(flux_.config().context_in_dim));
     }
     size_t budget = options_.memory_budget ? options_.memory_budget : machine_memory_bytes();
-    planner_ = std::make_unique<MemoryPlanner>(budget);
+    // What the process holds already (code, libraries, tokenizers; the weights are mapped but not
+    // yet read) plus room for kernel scratch and the JIT code oneDNN makes.
+    planner_ = std::make_unique<MemoryPlanner>(budget, resident_bytes() + (size_t{256} << 20));
     auto part = [&](const char* name, const io::WeightSet& w) {
       return planner_->add_part(name, io::total_bytes(w), [&w] { io::release_resident_pages(w); });
     };

@@ -42,13 +42,22 @@ size_t machine_memory_bytes() {
   return total;
 }
 
+size_t resident_bytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return static_cast<size_t>(std::stoull(line.substr(6))) * 1024;
+  }
+  return 0;
+}
+
 int MemoryPlanner::add_part(std::string name, size_t bytes, std::function<void()> release) {
   parts_.push_back({std::move(name), bytes, std::move(release), false});
   return static_cast<int>(parts_.size() - 1);
 }
 
 size_t MemoryPlanner::total(const std::vector<int>& needs, bool keep_others) const {
-  size_t t = 0;
+  size_t t = reserved_;
   for (size_t i = 0; i < parts_.size(); ++i) {
     bool needed = std::find(needs.begin(), needs.end(), static_cast<int>(i)) != needs.end();
     if (needed || (keep_others && parts_[i].resident)) t += parts_[i].bytes;

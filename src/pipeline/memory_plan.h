@@ -22,10 +22,14 @@ namespace fluxpipe {
 
 // This machine's memory for one process: the smaller of MemTotal and the cgroup limit.
 size_t machine_memory_bytes();
+// The process's resident memory now (VmRSS).
+size_t resident_bytes();
 
 class MemoryPlanner {
  public:
-  explicit MemoryPlanner(size_t budget_bytes) : budget_(budget_bytes) {}
+  // `reserved`: memory the process holds besides the parts and a phase's activations (code,
+  // libraries, tokenizers, kernel scratch), counted against the budget in every phase.
+  explicit MemoryPlanner(size_t budget_bytes, size_t reserved_bytes = 0) : budget_(budget_bytes), reserved_(reserved_bytes) {}
 
   // A part of `bytes` that `release` drops from resident memory. Returns its handle.
   int add_part(std::string name, size_t bytes, std::function<void()> release);
@@ -53,6 +57,7 @@ class MemoryPlanner {
   };
   size_t total(const std::vector<int>& needs, bool keep_others) const;
   size_t budget_;
+  size_t reserved_;
   std::vector<Part> parts_;
 };
 

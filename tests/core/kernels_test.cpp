@@ -122,6 +122,12 @@ TEST(Kernels, VectorDequantizationIsBitIdenticalToTheReference) {
     if (!__builtin_cpu_supports("avx512f")) GTEST_SKIP() << "no AVX-512 on this CPU";
     to_f32(d, w.data<uint8_t>(), slow.data(), 2048);
     EXPECT_EQ(fast, slow) << name(d);
+    // Straight to bf16: the reference values rounded to nearest even, bit for bit.
+    if (!cpu::has_dequantize_bf16_avx512(d)) continue;
+    std::vector<uint16_t> direct(2048), two_pass(2048);
+    ASSERT_TRUE(cpu::dequantize_bf16_avx512(d, w.data<uint8_t>(), direct.data(), 2048));
+    cpu::f32_row_to_bf16(slow.data(), two_pass.data(), 2048);
+    EXPECT_EQ(direct, two_pass) << name(d) << " to bf16";
   }
 }
 

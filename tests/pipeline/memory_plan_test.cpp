@@ -53,6 +53,13 @@ TEST(MemoryPlanner, ReleasesTheLargestUnneededPartsOnlyAsFarAsNeeded) {
   // The next job's encoders: the transformer goes first (largest), which is enough.
   EXPECT_EQ(p.enter({clip, t5}, 500 * MiB), std::vector<std::string>{"transformer"});
   EXPECT_EQ(released, (std::vector<std::string>{"T5", "transformer"}));
+  // Reserved memory counts in every phase.
+  MemoryPlanner r(8000 * MiB, 1000 * MiB);
+  int rt = r.add_part("transformer", 6000 * MiB, [] {});
+  int rc = r.add_part("CLIP", 250 * MiB, [] {});
+  EXPECT_TRUE(r.enter({rc}, 100 * MiB).empty());
+  EXPECT_EQ(r.enter({rt}, 1000 * MiB), std::vector<std::string>{"CLIP"});   // 1000 + 6000 + 250 + 1000 > 8000
+  EXPECT_EQ(r.room_with_only({rt}), 1000 * MiB);
   // A part that is needed is never released, even over budget.
   MemoryPlanner tiny(1);
   int only = tiny.add_part("x", 100, [] { ADD_FAILURE() << "released a needed part"; });

