@@ -5,7 +5,7 @@
 //     and OpenBLAS sgemm on the same shapes;
 //   - attention at L = 512, 1280, 4352 with 24 heads of 128.
 //
-//   build/bench/core_bench [--threads 2] [--quick] [--reps 2]
+//   build/bench/core_bench [--threads 2] [--quick] [--reps 2] [--m M]
 // --quick runs M = 512 and the first three (K, N) shapes only.
 #include <cblas.h>
 #include <immintrin.h>
@@ -64,12 +64,14 @@ struct OneDnnGemm {
 int main(int argc, char** argv) {
   int threads = 2, reps = 2;
   bool quick = false;
+  int64_t only_m = 0;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--m") && i + 1 < argc) only_m = std::atoll(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: core_bench [--threads N] [--reps N] [--quick]\n");
+      std::fprintf(stderr, "usage: core_bench [--threads N] [--reps N] [--quick] [--m M]\n");
       return 2;
     }
   }
@@ -97,6 +99,7 @@ int main(int argc, char** argv) {
     shapes.resize(3);
     ms = {512};
   }
+  if (only_m > 0) ms = {only_m};   // --m: one token count (with --quick: its first three shapes)
   const DType dtypes[] = {DType::BF16, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_K};
   OneDnnGemm onednn;
   std::printf("GFLOP/s. dnnl: oneDNN bf16 matmul alone; sgemm: OpenBLAS; own: our kernel on BF16 weights;\n"

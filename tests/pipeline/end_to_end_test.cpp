@@ -100,6 +100,20 @@ TEST_F(EndToEnd, GenerateWritesDeterministicPngsWithParameters) {
   EXPECT_NE(slurp(out.path() + "/n.png"), a);
 }
 
+TEST_F(EndToEnd, GenerateFollowsTheMemoryBudgetAndSaysWhatItDid) {
+  TempDir out;
+  std::string base = std::string(FLUXPIPE_BIN) + " generate 'a boat' --model " + model_->path() +
+                     " --width 64 --height 64 --steps 1 --seed 3";
+  std::string roomy = capture(base + " -o " + out.path() + "/a.png");
+  EXPECT_NE(roomy.find("memory plan: kept every part resident"), std::string::npos) << roomy;
+  EXPECT_NE(roomy.find("peak memory"), std::string::npos) << roomy;
+  std::string tight = capture(base + " --memory-budget 1K --vae-tiling on -o " + out.path() + "/b.png");
+  EXPECT_NE(tight.find("released the T5 encoder before denoising"), std::string::npos) << tight;
+  EXPECT_EQ(slurp(out.path() + "/a.png"), slurp(out.path() + "/b.png"));
+  EXPECT_NE(sh(base + " --memory-budget lots -o " + out.path() + "/c.png"), 0);
+  EXPECT_NE(capture(base + " --vae-tiling sometimes -o " + out.path() + "/c.png").find("--vae-tiling"), std::string::npos);
+}
+
 TEST_F(EndToEnd, QuantizedTransformerStillMatchesTheReferenceClosely) {
   TempDir out;
   std::string tiny = testdata_dir() + "/flux-tiny/";

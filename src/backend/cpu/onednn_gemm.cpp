@@ -114,11 +114,13 @@ bool onednn_gemm_bf16(const float* A, int64_t lda, const BMatrix& B, float* C, i
     Engine& e = engine();
     uint16_t* a = scratch<uint16_t>(2, static_cast<size_t>(M * K));
     convert_rows_bf16(A, lda, M, K, a, K);
-    // BF16 weights go in whole; others are widened to bf16 in column chunks of about 8 MiB, which
-    // stay in the last-level cache between the widening and oneDNN reading them (32 MiB chunks
-    // measured 10-25% slower at M = 512 in bench/core_bench).
+    // Column chunks of about 8 MiB of bf16 weights: BF16 weights are read in place, others are
+    // widened into a buffer that stays in the last-level cache until oneDNN reads it. BF16 weights
+    // go in whole below 2048 rows. (Measured in bench/core_bench: 32 MiB chunks were 10-25% slower
+    // for quantized weights at M = 512; for BF16 weights chunks were 25% slower than whole at
+    // M = 512 and 10-25% faster at M = 4352.)
     bool direct = B.dtype == DType::BF16 && B.row_bytes == K * 2;
-    int64_t chunk = direct ? N : std::max<int64_t>(64, (int64_t{4} << 20) / std::max<int64_t>(K, 1));
+    int64_t chunk = direct && M < 2048 ? N : std::max<int64_t>(64, (int64_t{4} << 20) / std::max<int64_t>(K, 1));
     chunk = std::min(chunk, N);
     uint16_t* w = direct ? nullptr : scratch<uint16_t>(3, static_cast<size_t>(chunk * K));
     dnnl::stream stream(e.eng);
