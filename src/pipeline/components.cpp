@@ -13,6 +13,7 @@
 #include "models/flux/flux.h"
 #include "models/text/encoders.h"
 #include "models/vae/vae.h"
+#include "pipeline/memory_plan.h"
 #include "pipeline/noise.h"
 #include "pipeline/sampler.h"
 
@@ -32,14 +33,7 @@ std::optional<nlohmann::json> read_params(const std::string& path) {
 
 }  // namespace
 
-size_t peak_rss_bytes() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return static_cast<size_t>(std::stoull(line.substr(6))) * 1024;
-  }
-  return 0;
-}
+size_t peak_rss_bytes() { return peak_resident_bytes(); }
 
 namespace {
 

@@ -42,14 +42,18 @@ size_t machine_memory_bytes() {
   return total;
 }
 
-size_t resident_bytes() {
+// A "Key:   N kB" line of /proc/self/status, in bytes (0 when absent).
+size_t status_bytes(const std::string& key) {
   std::ifstream in("/proc/self/status");
   std::string line;
   while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return static_cast<size_t>(std::stoull(line.substr(6))) * 1024;
+    if (line.rfind(key, 0) == 0) return static_cast<size_t>(std::stoull(line.substr(key.size()))) * 1024;
   }
   return 0;
 }
+
+size_t resident_bytes() { return status_bytes("VmRSS:"); }
+size_t peak_resident_bytes() { return status_bytes("VmHWM:"); }
 
 int MemoryPlanner::add_part(std::string name, size_t bytes, std::function<void()> release) {
   parts_.push_back({std::move(name), bytes, std::move(release), false});

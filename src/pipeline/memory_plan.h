@@ -22,8 +22,9 @@ namespace fluxpipe {
 
 // This machine's memory for one process: the smaller of MemTotal and the cgroup limit.
 size_t machine_memory_bytes();
-// The process's resident memory now (VmRSS).
+// The process's resident memory now (VmRSS) and its peak so far (VmHWM).
 size_t resident_bytes();
+size_t peak_resident_bytes();
 
 class MemoryPlanner {
  public:
