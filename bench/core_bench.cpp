@@ -5,7 +5,8 @@
 //     and OpenBLAS sgemm on the same shapes;
 //   - attention at L = 512, 1280, 4352 with 24 heads of 128.
 //
-//   build/bench/core_bench [--threads 2] [--quick] [--reps 2] [--m M]
+//   build/bench/core_bench [--threads 2] [--quick] [--reps 2] [--m M] [--attention]
+// --attention runs the attention part only.
 // --quick runs M = 512 and the first three (K, N) shapes only.
 #include <cblas.h>
 #include <immintrin.h>
@@ -20,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/cpu/flash_attention.h"
 #include "backend/cpu/gemm.h"
 #include "peak.h"
 #include "core/thread_pool.h"
@@ -65,13 +67,15 @@ int main(int argc, char** argv) {
   int threads = 2, reps = 2;
   bool quick = false;
   int64_t only_m = 0;
+  bool attention_only = false;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--attention")) attention_only = true;
     else if (!std::strcmp(argv[i], "--m") && i + 1 < argc) only_m = std::atoll(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: core_bench [--threads N] [--reps N] [--quick] [--m M]\n");
+      std::fprintf(stderr, "usage: core_bench [--threads N] [--reps N] [--quick] [--m M] [--attention]\n");
       return 2;
     }
   }
@@ -109,6 +113,7 @@ int main(int argc, char** argv) {
               "M", "K", "N", "dnnl", "sgemm", "own", "BF16", "F16", "Q8_0", "Q4_0", "Q4_K");
   Ctx ctx;
   ctx.compute = Compute::BF16;
+  if (attention_only) ms.clear();
   for (int64_t M : ms) {
     std::vector<float> xa(static_cast<size_t>(M * 15360), 0.01f);
     for (auto [K, N] : shapes) {
@@ -138,7 +143,8 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("\nattention, 24 heads x 128, BF16 compute (FLOP = 4 L^2 D H):\n");
+  std::printf("\nattention, 24 heads x 128, BF16 compute (FLOP = 4 L^2 D H); fused: the AMX kernel (where the CPU has\n"
+              "AMX), unfused: the oneDNN-product path, in the same run:\n");
   for (int64_t L : {512, 1280, 4352}) {
     if (quick && L > 1280) break;
     Tensor q = Tensor::zeros({1, 24, L, 128}, DType::F32);
@@ -149,8 +155,11 @@ int main(int argc, char** argv) {
     std::memcpy(q.data<float>(), f.data(), f.size() * 4);
     double flop = 4.0 * static_cast<double>(L) * static_cast<double>(L) * 128 * 24;
     double t = seconds_of([&] { ops::attention(ctx, q, q, q, 1.0f / std::sqrt(128.0f)); }, reps);
-    std::printf("  L=%5lld  %7.3f s  %6.0f GFLOP/s  %5.1f%% of the BF16 peak\n", static_cast<long long>(L), t,
-                flop / t / 1e9, 100.0 * flop / t / bfN);
+    cpu::flash_attention_enable(false);
+    double tu = seconds_of([&] { ops::attention(ctx, q, q, q, 1.0f / std::sqrt(128.0f)); }, reps);
+    cpu::flash_attention_enable(true);
+    std::printf("  L=%5lld  fused %7.3f s %6.0f GFLOP/s (%4.1f%% of peak) | unfused %7.3f s %6.0f GFLOP/s | fused/unfused %.2f\n",
+                static_cast<long long>(L), t, flop / t / 1e9, 100.0 * flop / t / bfN, tu, flop / tu / 1e9, tu / t);
   }
   return 0;
 }

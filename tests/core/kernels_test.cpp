@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <random>
+#include <tuple>
 
 #include "backend/cpu/dequant_avx512.h"
 #include "backend/cpu/gemm.h"
@@ -202,6 +203,27 @@ TEST(Kernels, LongSequenceAttentionAgainstReference) {
   expect_close(ops::attention(c, q, k, v, 0.2f, &bias, true), want, 1e-5, 1e-5, "long attention f32");
   c.compute = Compute::BF16;
   expect_close(ops::attention(c, q, k, v, 0.2f, &bias, true), want, 3e-2, 3e-2, "long attention bf16");
+}
+
+TEST(Kernels, FusedAttentionAgainstReference) {
+  // No bias and no mask (the FLUX transformer): the fused AMX kernel where the CPU has AMX, with
+  // lengths that end mid-chunk and mid-block; the unfused BF16 path elsewhere.
+  Ctx c;
+  c.compute = Compute::BF16;
+  for (auto [Lq, Lk, D] : {std::tuple<int64_t, int64_t, int64_t>{300, 260, 32}, {257, 300, 64}, {520, 1100, 128}}) {
+    Tensor q = randn({1, 3, Lq, D}, 60, 2.0f), k = randn({1, 3, Lk, D}, 61), v = randn({1, 3, Lk, D}, 62);
+    Tensor want = Tensor::zeros(q.shape(), DType::F32);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+    cpu::ref::attention(q, k, v, scale, nullptr, false, want);
+    Tensor got = ops::attention(c, q, k, v, scale);
+    expect_close(got, want, 3e-2, 3e-2, "attention bf16 L=" + std::to_string(Lq) + "x" + std::to_string(Lk) + " D=" + std::to_string(D));
+    ThreadPool::set_global_threads(1);
+    Tensor one = ops::attention(c, q, k, v, scale);
+    ThreadPool::set_global_threads(3);
+    Tensor three = ops::attention(c, q, k, v, scale);
+    ThreadPool::set_global_threads(0);
+    EXPECT_EQ(one.to_floats(), three.to_floats()) << "attention must not depend on the thread count";
+  }
 }
 
 TEST(Kernels, NormsAgainstReference) {

@@ -8,6 +8,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/activations.h"
+#include "backend/cpu/flash_attention.h"
 #include "backend/cpu/gemm.h"
 #include "backend/cpu/onednn_conv.h"
 #include "backend/cpu/onednn_gemm.h"
@@ -96,6 +97,7 @@ class CpuBackend final : public Backend {
     // parallel GEMM (scores are QB x Lk, never Lq x Lk). Short ones: many small single-thread
     // products in parallel over (head, block).
     const bool long_seq = Lq * Lk >= 256 * 256;
+    if (long_seq && c == Compute::BF16 && !bias && !causal && cpu::flash_attention_amx(q, k, v, scale, out)) return;
     if (long_seq && c == Compute::BF16 && attention_bf16(q, k, v, scale, bias, causal, out)) return;
     const int64_t QB = long_seq ? 2048 : 64;
     const int64_t qblocks = (Lq + QB - 1) / QB;

@@ -390,6 +390,12 @@ const char* gemm_kernel_name(Compute c) {
   return "generic";
 }
 
+void amx_begin() { amx_configure(); }
+void amx_end() { amx_release(); }
+void amx_tile_product(const uint16_t* A, int64_t lda, const uint16_t* P, int64_t kc, float* C, int64_t ldc, bool first) {
+  ukernel_amx(A, lda, P, kc, C, ldc, first);
+}
+
 void gemm_force_portable(bool on) { g_force_portable = on; }
 bool gemm_has_amx() { return cpu_has_amx(); }
 void gemm_force_no_amx(bool on) { g_force_no_amx = on; }

@@ -39,6 +39,15 @@ void gemm_force_own(bool on);
 
 // Helpers shared with the oneDNN path.
 void b_row_to_f32(const BMatrix& B, int64_t n, int64_t k0, int64_t kc, float* row);
+
+// AMX building blocks for fused kernels (attention), valid only where gemm_has_amx():
+// amx_begin() configures this thread's tiles, amx_end() releases them. amx_tile_product computes
+// C[32 x 32] (+)= A[32 x kc] · P, A bf16 row-major (lda elements, even), kc a multiple of 32, P a
+// panel of 32 columns in pair-interleaved layout: P[(p * 32 + j) * 2 + e] = B(k = 2p + e, column j).
+// `first`: C is overwritten, otherwise accumulated (ldc floats per row).
+void amx_begin();
+void amx_end();
+void amx_tile_product(const uint16_t* A, int64_t lda, const uint16_t* P, int64_t kc, float* C, int64_t ldc, bool first);
 void f32_row_to_bf16(const float* src, uint16_t* dst, int64_t n);
 
 }  // namespace fluxpipe::cpu

@@ -1,0 +1,23 @@
+// Fused attention on AMX for the long, unmasked sequences of the FLUX transformer:
+// softmax(scale · Q·Kᵀ)·V computed 32 query rows at a time against chunks of 128 keys with the
+// online softmax of FlashAttention, so scores and probabilities never leave the core's caches
+// (the unfused path wrote and re-read a rows x L score matrix per block). K and V are rounded to
+// bf16 and packed into AMX panels once per head; Q, K, V and the probabilities are bf16, the
+// scores, row sums and output F32. Each 32-row block is computed by one thread in a fixed
+// order, so results do not depend on the thread count.
+// Thread-safety: re-entrant; runs on the global ThreadPool.
+#pragma once
+
+#include "core/tensor.h"
+
+namespace fluxpipe::cpu {
+
+// q [B,H,Lq,D], k/v [B,H,Lk,D], out [B,H,Lq,D], all contiguous F32. Applies when the CPU has AMX
+// and AVX-512 BF16 and D is a multiple of 32 up to 256; returns false (nothing written) otherwise.
+bool flash_attention_amx(const Tensor& q, const Tensor& k, const Tensor& v, float scale, Tensor& out);
+
+// Benchmarks compare against the unfused path in the same run: false turns the fused kernel off
+// for this process (it then returns false). Not for concurrent use.
+void flash_attention_enable(bool on);
+
+}  // namespace fluxpipe::cpu
