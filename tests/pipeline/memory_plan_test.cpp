@@ -231,5 +231,31 @@ TEST(MemoryPlan, ATightBudgetGivesTheSameImage) {
       << lean->last_memory_plan();
 }
 
+TEST(MemoryPlan, DecodesInTilesWhenAWholeDecodeWouldNotFit) {
+  TempDir dir;
+  write_test_model(dir.path());
+  GenerateJob job;
+  job.prompt = "a harbour";
+  job.width = job.height = 640;   // an 80 x 80 latent: more than one smallest tile (32)
+  job.steps = 1;
+  job.seeds = {5};
+  EngineOptions tight;
+  tight.memory_budget = 1;
+  auto engine = load_engine(dir.path(), tight);
+  std::vector<Image> img = engine->generate(job, [](int, int) { return true; });
+  ASSERT_EQ(img.size(), 1u);
+  EXPECT_EQ(img[0].width, 640);
+  EXPECT_EQ(img[0].height, 640);
+  EXPECT_EQ(img[0].rgb.size(), size_t{640 * 640 * 3});
+  // Tiles of 32 latent pixels overlapping by 8: starts 0, 24, 48 on each side.
+  EXPECT_NE(engine->last_memory_plan().find("decoded in 9 tiles of 256 pixels (overlap 64)"), std::string::npos)
+      << engine->last_memory_plan();
+  // Forced off, the same budget decodes whole.
+  tight.vae_tiling = Tiling::off;
+  auto whole = load_engine(dir.path(), tight);
+  whole->generate(job, [](int, int) { return true; });
+  EXPECT_EQ(whole->last_memory_plan().find("tiles"), std::string::npos) << whole->last_memory_plan();
+}
+
 }  // namespace
 }  // namespace fluxpipe::testing
