@@ -2,6 +2,9 @@
 # Runs every benchmark in one go on this machine (after `bash scripts/test.sh` has built them)
 # and prints the results; README.md quotes one such run. Takes about 15 minutes on 2 cores.
 #   bash bench/run_all.sh [OUT_DIR]     (checkpoints are written to OUT_DIR, default /tmp/fluxpipe-bench)
+# With FLUXPIPE_BENCH_FULL=1 it also writes a full-size random-weight model (Q4_0 transformer, Q8_0
+# T5: about 12 GB on disk, 3 minutes) and measures a 512² image within an 8 GiB memory budget
+# (about 3 minutes more): the memory target of the text-to-image issue.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-/tmp/fluxpipe-bench}"
@@ -15,7 +18,7 @@ for dtype in bf16 q8_0 q4_0; do
   echo "== FLUX.1 step, $dtype weights"; ./build/bench/flux_bench step --weights "$weights" --sizes 256,512,1024 --reps 2
   rm -f "$weights"
 done
-echo "== autoencoder decode"; ./build/bench/flux_bench vae --sizes 256,512 --reps 2
+echo "== autoencoder decode"; ./build/bench/flux_bench vae --sizes 256,512,1024 --reps 2
 for dtype in bf16 q8_0; do
   echo "== T5-XXL encoding, $dtype"; ./build/bench/flux_bench t5 --blocks 2,0 --dtype "$dtype" --reps 2
 done
@@ -23,4 +26,12 @@ if /usr/bin/python3 -c "import torch" 2>/dev/null; then
   echo "== peer: eager PyTorch bf16 (Debian python3-torch)"; /usr/bin/python3 bench/peer_pytorch.py --threads "$FLUXPIPE_THREADS" --sizes 256,512
 else
   echo "== peer: PyTorch not installed (apt-get install python3-torch to measure it)"
+fi
+if [ "${FLUXPIPE_BENCH_FULL:-0}" = 1 ]; then
+  echo "== full-size model, 512², 4 steps, --memory-budget 8G"
+  ./build/fluxpipe make-test-model "$out/full" --layout gguf --width real --blocks 19,38 --text-layers 24 \
+    --quant q4_0 --text-quant q8_0
+  ./build/fluxpipe generate "a lighthouse on a cliff at dusk" -o "$out/full.png" --model "$out/full" \
+    --width 512 --height 512 --steps 4 --seed 1 --memory-budget 8G
+  rm -rf "$out/full" "$out/full.png"
 fi
