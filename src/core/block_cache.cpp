@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <map>
@@ -29,17 +30,37 @@ void* map_block(size_t bytes) {
 
 void unmap_block(void* p, size_t bytes) { munmap(p, bytes); }
 
+struct Kept {
+  void* block;
+  uint64_t given_at;   // clock of its return, for least-recently-used eviction
+};
+
 struct Cache {
   std::mutex mu;
-  std::multimap<size_t, void*> kept;   // capacity -> block
+  std::multimap<size_t, Kept> kept;   // capacity -> block
   size_t kept_bytes = 0;
+  size_t live_bytes = 0;              // large blocks handed out and not yet given back
+  size_t peak_live = 0;               // the most live_bytes has been since the last trim()
+  uint64_t clock = 0;
 
   size_t free_all_locked() {
     size_t n = kept_bytes;
-    for (auto& [cap, p] : kept) unmap_block(p, cap);
+    for (auto& [cap, k] : kept) unmap_block(k.block, cap);
     kept.clear();
     kept_bytes = 0;
     return n;
+  }
+  // Frees the least recently returned kept blocks until at most `limit` bytes are kept.
+  void evict_to_locked(size_t limit) {
+    while (kept_bytes > limit) {
+      auto oldest = kept.begin();
+      for (auto it = kept.begin(); it != kept.end(); ++it) {
+        if (it->second.given_at < oldest->second.given_at) oldest = it;
+      }
+      unmap_block(oldest->second.block, oldest->first);
+      kept_bytes -= oldest->first;
+      kept.erase(oldest);
+    }
   }
 };
 
@@ -61,16 +82,20 @@ void* take(size_t bytes, size_t* capacity) {
     std::lock_guard<std::mutex> lock(c.mu);
     auto it = c.kept.lower_bound(want);
     if (it != c.kept.end() && it->first <= want + want / 4) {
-      void* p = it->second;
+      void* p = it->second.block;
       *capacity = it->first;
       c.kept_bytes -= it->first;
+      c.live_bytes += it->first;
       c.kept.erase(it);
       return p;
     }
-    // A miss: give everything kept back before growing. (Keeping up to the live size instead,
-    // least recently used out first, raised the autoencoder's peak at 1024² by 1 GB and was
-    // no faster: its sizes change level by level.)
-    c.free_all_locked();
+    // A miss. Kept plus live blocks may not exceed the most that has been live at once: blocks
+    // unused for longest go first, and when live memory reaches a new peak nothing stays kept.
+    // (Freeing everything kept at every miss instead never settled in the transformer: each miss
+    // threw away blocks the rest of the step needed, so every step mapped fresh pages again.)
+    c.live_bytes += want;
+    c.peak_live = std::max(c.peak_live, c.live_bytes);
+    c.evict_to_locked(c.peak_live - c.live_bytes);
   }
   *capacity = want;
   return map_block(want);
@@ -84,13 +109,15 @@ void give(void* block, size_t capacity) {
   }
   Cache& c = cache();
   std::lock_guard<std::mutex> lock(c.mu);
-  c.kept.emplace(capacity, block);
+  c.kept.emplace(capacity, Kept{block, ++c.clock});
   c.kept_bytes += capacity;
+  c.live_bytes -= capacity;
 }
 
 size_t trim() {
   Cache& c = cache();
   std::lock_guard<std::mutex> lock(c.mu);
+  c.peak_live = c.live_bytes;
   return c.free_all_locked();
 }
 

@@ -5,10 +5,12 @@
 // asked the kernel for fresh pages, which it zero-fills: at 512² a third of the autoencoder's
 // time was spent in the kernel clearing pages.
 // Policy: a freed block is kept; a request takes the smallest kept block that is at least
-// the size asked and at most a quarter larger. A request that finds none first returns every
-// kept block to the system and then allocates. So the process never holds kept blocks while
-// it grows: its peak resident memory is what its live tensors need, as without the cache, and
-// in steady state (the same sizes block after block, step after step) nothing is allocated.
+// the size asked and at most a quarter larger. On a miss a new block is mapped, and kept blocks
+// are freed (least recently returned first) so that kept plus live blocks never exceed the most
+// that has been live at once since the last trim(): the process's peak resident memory is what
+// its live tensors need, as without the cache, while a pass that repeats its sizes (the
+// transformer, step after step) settles into allocating nothing. trim() gives every kept block
+// back and restarts that peak (the engine calls it between the phases of a job).
 // Small requests (< kMinBytes) go straight to the allocator; large ones are mappings of whole
 // 2 MiB pages, marked for transparent huge pages.
 // Thread-safety: every function may be called from any thread.
@@ -25,7 +27,7 @@ constexpr size_t kMinBytes = size_t{1} << 20;
 void* take(size_t bytes, size_t* capacity);
 // Returns a block from take(); it is kept for reuse (or freed, when small).
 void give(void* block, size_t capacity);
-// Frees every kept block (e.g. at the end of a job). Returns the bytes freed.
+// Frees every kept block and restarts the live peak (between the phases of a job). Returns the bytes freed.
 size_t trim();
 // Bytes currently kept for reuse.
 size_t kept_bytes();

@@ -90,6 +90,7 @@ class FluxEngine final : public Engine {
     Tensor txt, vec, neg_txt, neg_vec;
     encode(job.prompt, &txt, &vec);
     if (cfg_run) encode(job.negative_prompt, &neg_txt, &neg_vec);
+    block_cache::trim();   // each phase starts with no kept activation blocks (see core/block_cache.h)
     stage("text encoders");
 
     sampling::RenderRequest rr{txt, vec, neg_txt, neg_vec, job.true_cfg_scale, job.seeds, job.width, job.height, job.steps, 3.5f};
@@ -105,6 +106,7 @@ class FluxEngine final : public Engine {
       return on_step(done, total);
     };
     Tensor z = sampling::render_latents(c, flux_, ae_, rr, hook);   // [B, z, h, w]
+    block_cache::trim();
     Tensor u8 = sampling::to_u8(decode(c, z));                      // [B, H, W, 3]
     block_cache::trim();   // the job's activation blocks go back to the system
     double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - mark).count();
