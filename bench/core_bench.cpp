@@ -5,7 +5,8 @@
 //     and OpenBLAS sgemm on the same shapes;
 //   - attention at L = 512, 1280, 4352 with 24 heads of 128.
 //
-//   build/bench/core_bench [--threads 2] [--quick] [--reps 2] [--m M] [--attention]
+//   build/bench/core_bench [--threads 2] [--quick] [--reps 3] [--m M] [--attention]
+// GEMM variants of one shape are timed in interleaved rounds, each keeping its best of --reps.
 // --attention runs the attention part only.
 // --quick runs M = 512 and the first three (K, N) shapes only.
 #include <cblas.h>
@@ -42,29 +43,49 @@ Tensor random_weights(int64_t N, int64_t K, DType d) {
   return w;
 }
 
+// oneDNN's bf16 matmul alone on one shape, ready to run (bf16 A, B, F32 C, nothing converted).
 struct OneDnnGemm {
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream{eng};
-  double run(int64_t M, int64_t N, int64_t K, int reps) {
+  dnnl::memory a, b, c;
+  dnnl::matmul mm;
+  OneDnnGemm(int64_t M, int64_t N, int64_t K) {
     using dt = dnnl::memory::data_type;
     using tag = dnnl::memory::format_tag;
     dnnl::memory::desc a_md({M, K}, dt::bf16, tag::ab), b_md({K, N}, dt::bf16, tag::ba), c_md({M, N}, dt::f32, tag::ab);
     dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), eng);
-    dnnl::memory a(a_md, eng), b(b_md, eng), c(c_md, eng);
+    a = dnnl::memory(a_md, eng);
+    b = dnnl::memory(b_md, eng);
+    c = dnnl::memory(c_md, eng);
     std::memset(a.get_data_handle(), 0x3c, a_md.get_size());
     std::memset(b.get_data_handle(), 0x3c, b_md.get_size());
-    dnnl::matmul mm(pd);
-    return seconds_of([&] {
-      mm.execute(stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
-      stream.wait();
-    }, reps);
+    mm = dnnl::matmul(pd);
+  }
+  void run() {
+    mm.execute(stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
+    stream.wait();
   }
 };
+
+// Times every variant once per round, rounds after a warm-up of each, and keeps each variant's
+// best: interleaving gives all variants the same conditions on a machine with noisy neighbours.
+std::vector<double> best_interleaved(const std::vector<std::function<void()>>& variants, int rounds) {
+  std::vector<double> best(variants.size(), 1e30);
+  for (const auto& v : variants) v();
+  for (int r = 0; r < rounds; ++r) {
+    for (size_t i = 0; i < variants.size(); ++i) {
+      auto t0 = std::chrono::steady_clock::now();
+      variants[i]();
+      best[i] = std::min(best[i], std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+  }
+  return best;
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  int threads = 2, reps = 2;
+  int threads = 2, reps = 3;
   bool quick = false;
   int64_t only_m = 0;
   bool attention_only = false;
@@ -105,7 +126,6 @@ int main(int argc, char** argv) {
   }
   if (only_m > 0) ms = {only_m};   // --m: one token count (with --quick: its first three shapes)
   const DType dtypes[] = {DType::BF16, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_K};
-  OneDnnGemm onednn;
   std::printf("GFLOP/s. dnnl: oneDNN bf16 matmul alone; sgemm: OpenBLAS; own: our kernel on BF16 weights;\n"
               "BF16..Q4_K: ops::linear as the engine runs it (oneDNN for M >= 64 where it wins, weights of\n"
               "every dtype widened to bf16 in column chunks).\n");
@@ -117,25 +137,30 @@ int main(int argc, char** argv) {
   double gemm_sum = 0;   // "as run" BF16 GFLOP/s over the shapes measured, for the attention ratio
   int gemm_count = 0;
   for (int64_t M : ms) {
-    std::vector<float> xa(static_cast<size_t>(M * 15360), 0.01f);
     for (auto [K, N] : shapes) {
       double flop = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
-      double t_dnnl = onednn.run(M, N, K, reps);
+      OneDnnGemm onednn(M, N, K);
       std::vector<float> A(static_cast<size_t>(M * K), 0.01f), B(static_cast<size_t>(N * K), 0.02f), C(static_cast<size_t>(M * N));
-      double t_blas = seconds_of([&] {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), 1.0f,
-                    A.data(), static_cast<int>(K), B.data(), static_cast<int>(K), 0.0f, C.data(), static_cast<int>(N));
-      }, reps);
       Tensor x = Tensor::from_floats({M, K}, std::vector<float>(A.begin(), A.end()));
-      cpu::gemm_force_own(true);
-      Tensor wb = random_weights(N, K, DType::BF16);
-      double own = flop / seconds_of([&] { ops::linear(ctx, x, wb); }, reps) / 1e9;
-      cpu::gemm_force_own(false);
+      std::vector<Tensor> ws;
+      for (DType d : dtypes) ws.push_back(random_weights(N, K, d));
+      std::vector<std::function<void()>> variants = {
+          [&] { onednn.run(); },
+          [&] {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), 1.0f,
+                        A.data(), static_cast<int>(K), B.data(), static_cast<int>(K), 0.0f, C.data(), static_cast<int>(N));
+          },
+          [&] {
+            cpu::gemm_force_own(true);
+            ops::linear(ctx, x, ws[0]);   // BF16 weights
+            cpu::gemm_force_own(false);
+          }};
+      for (size_t d = 0; d < ws.size(); ++d) variants.push_back([&, d] { ops::linear(ctx, x, ws[d]); });
+      std::vector<double> t = best_interleaved(variants, reps);
+      double t_dnnl = t[0], t_blas = t[1];
+      double own = flop / t[2] / 1e9;
       double gf[5];
-      for (int d = 0; d < 5; ++d) {
-        Tensor w = random_weights(N, K, dtypes[d]);
-        gf[d] = flop / seconds_of([&] { ops::linear(ctx, x, w); }, reps) / 1e9;
-      }
+      for (int d = 0; d < 5; ++d) gf[d] = flop / t[3 + static_cast<size_t>(d)] / 1e9;
       double dn = flop / t_dnnl / 1e9, bl = flop / t_blas / 1e9;
       gemm_sum += gf[0];
       ++gemm_count;

@@ -129,10 +129,23 @@ bool dequantize_avx512(DType t, const uint8_t* src, float* dst, int64_t n) {
   }
 }
 
+FP_DQ_BF16 void f16_to_bf16(const uint8_t* b, uint16_t* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 v = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2 * i)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)));
+  }
+  uint16_t h;
+  for (; i < n; ++i) {
+    std::memcpy(&h, b + 2 * i, 2);
+    y[i] = f32_to_bf16(f16_to_f32(h));
+  }
+}
+
 bool has_dequantize_bf16_avx512(DType t) {
   static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                          __builtin_cpu_supports("avx512bf16");
-  return ok && (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_K);
+  return ok && (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_K || t == DType::F16);
 }
 
 bool dequantize_bf16_avx512(DType t, const uint8_t* src, uint16_t* dst, int64_t n) {
@@ -141,6 +154,7 @@ bool dequantize_bf16_avx512(DType t, const uint8_t* src, uint16_t* dst, int64_t 
     case DType::Q8_0: to_bf16_blocks(src, dst, n / 32, 34, 32, [](const uint8_t* b, auto&& put) FP_DQ_BF16 { q8_0_block(b, put); }); return true;
     case DType::Q4_0: to_bf16_blocks(src, dst, n / 32, 18, 32, [](const uint8_t* b, auto&& put) FP_DQ_BF16 { q4_0_block(b, put); }); return true;
     case DType::Q4_K: to_bf16_blocks(src, dst, n / 256, 144, 256, [](const uint8_t* b, auto&& put) FP_DQ_BF16 { q4_k_block(b, put); }); return true;
+    case DType::F16: f16_to_bf16(src, dst, n); return true;
     default: return false;
   }
 }
