@@ -115,12 +115,13 @@ bool onednn_gemm_bf16(const float* A, int64_t lda, const BMatrix& B, float* C, i
     uint16_t* a = scratch<uint16_t>(2, static_cast<size_t>(M * K));
     convert_rows_bf16(A, lda, M, K, a, K);
     // Column chunks of about 16 MiB of bf16 weights: BF16 weights are read in place, others are
-    // widened into a buffer that oneDNN reads while it is still in the last-level cache.
-    // (Measured, best of 6 at M = 512 and 1280: for BF16 weights, chunks were as fast as one
-    // whole-N product or up to 25% faster; for quantized weights, chunks of 4, 8 and 16 Mi weights
+    // widened into a buffer that oneDNN reads while it is still in the last-level cache. BF16
+    // weights go in whole below 512 rows. (Measured, best of 6: for BF16 weights, chunks were 10-25%
+    // slower than one whole-N product at M = 256 (the text stream) and as fast or up to 25% faster
+    // at M = 512, 1280 and 4352; for quantized weights at M = 512, chunks of 4, 8 and 16 Mi weights
     // gave quantized / BF16 of 0.84-0.93, 0.86-1.04 and 0.83-1.00.)
     bool direct = B.dtype == DType::BF16 && B.row_bytes == K * 2;
-    int64_t chunk = std::max<int64_t>(64, (int64_t{8} << 20) / std::max<int64_t>(K, 1));
+    int64_t chunk = direct && M < 512 ? N : std::max<int64_t>(64, (int64_t{8} << 20) / std::max<int64_t>(K, 1));
     chunk = std::min(chunk, N);
     uint16_t* w = direct ? nullptr : scratch<uint16_t>(3, static_cast<size_t>(chunk * K));
     dnnl::stream stream(e.eng);
