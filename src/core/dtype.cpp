@@ -12,6 +12,18 @@
 #include "core/error.h"
 
 namespace fluxpipe {
+
+// Scales and mins of Q4_K/Q5_K: 8 pairs of 6-bit values packed in 12 bytes.
+void scale_min_k4(int j, const uint8_t* q, uint8_t* sc, uint8_t* mn) {
+  if (j < 4) {
+    *sc = q[j] & 63;
+    *mn = q[j + 4] & 63;
+  } else {
+    *sc = static_cast<uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+    *mn = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+  }
+}
+
 namespace {
 
 constexpr int QK = 32;     // elements per block of the classic quants
@@ -83,17 +95,6 @@ void dequant_q5(const uint8_t* b, float* y, bool has_min) {
 }
 
 // ---- k-quants: 256-element super-blocks --------------------------------------------------
-// Scales and mins of Q4_K/Q5_K: 8 pairs of 6-bit values packed in 12 bytes.
-void scale_min_k4(int j, const uint8_t* q, uint8_t* sc, uint8_t* mn) {
-  if (j < 4) {
-    *sc = q[j] & 63;
-    *mn = q[j + 4] & 63;
-  } else {
-    *sc = static_cast<uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-    *mn = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-  }
-}
-
 // Q2_K: u8 scales[16] (lo nibble scale, hi nibble min) | u8 qs[64] | f16 d | f16 dmin.
 void dequant_q2_k(const uint8_t* b, float* y) {
   const uint8_t* scales = b;

@@ -43,6 +43,9 @@ inline size_t bytes_for(DType t, int64_t n) {
 // Names used by safetensors headers ("F32", "BF16", "F8_E4M3", ...), and the GGML type ids
 // used by GGUF. nullopt for a name/id we do not support.
 std::optional<DType> dtype_from_safetensors(std::string_view name);
+// Q4_K / Q5_K: the j-th (0..7) 6-bit scale and min of a super-block's 12 packed scale bytes.
+void scale_min_k4(int j, const uint8_t* scales, uint8_t* sc, uint8_t* mn);
+
 // A block type we can quantize to, by its GGUF name in either case ("q4_k", "Q8_0"); nullopt otherwise.
 std::optional<DType> quant_type_from_name(std::string_view name);
 const char* safetensors_name(DType t);   // nullptr for types safetensors cannot hold

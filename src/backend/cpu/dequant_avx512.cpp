@@ -42,16 +42,6 @@ FP_DQ inline void q4_0_block(const uint8_t* b, Put&& put) {
   put(16, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi))));
 }
 
-void scale_min_k4(int j, const uint8_t* q, uint8_t* sc, uint8_t* mn) {
-  if (j < 4) {
-    *sc = q[j] & 63;
-    *mn = q[j + 4] & 63;
-  } else {
-    *sc = static_cast<uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-    *mn = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-  }
-}
-
 template <typename Put>
 FP_DQ inline void q4_k_block(const uint8_t* b, Put&& put) {
   const __m128i low4 = _mm_set1_epi8(0x0F);

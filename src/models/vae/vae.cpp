@@ -110,6 +110,16 @@ Tensor Model::attention(Ctx& c, const Tensor& x, const Attn& a) const {
   return ops::add(c, x, conv(c, back, a.proj));
 }
 
+Tensor Model::middle(Ctx& c, Tensor h, const Tower& t, const flux::Trace& trace) const {
+  h = resnet(c, h, t.mid1);
+  if (trace) trace("mid.block_1", h);
+  h = attention(c, h, t.mid_attn);
+  if (trace) trace("mid.attn_1", h);
+  h = resnet(c, h, t.mid2);
+  if (trace) trace("mid.block_2", h);
+  return h;
+}
+
 Tensor Model::decode(Ctx& c, const Tensor& z, const flux::Trace& trace) const {
   auto emit = [&](const std::string& n, const Tensor& t) {
     if (trace) trace(n, t);
@@ -123,12 +133,7 @@ Tensor Model::decode(Ctx& c, const Tensor& z, const flux::Trace& trace) const {
   emit("decoder_in", x);
   Tensor h = conv(c, x, dec_.conv_in);
   emit("conv_in", h);
-  h = resnet(c, h, dec_.mid1);
-  emit("mid.block_1", h);
-  h = attention(c, h, dec_.mid_attn);
-  emit("mid.attn_1", h);
-  h = resnet(c, h, dec_.mid2);
-  emit("mid.block_2", h);
+  h = middle(c, h, dec_, trace);
   for (size_t lv = dec_.levels.size(); lv-- > 0;) {
     const Level& l = dec_.levels[lv];
     for (size_t j = 0; j < l.blocks.size(); ++j) {
@@ -256,12 +261,7 @@ Tensor Model::encode(Ctx& c, const Tensor& x, const flux::Trace& trace) const {
       emit("down." + std::to_string(lv) + ".downsample", h);
     }
   }
-  h = resnet(c, h, enc_.mid1);
-  emit("mid.block_1", h);
-  h = attention(c, h, enc_.mid_attn);
-  emit("mid.attn_1", h);
-  h = resnet(c, h, enc_.mid2);
-  emit("mid.block_2", h);
+  h = middle(c, h, enc_, trace);
   h = norm(c, h, enc_.norm_out);
   emit("norm_out", h);
   Tensor moments = conv(c, ops::silu(c, h), enc_.conv_out);

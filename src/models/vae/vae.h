@@ -96,6 +96,8 @@ class Model {
   Tower load_tower(const io::WeightSet& w, const std::string& prefix, const char* level_name, const char* resample_name);
   Tensor resnet(Ctx& c, const Tensor& x, const Resnet& r) const;
   Tensor attention(Ctx& c, const Tensor& x, const Attn& a) const;
+  // The middle of either tower: ResNet, single-head attention, ResNet (traced as mid.*).
+  Tensor middle(Ctx& c, Tensor h, const Tower& t, const flux::Trace& trace) const;
   Tensor conv(Ctx& c, const Tensor& x, const Conv& k, int stride = 1, bool asymmetric_pad = false) const;
   Tensor norm(Ctx& c, const Tensor& x, const Norm& n, bool silu = false) const;   // GroupNorm(32), SiLU after
 
