@@ -1,8 +1,8 @@
 // Engine-core benchmark (not a test). Prints, in one run on the same machine:
 //   - the measured peak: an F32 FMA loop and a BF16 dot-product loop, per thread count;
 //   - GEMM at FLUX.1's shapes for BF16, F16, Q8_0, Q4_0 and Q4_K weights (BF16 compute), as
-//     GFLOP/s, as a fraction of the measured BF16 peak, and as ratios to oneDNN's bf16 matmul
-//     and OpenBLAS sgemm on the same shapes;
+//     GFLOP/s, as a fraction of the measured BF16 peak, and as ratios to oneDNN's bf16 matmul,
+//     to ops::linear forced onto its oneDNN path, and to OpenBLAS sgemm on the same shapes;
 //   - attention at L = 512, 1280, 4352 with 24 heads of 128.
 //
 //   build/bench/core_bench [--threads 2] [--quick] [--reps 3] [--m M] [--attention]
@@ -33,14 +33,26 @@ using namespace fluxpipe::bench;
 
 namespace {
 
+std::vector<float> random_floats(int64_t n, float scale, uint32_t seed);
+
 Tensor random_weights(int64_t N, int64_t K, DType d) {
-  std::mt19937 rng(1);
-  std::normal_distribution<float> nd(0.0f, 0.02f);
-  std::vector<float> f(static_cast<size_t>(N * K));
-  for (float& v : f) v = nd(rng);
+  std::vector<float> f = random_floats(N * K, 0.02f, 1);
   Tensor w = Tensor::zeros({N, K}, d);
   from_f32(d, f.data(), w.data<uint8_t>(), N * K);
   return w;
+}
+
+std::vector<float> random_floats(int64_t n, float scale, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, scale);
+  std::vector<float> f(static_cast<size_t>(n));
+  for (float& v : f) v = nd(rng);
+  return f;
+}
+
+void fill_random_bf16(uint16_t* dst, int64_t n, float scale) {
+  std::vector<float> f = random_floats(n, scale, 2);
+  for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(f[static_cast<size_t>(i)]);
 }
 
 // oneDNN's bf16 matmul alone on one shape, ready to run (bf16 A, B, F32 C, nothing converted).
@@ -57,8 +69,10 @@ struct OneDnnGemm {
     a = dnnl::memory(a_md, eng);
     b = dnnl::memory(b_md, eng);
     c = dnnl::memory(c_md, eng);
-    std::memset(a.get_data_handle(), 0x3c, a_md.get_size());
-    std::memset(b.get_data_handle(), 0x3c, b_md.get_size());
+    // Random values, as the engine's are: AMX throughput depends on the data (constant inputs
+    // draw less power and can run faster), so every variant gets random inputs of similar scale.
+    fill_random_bf16(static_cast<uint16_t*>(a.get_data_handle()), M * K, 1.0f);
+    fill_random_bf16(static_cast<uint16_t*>(b.get_data_handle()), N * K, 0.02f);
     mm = dnnl::matmul(pd);
   }
   void run() {
@@ -126,11 +140,12 @@ int main(int argc, char** argv) {
   }
   if (only_m > 0) ms = {only_m};   // --m: one token count (with --quick: its first three shapes)
   const DType dtypes[] = {DType::BF16, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_K};
-  std::printf("GFLOP/s. dnnl: oneDNN bf16 matmul alone; sgemm: OpenBLAS; own: our kernel on BF16 weights;\n"
-              "BF16..Q4_K: ops::linear as the engine runs it (oneDNN for M >= 64 where it wins, weights of\n"
-              "every dtype widened to bf16 in column chunks).\n");
-  std::printf("%5s %6s %6s | %6s %6s %6s | %6s %6s %6s %6s %6s | BF16/peak | BF16/dnnl own/dnnl BF16/blas | Q8/BF16 Q4_0/BF16 Q4K/BF16\n",
-              "M", "K", "N", "dnnl", "sgemm", "own", "BF16", "F16", "Q8_0", "Q4_0", "Q4_K");
+  std::printf("GFLOP/s. dnnl: oneDNN bf16 matmul alone (bf16 inputs ready); sgemm: OpenBLAS; lib BF16 / lib Q8_0:\n"
+              "ops::linear forced onto its oneDNN path (F32 activations rounded to bf16, weights read in place\n"
+              "or widened to bf16 in column chunks); BF16..Q4_K: ops::linear as the engine runs it (%s).\n",
+              cpu::gemm_has_amx() ? "our AMX kernel, weights widened tile by tile" : "oneDNN for M >= 64");
+  std::printf("%5s %6s %6s | %6s %6s | %6s %6s | %6s %6s %6s %6s %6s | BF16/peak | BF16/dnnl BF16/lib BF16/blas | Q8/lib Q8/BF16 Q4_0/BF16 Q4K/BF16 F16/BF16\n",
+              "M", "K", "N", "dnnl", "sgemm", "lib", "lib Q8", "BF16", "F16", "Q8_0", "Q4_0", "Q4_K");
   Ctx ctx;
   ctx.compute = Compute::BF16;
   if (attention_only) ms.clear();
@@ -140,8 +155,8 @@ int main(int argc, char** argv) {
     for (auto [K, N] : shapes) {
       double flop = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
       OneDnnGemm onednn(M, N, K);
-      std::vector<float> A(static_cast<size_t>(M * K), 0.01f), B(static_cast<size_t>(N * K), 0.02f), C(static_cast<size_t>(M * N));
-      Tensor x = Tensor::from_floats({M, K}, std::vector<float>(A.begin(), A.end()));
+      std::vector<float> A = random_floats(M * K, 1.0f, 3), B = random_floats(N * K, 0.02f, 4), C(static_cast<size_t>(M * N));
+      Tensor x = Tensor::from_floats({M, K}, A);
       std::vector<Tensor> ws;
       for (DType d : dtypes) ws.push_back(random_weights(N, K, d));
       std::vector<std::function<void()>> variants = {
@@ -150,24 +165,29 @@ int main(int argc, char** argv) {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), 1.0f,
                         A.data(), static_cast<int>(K), B.data(), static_cast<int>(K), 0.0f, C.data(), static_cast<int>(N));
           },
-          [&] {
-            cpu::gemm_force_own(true);
-            ops::linear(ctx, x, ws[0]);   // BF16 weights
-            cpu::gemm_force_own(false);
+          [&] {   // the oneDNN path of ops::linear, BF16 weights read in place
+            cpu::gemm_force_path(cpu::GemmPath::onednn);
+            ops::linear(ctx, x, ws[0]);
+            cpu::gemm_force_path(cpu::GemmPath::automatic);
+          },
+          [&] {   // the oneDNN path, Q8_0 weights widened to bf16 in column chunks first
+            cpu::gemm_force_path(cpu::GemmPath::onednn);
+            ops::linear(ctx, x, ws[2]);
+            cpu::gemm_force_path(cpu::GemmPath::automatic);
           }};
       for (size_t d = 0; d < ws.size(); ++d) variants.push_back([&, d] { ops::linear(ctx, x, ws[d]); });
       std::vector<double> t = best_interleaved(variants, reps);
       double t_dnnl = t[0], t_blas = t[1];
-      double own = flop / t[2] / 1e9;
+      double lib_bf16 = flop / t[2] / 1e9, lib_q8 = flop / t[3] / 1e9;
       double gf[5];
-      for (int d = 0; d < 5; ++d) gf[d] = flop / t[3 + static_cast<size_t>(d)] / 1e9;
+      for (int d = 0; d < 5; ++d) gf[d] = flop / t[4 + static_cast<size_t>(d)] / 1e9;
       double dn = flop / t_dnnl / 1e9, bl = flop / t_blas / 1e9;
       gemm_sum += gf[0];
       ++gemm_count;
-      std::printf("%5lld %6lld %6lld | %6.0f %6.0f %6.0f | %6.0f %6.0f %6.0f %6.0f %6.0f |   %5.1f%%  |   %5.2f    %5.2f    %5.2f  |  %5.2f  %5.2f  %5.2f\n",
-                  static_cast<long long>(M), static_cast<long long>(K), static_cast<long long>(N), dn, bl, own, gf[0], gf[1],
-                  gf[2], gf[3], gf[4], 100.0 * gf[0] * 1e9 / bfN, gf[0] / dn, own / dn, gf[0] / bl, gf[2] / gf[0],
-                  gf[3] / gf[0], gf[4] / gf[0]);
+      std::printf("%5lld %6lld %6lld | %6.0f %6.0f | %6.0f %6.0f | %6.0f %6.0f %6.0f %6.0f %6.0f |   %5.1f%%  |   %5.2f    %5.2f    %5.2f  |  %5.2f  %5.2f  %5.2f  %5.2f  %5.2f\n",
+                  static_cast<long long>(M), static_cast<long long>(K), static_cast<long long>(N), dn, bl, lib_bf16, lib_q8,
+                  gf[0], gf[1], gf[2], gf[3], gf[4], 100.0 * gf[0] * 1e9 / bfN, gf[0] / dn, gf[0] / lib_bf16, gf[0] / bl,
+                  gf[2] / lib_q8, gf[2] / gf[0], gf[3] / gf[0], gf[4] / gf[0], gf[1] / gf[0]);
       std::fflush(stdout);
     }
   }

@@ -13,17 +13,6 @@
 
 namespace fluxpipe {
 
-// Scales and mins of Q4_K/Q5_K: 8 pairs of 6-bit values packed in 12 bytes.
-void scale_min_k4(int j, const uint8_t* q, uint8_t* sc, uint8_t* mn) {
-  if (j < 4) {
-    *sc = q[j] & 63;
-    *mn = q[j + 4] & 63;
-  } else {
-    *sc = static_cast<uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-    *mn = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-  }
-}
-
 namespace {
 
 constexpr int QK = 32;     // elements per block of the classic quants

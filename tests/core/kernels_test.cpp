@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <random>
 #include <tuple>
 
@@ -39,8 +40,11 @@ void expect_close(const Tensor& a, const Tensor& b, double atol, double rtol, co
   size_t worst = 0;
   for (size_t i = 0; i < x.size(); ++i) {
     max_ref = std::max(max_ref, std::fabs(static_cast<double>(y[i])));
-    double d = std::fabs(static_cast<double>(x[i]) - y[i]);
-    if (!(d <= max_diff)) {
+    // A NaN or an infinity where the reference differs counts as an infinite difference, which no
+    // later element can hide.
+    double d = x[i] == y[i] ? 0.0 : std::fabs(static_cast<double>(x[i]) - y[i]);
+    if (std::isnan(d)) d = std::numeric_limits<double>::infinity();
+    if (d > max_diff) {
       max_diff = d;
       worst = i;
     }
@@ -135,14 +139,23 @@ TEST(Kernels, VectorDequantizationIsBitIdenticalToTheReference) {
 TEST(Kernels, OneDnnPathMatchesOwnKernels) {
   Ctx c;
   c.compute = Compute::BF16;
+  // K = 4608: more than one K chunk of the AMX kernel (C reloaded from memory between them).
   for (DType d : {DType::BF16, DType::F16, DType::Q8_0, DType::Q4_K}) {
-    for (int M : {64, 100}) {
-      Tensor x = randn({M, 512}, 80 + M), w = convert(randn({300, 512}, 81, 0.1f), d);
+    for (auto [M, K] : {std::pair{64, 512}, std::pair{100, 512}, std::pair{70, 4608}}) {
+      Tensor x = randn({M, K}, 80 + M), w = convert(randn({300, K}, 81, 0.1f), d);
+      cpu::gemm_force_path(cpu::GemmPath::onednn);
       Tensor via_library = ops::linear(c, x, w);
-      cpu::gemm_force_own(true);
+      cpu::gemm_force_path(cpu::GemmPath::own);
       Tensor own = ops::linear(c, x, w);
-      cpu::gemm_force_own(false);
-      expect_close(via_library, own, 1e-4, 1e-5, std::string("oneDNN vs own, w=") + name(d));
+      cpu::gemm_force_path(cpu::GemmPath::automatic);
+      // Both multiply the same bf16 values exactly and accumulate in F32; only the order differs.
+      expect_close(via_library, own, 1e-4, 1e-5, std::string("oneDNN vs own, w=") + name(d) + " K=" + std::to_string(K));
+      // And the own kernels against the reference fed the same bf16-rounded inputs.
+      Tensor want = Tensor::zeros({M, 300}, DType::F32);
+      std::vector<float> wf(static_cast<size_t>(300) * K);
+      to_f32(d, w.data<uint8_t>(), wf.data(), 300 * K);
+      cpu::ref::linear(convert(x, DType::BF16), convert(Tensor::from_floats({300, K}, wf), DType::BF16), nullptr, want);
+      expect_close(own, want, 1e-4, 1e-4, std::string("own vs reference, w=") + name(d) + " K=" + std::to_string(K));
     }
   }
 }
@@ -164,13 +177,22 @@ TEST(Kernels, ResultsDoNotDependOnTheThreadCount) {
   Ctx c;
   Tensor x = randn({37, 512}, 12), w = convert(randn({300, 512}, 13, 0.1f), DType::Q8_0);
   Tensor q = randn({1, 3, 70, 16}, 14), k = randn({1, 3, 90, 16}, 15), v = randn({1, 3, 90, 16}, 16);
+  // Few column blocks for many rows: our kernels split the rows between threads (M = 200, N = 100).
+  cpu::gemm_force_path(cpu::GemmPath::own);
+  Tensor xs = randn({200, 512}, 17), ws = convert(randn({100, 512}, 18, 0.1f), DType::Q4_K);
+  Ctx cb;
+  cb.compute = Compute::BF16;
   ThreadPool::set_global_threads(1);
+  Tensor s1 = ops::linear(cb, xs, ws);
   Tensor a1 = ops::linear(c, x, w);
   Tensor t1 = ops::attention(c, q, k, v, 0.25f);
   ThreadPool::set_global_threads(3);
+  Tensor s3 = ops::linear(cb, xs, ws);
   Tensor a3 = ops::linear(c, x, w);
   Tensor t3 = ops::attention(c, q, k, v, 0.25f);
   ThreadPool::set_global_threads(0);
+  cpu::gemm_force_path(cpu::GemmPath::automatic);
+  EXPECT_EQ(s1.to_floats(), s3.to_floats());
   EXPECT_EQ(a1.to_floats(), a3.to_floats());
   EXPECT_EQ(t1.to_floats(), t3.to_floats());
 }
@@ -224,6 +246,27 @@ TEST(Kernels, FusedAttentionAgainstReference) {
     ThreadPool::set_global_threads(0);
     EXPECT_EQ(one.to_floats(), three.to_floats()) << "attention must not depend on the thread count";
   }
+}
+
+TEST(Kernels, FusedAttentionFollowsAMovingMaximum) {
+  // Three chunks of 128 keys with all scores 0, then keys whose scores jump: in head 0 by about
+  // 8-10 (natural log), just past the kernel's slack for some rows, so that the 384 earlier keys
+  // still carry a few percent of the weight and the partial output must be rescaled; in head 1 by
+  // about 150, where probabilities taken against the old maximum would overflow.
+  Ctx c;
+  c.compute = Compute::BF16;
+  const int64_t Lq = 200, Lk = 500, D = 64;   // Lq * Lk >= 256^2: the long-sequence (fused) path
+  Tensor q = randn({1, 2, Lq, D}, 63), k = randn({1, 2, Lk, D}, 64), v = randn({1, 2, Lk, D}, 65);
+  float* kp = k.data<float>();
+  for (int64_t h = 0; h < 2; ++h)
+    for (int64_t j = 0; j < Lk; ++j)
+      for (int64_t d = 0; d < D; ++d) kp[(h * Lk + j) * D + d] *= j < 384 ? 0.0f : h == 0 ? 3.4f : 60.0f;
+  // The reference fed the bf16-rounded inputs the kernel multiplies: with scores this large the
+  // rounding of K alone moves the result by more than any sane tolerance; what remains is the
+  // rounding of the probabilities to bf16 (relative 2^-9).
+  Tensor want = Tensor::zeros(q.shape(), DType::F32);
+  cpu::ref::attention(convert(q, DType::BF16), convert(k, DType::BF16), convert(v, DType::BF16), 0.125f, nullptr, false, want);
+  expect_close(ops::attention(c, q, k, v, 0.125f), want, 1e-2, 1e-2, "attention with a moving maximum");
 }
 
 TEST(Kernels, NormsAgainstReference) {

@@ -13,7 +13,8 @@
 namespace fluxpipe::cpu {
 
 // q [B,H,Lq,D], k/v [B,H,Lk,D], out [B,H,Lq,D], all contiguous F32. Applies when the CPU has AMX
-// and AVX-512 BF16 and D is a multiple of 32 up to 256; returns false (nothing written) otherwise.
+// and AVX-512 BF16, D is a multiple of 32 up to 256 and scale > 0; returns false (nothing written)
+// otherwise.
 bool flash_attention_amx(const Tensor& q, const Tensor& k, const Tensor& v, float scale, Tensor& out);
 
 // Benchmarks compare against the unfused path in the same run: false turns the fused kernel off

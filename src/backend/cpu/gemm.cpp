@@ -21,6 +21,11 @@ constexpr int MR = 8;      // rows per micro-tile
 constexpr int NR = 32;     // columns per packed panel (two 16-lane vectors)
 constexpr int NC = 128;    // columns per thread work unit
 constexpr int KC = 512;    // K per packed chunk (a multiple of every block size)
+// The AMX kernel's K chunk: C stays in the tiles for a whole chunk and is reloaded between chunks,
+// so longer is better while a thread's packed weights (NC x KC_AMX bf16, 1 MiB) stay in L2.
+// Measured at M = 512 (K = N = 3072 / K = 12288, N = 3072): KC 512 -> 1,080 / 830 GFLOP/s,
+// 1,024 -> 1,140 / 960, 4,096 -> 1,390 / 1,180, 8,192 with NC 64 -> 1,280 / 1,050.
+constexpr int KC_AMX = 4096;
 
 std::atomic<bool> g_force_portable{false};
 
@@ -359,7 +364,7 @@ void gemv_rows(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t 
 enum class Kernel { f32_avx512, bf16_avx512, bf16_amx, f32_portable };
 
 std::atomic<bool> g_force_no_amx{false};
-std::atomic<bool> g_force_own{false};
+std::atomic<GemmPath> g_path{GemmPath::automatic};
 
 Kernel pick(Compute c) {
   if (g_force_portable || !cpu_has_avx512()) return Kernel::f32_portable;
@@ -399,7 +404,28 @@ void amx_tile_product(const uint16_t* A, int64_t lda, const uint16_t* P, int64_t
 void gemm_force_portable(bool on) { g_force_portable = on; }
 bool gemm_has_amx() { return cpu_has_amx(); }
 void gemm_force_no_amx(bool on) { g_force_no_amx = on; }
-void gemm_force_own(bool on) { g_force_own = on; }
+void gemm_force_path(GemmPath p) { g_path = p; }
+
+namespace {
+
+// A thread's packing buffers, kept between calls: they reach 1.5 MiB with the AMX chunk, and
+// fresh pages would cost a fault and a clearing each (see scratch.h).
+struct Workspace {
+  std::vector<float> row, packed_f32, c_tail;
+  std::vector<uint16_t> packed_bf16, rows_bf16, a_tail;
+  template <typename T>
+  std::vector<T>& grow(std::vector<T>& v, int64_t n) {
+    if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
+    return v;
+  }
+};
+
+Workspace& workspace() {
+  thread_local Workspace w;
+  return w;
+}
+
+}  // namespace
 
 void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N, int64_t K,
           Compute compute, bool parallel) {
@@ -409,11 +435,15 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
     return;
   }
   Kernel kernel = pick(compute);
-  // oneDNN is faster for large dense products where it has AMX or AVX-512 BF16 (bench/core_bench).
-  if (compute == Compute::BF16 && parallel && M >= 64 && !g_force_own && !g_force_portable &&
-      (kernel == Kernel::bf16_amx || kernel == Kernel::bf16_avx512) && onednn_gemm_bf16(A, lda, B, C, ldc, M, N, K)) {
-    return;
-  }
+  // Large products (M >= 64) where the CPU has bf16 instructions: with AMX our kernel, which
+  // widens the weights tile by tile while they are in L2, is about as fast as oneDNN on BF16
+  // weights and faster on all others (oneDNN needs them widened in memory first); without AMX,
+  // oneDNN's AVX-512 BF16 GEMM is the faster. Measured side by side in bench/core_bench.
+  const GemmPath path = g_path;
+  const bool large = compute == Compute::BF16 && parallel && M >= 64 && !g_force_portable &&
+                     (kernel == Kernel::bf16_amx || kernel == Kernel::bf16_avx512);
+  const bool library = path == GemmPath::onednn || (path == GemmPath::automatic && kernel != Kernel::bf16_amx);
+  if (large && library && onednn_gemm_bf16(A, lda, B, C, ldc, M, N, K)) return;
   const bool bf16_kernel = kernel == Kernel::bf16_avx512 || kernel == Kernel::bf16_amx;
   std::vector<float> rounded;
   if (M <= 4 && !g_force_portable) {
@@ -433,9 +463,11 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
     lda = K;
     round_b = true;
   }
-  // bf16 copy of A, K padded to even.
+  // bf16 copy of A, K padded to even. For AMX, to a multiple of 32 plus 32 more: tile rows whose
+  // stride is a multiple of 2 KiB (K = 3072: 6 KiB) fall into the same few L1 sets and evict each
+  // other between the panels that reuse them (measured at M = 512, K = N = 3072: 5-9% faster).
   uint16_t* abf = nullptr;
-  int64_t lda16 = kernel == Kernel::bf16_amx ? (K + 31) / 32 * 32 : (K + 1) & ~int64_t{1};
+  int64_t lda16 = kernel == Kernel::bf16_amx ? (K + 31) / 32 * 32 + 32 : (K + 1) & ~int64_t{1};
   if (bf16_kernel) {
     abf = scratch<uint16_t>(0, static_cast<size_t>(M * lda16));
     auto convert = [&](int, int64_t b, int64_t e) {
@@ -450,33 +482,47 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
       convert(0, 0, M);
     }
   }
-  int64_t blocks = (N + NC - 1) / NC;
-  auto work = [&](int, int64_t b_begin, int64_t b_end) {
-    std::vector<float> row(KC);
-    std::vector<float> packed_f32(bf16_kernel ? 0 : static_cast<size_t>(NC) * KC);
-    std::vector<uint16_t> packed_bf16(bf16_kernel ? static_cast<size_t>(NC) * KC : 0);
-    std::vector<uint16_t> rows_bf16(bf16_kernel ? static_cast<size_t>(NR) * (KC + 2) : 0);
-    std::vector<uint16_t> a_tail;   // AMX: the last rows, zero-padded to 32
-    std::vector<float> c_tail;
+  // Work items: blocks of NC columns, and where those are too few to keep every thread busy
+  // (N = 64 at M = 4096: the last layer), row ranges of them. Each item packs its own weights,
+  // so rows are split only as far as needed. Every element of C is still computed by one item in
+  // one fixed order.
+  const int64_t blocks = (N + NC - 1) / NC;
+  const int64_t threads = parallel ? ThreadPool::global().size() : 1;
+  int64_t m_step = M;
+  if (blocks < 4 * threads && M > 64) {
+    int64_t parts = std::min<int64_t>((4 * threads + blocks - 1) / blocks, (M + 63) / 64);
+    m_step = ((M + parts - 1) / parts + 31) / 32 * 32;
+  }
+  const int64_t m_parts = (M + m_step - 1) / m_step;
+  const int64_t kc_max = kernel == Kernel::bf16_amx ? KC_AMX : KC;
+  auto work = [&](int, int64_t i_begin, int64_t i_end) {
+    Workspace& ws = workspace();
+    std::vector<float>& row = ws.grow(ws.row, kc_max);
+    std::vector<float>& packed_f32 = ws.grow(ws.packed_f32, bf16_kernel ? 0 : NC * kc_max);
+    std::vector<uint16_t>& packed_bf16 = ws.grow(ws.packed_bf16, bf16_kernel ? NC * kc_max : 0);
+    std::vector<uint16_t>& rows_bf16 = ws.grow(ws.rows_bf16, bf16_kernel ? NR * (kc_max + 2) : 0);
+    std::vector<uint16_t>& a_tail = ws.a_tail;   // AMX: the last rows, zero-padded to 32
+    std::vector<float>& c_tail = ws.c_tail;
     if (kernel == Kernel::bf16_amx) {
       amx_configure();
-      a_tail.assign(static_cast<size_t>(32 * KC), 0);
-      c_tail.assign(32 * NR, 0.0f);
+      a_tail.resize(static_cast<size_t>(32 * (kc_max + 32)));   // rows padded as lda16 is; zeroed where used
+      c_tail.resize(32 * NR);
     }
-    for (int64_t blk = b_begin; blk < b_end; ++blk) {
+    for (int64_t item = i_begin; item < i_end; ++item) {
+      const int64_t blk = item / m_parts, m_begin = item % m_parts * m_step, m_end = std::min(M, m_begin + m_step);
       int64_t n_begin = blk * NC, n_end = std::min(N, n_begin + NC);
-      for (int64_t k0 = 0; k0 < K; k0 += KC) {
-        int64_t kc = std::min<int64_t>(KC, K - k0);
+      for (int64_t k0 = 0; k0 < K; k0 += kc_max) {
+        int64_t kc = std::min<int64_t>(kc_max, K - k0);
         int64_t kc_padded = kernel == Kernel::bf16_amx ? (kc + 31) / 32 * 32 : kc;
         bool first = k0 == 0;
         int panels = static_cast<int>((n_end - n_begin + NR - 1) / NR);
         for (int pnl = 0; pnl < panels; ++pnl) {
           int64_t n0 = n_begin + pnl * NR;
           if (bf16_kernel) {
-            pack_bf16(B, n0, N, k0, kc, kc_padded, packed_bf16.data() + static_cast<size_t>(pnl) * NR * KC, row.data(),
+            pack_bf16(B, n0, N, k0, kc, kc_padded, packed_bf16.data() + static_cast<size_t>(pnl) * NR * kc_max, row.data(),
                       rows_bf16.data());
           } else {
-            float* dst = packed_f32.data() + static_cast<size_t>(pnl) * NR * KC;
+            float* dst = packed_f32.data() + static_cast<size_t>(pnl) * NR * kc_max;
             pack_f32(B, n0, N, k0, kc, dst, row.data());
             if (round_b) {
               for (int64_t i = 0; i < kc * NR; ++i) dst[i] = bf16_to_f32(f32_to_bf16(dst[i]));
@@ -484,21 +530,21 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
           }
         }
         if (kernel == Kernel::bf16_amx) {
-          for (int64_t m0 = 0; m0 < M; m0 += 32) {
-            int rows = static_cast<int>(std::min<int64_t>(32, M - m0));
+          for (int64_t m0 = m_begin; m0 < m_end; m0 += 32) {
+            int rows = static_cast<int>(std::min<int64_t>(32, m_end - m0));
             const uint16_t* a = abf + m0 * lda16 + k0;
             int64_t lda_used = lda16;
             if (rows < 32) {
               std::fill(a_tail.begin(), a_tail.end(), 0);
-              for (int r = 0; r < rows; ++r) std::memcpy(a_tail.data() + r * KC, a + r * lda16, static_cast<size_t>(kc_padded) * 2);
+              for (int r = 0; r < rows; ++r) std::memcpy(a_tail.data() + r * (kc_max + 32), a + r * lda16, static_cast<size_t>(kc_padded) * 2);
               a = a_tail.data();
-              lda_used = KC;
+              lda_used = kc_max + 32;
             }
             for (int pnl = 0; pnl < panels; ++pnl) {
               int64_t n0 = n_begin + pnl * NR;
               int nv = static_cast<int>(std::min<int64_t>(NR, N - n0));
               float* c = C + m0 * ldc + n0;
-              const uint16_t* bp = packed_bf16.data() + static_cast<size_t>(pnl) * NR * KC;
+              const uint16_t* bp = packed_bf16.data() + static_cast<size_t>(pnl) * NR * kc_max;
               if (rows == 32 && nv == NR) {
                 ukernel_amx(a, lda_used, bp, kc_padded, c, ldc, first);
                 continue;
@@ -512,8 +558,8 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
           }
           continue;
         }
-        for (int64_t m0 = 0; m0 < M; m0 += MR) {
-          int rows = static_cast<int>(std::min<int64_t>(MR, M - m0));
+        for (int64_t m0 = m_begin; m0 < m_end; m0 += MR) {
+          int rows = static_cast<int>(std::min<int64_t>(MR, m_end - m0));
           for (int pnl = 0; pnl < panels; ++pnl) {
             int64_t n0 = n_begin + pnl * NR;
             int nv = static_cast<int>(std::min<int64_t>(NR, N - n0));
@@ -521,18 +567,18 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
             switch (kernel) {
               case Kernel::bf16_avx512:
                 ukernel_bf16_avx512(rows, abf + m0 * lda16 + k0, lda16,
-                                    packed_bf16.data() + static_cast<size_t>(pnl) * NR * KC, (kc + 1) / 2, c, ldc, nv,
+                                    packed_bf16.data() + static_cast<size_t>(pnl) * NR * kc_max, (kc + 1) / 2, c, ldc, nv,
                                     first);
                 break;
               case Kernel::f32_avx512:
-                ukernel_f32_avx512(rows, A + m0 * lda + k0, lda, packed_f32.data() + static_cast<size_t>(pnl) * NR * KC,
+                ukernel_f32_avx512(rows, A + m0 * lda + k0, lda, packed_f32.data() + static_cast<size_t>(pnl) * NR * kc_max,
                                    kc, c, ldc, nv, first);
                 break;
               case Kernel::bf16_amx:   // handled above
                 break;
               case Kernel::f32_portable:
                 ukernel_f32_portable(rows, A + m0 * lda + k0, lda,
-                                     packed_f32.data() + static_cast<size_t>(pnl) * NR * KC, kc, c, ldc, nv, first);
+                                     packed_f32.data() + static_cast<size_t>(pnl) * NR * kc_max, kc, c, ldc, nv, first);
                 break;
             }
           }
@@ -545,9 +591,9 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
     if (kernel == Kernel::bf16_amx) amx_release();
   };
   if (parallel) {
-    ThreadPool::global().parallel_for(blocks, run);
+    ThreadPool::global().parallel_for(blocks * m_parts, run);
   } else {
-    run(0, 0, blocks);
+    run(0, 0, blocks * m_parts);
   }
 }
 

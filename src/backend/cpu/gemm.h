@@ -1,9 +1,12 @@
 // CPU GEMM core: C[M,N] = A[M,K] · B[N,K]ᵀ, A and C float, B in any float or block dtype
 // (dequantized tile by tile while packing, never as a whole).
 //
-// Blocking: N in blocks of 128 columns (a thread owns whole blocks, so every element of C is
-// computed by one thread in one fixed order: results do not depend on the thread count),
-// K in chunks of 256 packed into an L1/L2-resident panel, M in micro-tiles of 8 rows.
+// Blocking: N in blocks of 128 columns, split further into row ranges only when there are too
+// few blocks for the threads (every element of C is computed by one thread in one fixed order:
+// results do not depend on the thread count); K in chunks packed into an L2-resident panel
+// (4096 for AMX, 512 otherwise); M in micro-tiles of 8 rows (32 for AMX).
+// Large products (M >= 64) go to oneDNN where that is faster: on CPUs with AVX-512 BF16 but no
+// AMX (see gemm() and bench/core_bench).
 // Kernels: AMX BF16 tiles, AVX-512 F32 FMA and AVX-512 BF16 (vdpbf16ps) where the CPU has them, and a
 // portable kernel (compiled for AVX2+FMA and for baseline x86-64) otherwise.
 // Thread-safety: re-entrant; `parallel` uses the global ThreadPool.
@@ -34,8 +37,10 @@ bool gemm_has_amx();
 void gemm_force_portable(bool on);
 // For tests: use the AVX-512 BF16 kernel even where AMX exists.
 void gemm_force_no_amx(bool on);
-// For tests and benchmarks: never hand the product to oneDNN.
-void gemm_force_own(bool on);
+// For tests and benchmarks: which path products with M >= 64 and BF16 compute take — the
+// engine's choice (automatic), always our kernels, or oneDNN wherever it can run them.
+enum class GemmPath { automatic, own, onednn };
+void gemm_force_path(GemmPath path);
 
 // Helpers shared with the oneDNN path.
 void b_row_to_f32(const BMatrix& B, int64_t n, int64_t k0, int64_t kc, float* row);

@@ -1,5 +1,5 @@
 // Dense BF16 GEMM through oneDNN (Debian's libdnnl), used where it is faster than our own
-// kernels: measured in bench/core_bench, it wins at M >= 64 on AMX machines. Weights of
+// kernels: measured in bench/core_bench, at M >= 64 on CPUs with AVX-512 BF16 but no AMX. Weights of
 // any dtype are widened to bf16 in column chunks (never the whole matrix at once), so
 // quantized weights stay quantized in memory; BF16 weights are read in place.
 // Thread-safety: re-entrant; oneDNN runs on its own OpenMP threads.
