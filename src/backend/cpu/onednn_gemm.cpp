@@ -121,8 +121,7 @@ bool onednn_gemm_bf16(const float* A, int64_t lda, const BMatrix& B, float* C, i
     // at M = 512, 1280 and 4352; for quantized weights at M = 512, chunks of 4, 8 and 16 Mi weights
     // gave quantized / BF16 of 0.84-0.93, 0.86-1.04 and 0.83-1.00.)
     bool direct = B.dtype == DType::BF16 && B.row_bytes == K * 2;
-    static const int64_t mwhole = getenv("FP_MWHOLE") ? atol(getenv("FP_MWHOLE")) : 512; static const int64_t kw = getenv("FP_CHUNK") ? atol(getenv("FP_CHUNK")) : (int64_t{8} << 20);
-    int64_t chunk = direct && M < mwhole ? N : std::max<int64_t>(64, kw / std::max<int64_t>(K, 1));
+    int64_t chunk = direct && M < 512 ? N : std::max<int64_t>(64, (int64_t{8} << 20) / std::max<int64_t>(K, 1));
     chunk = std::min(chunk, N);
     uint16_t* w = direct ? nullptr : scratch<uint16_t>(3, static_cast<size_t>(chunk * K));
     dnnl::stream stream(e.eng);
