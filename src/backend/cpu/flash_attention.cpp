@@ -58,11 +58,25 @@ FP_FLASH void online_softmax_chunk(const float* s, int64_t valid, float scale, R
   for (int64_t r = 0; r < QR; ++r) {
     const __m512 mv = _mm512_set1_ps(m_new[r]);
     __m512 sum = _mm512_setzero_ps();
-    for (int64_t j = 0; j < KCH; j += 16) {
-      __mmask16 k = valid - j >= 16 ? __mmask16(0xFFFF) : valid - j <= 0 ? __mmask16(0) : static_cast<__mmask16>((1u << (valid - j)) - 1);
-      __m512 e = _mm512_maskz_mov_ps(k, exp2_512(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, s + r * KCH + j), sc, mv)));
-      sum = _mm512_add_ps(sum, e);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + r * KCH + j), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(e)));
+    const float* sr = s + r * KCH;
+    uint16_t* pr = p + r * KCH;
+    if (valid == KCH) {   // a whole chunk: no masks, two vectors to one bf16 store
+      __m512 sum1 = _mm512_setzero_ps();
+      for (int64_t j = 0; j < KCH; j += 32) {
+        __m512 e0 = exp2_512(_mm512_fmsub_ps(_mm512_load_ps(sr + j), sc, mv));
+        __m512 e1 = exp2_512(_mm512_fmsub_ps(_mm512_load_ps(sr + j + 16), sc, mv));
+        sum = _mm512_add_ps(sum, e0);
+        sum1 = _mm512_add_ps(sum1, e1);
+        _mm512_store_si512(pr + j, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(e1, e0)));
+      }
+      sum = _mm512_add_ps(sum, sum1);
+    } else {
+      for (int64_t j = 0; j < KCH; j += 16) {
+        __mmask16 k = valid - j >= 16 ? __mmask16(0xFFFF) : valid - j <= 0 ? __mmask16(0) : static_cast<__mmask16>((1u << (valid - j)) - 1);
+        __m512 e = _mm512_maskz_mov_ps(k, exp2_512(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, sr + j), sc, mv)));
+        sum = _mm512_add_ps(sum, e);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + j), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(e)));
+      }
     }
     if (m_new[r] != st.m[r]) {
       const __m512 a = _mm512_set1_ps(alpha[r]);
@@ -79,44 +93,43 @@ FP_FLASH void online_softmax_chunk(const float* s, int64_t valid, float scale, R
 // A row's sum of probabilities from its partial sums.
 FP_FLASH float row_sum(const RowState& st, int64_t r) { return _mm512_reduce_add_ps(_mm512_load_ps(st.l + r * 16)); }
 
-// K of one head [L, D] -> panels of 32 keys: P[((panel * D/2 + p) * 32 + j) * 2 + e] = K[32 panel + j, 2p + e].
-// A key's row, rounded to bf16, is D/2 words that go to stride-32 word slots.
-void pack_keys(const float* K, int64_t L, int64_t Lp, int64_t D, uint16_t* out) {
-  std::vector<uint16_t> row(static_cast<size_t>(D));
-  uint32_t* words = reinterpret_cast<uint32_t*>(out);
-  for (int64_t key = 0; key < Lp; ++key) {
-    if (key < L) {
-      f32_row_to_bf16(K + key * D, row.data(), D);
-    } else {
-      std::fill(row.begin(), row.end(), uint16_t{0});
+// K of one head [L, D] -> panels of 32 keys: P[((panel * D/2 + p) * 32 + j) * 2 + e] = K[32 panel + j, 2p + e],
+// rounded to bf16; keys past L are zero. `rows` is scratch for 32 x D values.
+void pack_keys(const float* K, int64_t L, int64_t Lp, int64_t D, uint16_t* rows, uint16_t* out) {
+  for (int64_t k0 = 0; k0 < Lp; k0 += PW) {
+    for (int64_t j = 0; j < PW; ++j) {
+      if (k0 + j < L) {
+        f32_row_to_bf16(K + (k0 + j) * D, rows + j * D, D);
+      } else {
+        std::fill(rows + j * D, rows + (j + 1) * D, uint16_t{0});
+      }
     }
-    const uint32_t* rw = reinterpret_cast<const uint32_t*>(row.data());
-    uint32_t* panel = words + (key / PW) * (D / 2) * PW + key % PW;
-    for (int64_t p = 0; p < D / 2; ++p) panel[p * PW] = rw[p];
+    amx_pack_panel(rows, D, D / 2, out + k0 * D);
   }
 }
 
+// 32 values of a row of V (F32) as bf16, in one register.
+FP_FLASH inline __m512i bf16x32(const float* v) {
+  return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(v + 16), _mm512_loadu_ps(v)));
+}
+
 // V of one head [L, D] -> per chunk of 128 keys, D/32 panels of 32 dims:
-// P[(((c * D/32 + t) * KCH/2 + p) * 32 + j) * 2 + e] = V[c KCH + 2p + e, 32 t + j]: a pair of keys'
-// rows, rounded to bf16, interleaved element by element.
-void pack_values(const float* V, int64_t L, int64_t Lp, int64_t D, uint16_t* out) {
-  std::vector<uint16_t> r0(static_cast<size_t>(D)), r1(static_cast<size_t>(D));
+// P[(((c * D/32 + t) * KCH/2 + p) * 32 + j) * 2 + e] = V[c KCH + 2p + e, 32 t + j], rounded to bf16:
+// a pair of keys' rows interleaved element by element. Keys past L are zero.
+FP_FLASH void pack_values(const float* V, int64_t L, int64_t Lp, int64_t D, uint16_t* out) {
+  alignas(64) static const uint16_t kLo[32] = {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+                                               8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  alignas(64) static const uint16_t kHi[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+                                               24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+  const __m512i lo = _mm512_load_si512(kLo), hi = _mm512_load_si512(kHi);
   for (int64_t key = 0; key < Lp; key += 2) {
-    for (int e = 0; e < 2; ++e) {
-      std::vector<uint16_t>& r = e == 0 ? r0 : r1;
-      if (key + e < L) {
-        f32_row_to_bf16(V + (key + e) * D, r.data(), D);
-      } else {
-        std::fill(r.begin(), r.end(), uint16_t{0});
-      }
-    }
     const int64_t c = key / KCH, pp = (key % KCH) / 2;
     for (int64_t t = 0; t < D / PW; ++t) {
+      __m512i a = key < L ? bf16x32(V + key * D + t * PW) : _mm512_setzero_si512();
+      __m512i b = key + 1 < L ? bf16x32(V + (key + 1) * D + t * PW) : _mm512_setzero_si512();
       uint16_t* P = out + ((c * (D / PW) + t) * (KCH / 2) + pp) * PW * 2;
-      for (int64_t j = 0; j < PW; ++j) {
-        P[2 * j] = r0[static_cast<size_t>(t * PW + j)];
-        P[2 * j + 1] = r1[static_cast<size_t>(t * PW + j)];
-      }
+      _mm512_storeu_si512(P, _mm512_permutex2var_epi16(a, lo, b));
+      _mm512_storeu_si512(P + 32, _mm512_permutex2var_epi16(a, hi, b));
     }
   }
 }
@@ -144,9 +157,10 @@ bool flash_attention_amx(const Tensor& q, const Tensor& k, const Tensor& v, floa
            *VB = reinterpret_cast<uint16_t*>(vb.data<int16_t>());
   const float *Q = q.data<float>(), *K = k.data<float>(), *V = v.data<float>();
   ThreadPool::global().parallel_for(BH, [&](int, int64_t b0, int64_t b1) {
+    std::vector<uint16_t> rows(static_cast<size_t>(PW * D));
     for (int64_t bh = b0; bh < b1; ++bh) {
       pack_queries(Q + bh * Lq * D, Lq, Lqp, D, QB + bh * Lqp * D);
-      pack_keys(K + bh * Lk * D, Lk, Lkp, D, KB + bh * Lkp * D);
+      pack_keys(K + bh * Lk * D, Lk, Lkp, D, rows.data(), KB + bh * Lkp * D);
       pack_values(V + bh * Lk * D, Lk, Lkp, D, VB + bh * Lkp * D);
     }
   });

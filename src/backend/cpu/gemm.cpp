@@ -468,6 +468,10 @@ void amx_tile_product(const uint16_t* A, int64_t lda, const uint16_t* P, int64_t
   ukernel_amx(A, lda, P, kc, C, ldc, first);
 }
 
+void amx_pack_panel(const uint16_t* rows, int64_t ld, int64_t pairs, uint16_t* P) {
+  interleave_pairs_avx512(rows, ld, pairs, P);
+}
+
 void gemm_force_portable(bool on) { g_force_portable = on; }
 bool gemm_has_amx() { return cpu_has_amx(); }
 void gemm_force_no_amx(bool on) { g_force_no_amx = on; }

@@ -53,6 +53,9 @@ void b_row_to_f32(const BMatrix& B, int64_t n, int64_t k0, int64_t kc, float* ro
 void amx_begin();
 void amx_end();
 void amx_tile_product(const uint16_t* A, int64_t lda, const uint16_t* P, int64_t kc, float* C, int64_t ldc, bool first);
+// Such a panel from 32 bf16 rows, one per column (row j at rows + j * ld, 2 * pairs values):
+// P[(p * 32 + j) * 2 + e] = rows[j * ld + 2p + e]. Needs AVX-512 (as AMX does).
+void amx_pack_panel(const uint16_t* rows, int64_t ld, int64_t pairs, uint16_t* P);
 void f32_row_to_bf16(const float* src, uint16_t* dst, int64_t n);
 
 }  // namespace fluxpipe::cpu
