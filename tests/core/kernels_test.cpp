@@ -249,18 +249,19 @@ TEST(Kernels, FusedAttentionAgainstReference) {
 }
 
 TEST(Kernels, FusedAttentionFollowsAMovingMaximum) {
-  // Three chunks of 128 keys with all scores 0, then keys whose scores jump: in head 0 by about
-  // 8-10 (natural log), just past the kernel's slack for some rows, so that the 384 earlier keys
-  // still carry a few percent of the weight and the partial output must be rescaled; in head 1 by
-  // about 150, where probabilities taken against the old maximum would overflow.
+  // More keys than the fused kernel takes in one chunk (2048), so that chunks are combined
+  // online: the first 2048 keys score 0, the rest jump — in head 0 by about 8-10 (natural log),
+  // where the earlier keys still carry a fifth of the weight and the partial output must be
+  // rescaled; in head 1 by about 150, where probabilities taken against the old maximum would
+  // overflow.
   Ctx c;
   c.compute = Compute::BF16;
-  const int64_t Lq = 200, Lk = 500, D = 64;   // Lq * Lk >= 256^2: the long-sequence (fused) path
+  const int64_t Lq = 40, Lk = 2300, D = 64;   // Lq * Lk >= 256^2: the long-sequence (fused) path
   Tensor q = randn({1, 2, Lq, D}, 63), k = randn({1, 2, Lk, D}, 64), v = randn({1, 2, Lk, D}, 65);
   float* kp = k.data<float>();
   for (int64_t h = 0; h < 2; ++h)
     for (int64_t j = 0; j < Lk; ++j)
-      for (int64_t d = 0; d < D; ++d) kp[(h * Lk + j) * D + d] *= j < 384 ? 0.0f : h == 0 ? 3.4f : 60.0f;
+      for (int64_t d = 0; d < D; ++d) kp[(h * Lk + j) * D + d] *= j < 2048 ? 0.0f : h == 0 ? 3.4f : 60.0f;
   // The reference fed the bf16-rounded inputs the kernel multiplies: with scores this large the
   // rounding of K alone moves the result by more than any sane tolerance; what remains is the
   // rounding of the probabilities to bf16 (relative 2^-9).

@@ -1,10 +1,11 @@
 // Fused attention on AMX for the long, unmasked sequences of the FLUX transformer:
-// softmax(scale · Q·Kᵀ)·V computed 32 query rows at a time against chunks of 128 keys with the
-// online softmax of FlashAttention, so scores and probabilities never leave the core's caches
-// (the unfused path wrote and re-read a rows x L score matrix per block). K and V are rounded to
-// bf16 and packed into AMX panels once per head; Q, K, V and the probabilities are bf16, the
-// scores, row sums and output F32. Each 32-row block is computed by one thread in a fixed
-// order, so results do not depend on the thread count.
+// softmax(scale · Q·Kᵀ)·V computed 32 query rows at a time against chunks of up to 2048 keys:
+// the block's scores and probabilities for a chunk (256 KiB and 128 KiB) stay in the core's L2
+// between the products that write and read them, and the softmax of a chunk is exact (one pass
+// for the row maxima, one for the exponentials); longer sequences combine chunks online as
+// FlashAttention does. Q, K, V are rounded to bf16 and K and V packed into AMX panels once per
+// head; the probabilities are bf16, the scores, row sums and output F32. Each 32-row block is
+// computed by one thread in a fixed order, so results do not depend on the thread count.
 // Thread-safety: re-entrant; runs on the global ThreadPool.
 #pragma once
 
