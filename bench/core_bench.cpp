@@ -5,10 +5,10 @@
 //     to ops::linear forced onto its oneDNN path, and to OpenBLAS sgemm on the same shapes;
 //   - attention at L = 512, 1280, 4352 with 24 heads of 128.
 //
-//   build/bench/core_bench [--threads 2] [--quick] [--reps 3] [--m M] [--attention]
+//   build/bench/core_bench [--threads 2] [--quick] [--reps 3] [--m M] [--shape K,N] [--attention]
 // GEMM variants of one shape are timed in interleaved rounds, each keeping its best of --reps.
 // --attention runs the attention part only.
-// --quick runs M = 512 and the first three (K, N) shapes only.
+// --quick runs M = 512 and the first three (K, N) shapes only; --shape K,N that one shape.
 #include <cblas.h>
 #include <immintrin.h>
 #include <omp.h>
@@ -103,14 +103,19 @@ int main(int argc, char** argv) {
   bool quick = false;
   int64_t only_m = 0;
   bool attention_only = false;
+  int64_t only_k = 0, only_n = 0;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--quick")) quick = true;
     else if (!std::strcmp(argv[i], "--attention")) attention_only = true;
     else if (!std::strcmp(argv[i], "--m") && i + 1 < argc) only_m = std::atoll(argv[++i]);
+    else if (!std::strcmp(argv[i], "--shape") && i + 1 < argc &&
+             std::sscanf(argv[++i], "%lld,%lld", reinterpret_cast<long long*>(&only_k), reinterpret_cast<long long*>(&only_n)) == 2 &&
+             only_k > 0 && only_n > 0) {
+    }
     else {
-      std::fprintf(stderr, "usage: core_bench [--threads N] [--reps N] [--quick] [--m M] [--attention]\n");
+      std::fprintf(stderr, "usage: core_bench [--threads N] [--reps N] [--quick] [--m M] [--shape K,N] [--attention]\n");
       return 2;
     }
   }
@@ -139,6 +144,7 @@ int main(int argc, char** argv) {
     ms = {512};
   }
   if (only_m > 0) ms = {only_m};   // --m: one token count (with --quick: its first three shapes)
+  if (only_k > 0) shapes = {{only_k, only_n}};
   const DType dtypes[] = {DType::BF16, DType::F16, DType::Q8_0, DType::Q4_0, DType::Q4_K};
   std::printf("GFLOP/s. dnnl: oneDNN bf16 matmul alone (bf16 inputs ready); sgemm: OpenBLAS; lib BF16 / lib Q8_0:\n"
               "ops::linear forced onto its oneDNN path (F32 activations rounded to bf16, weights read in place\n"

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "backend/cpu/gemm.h"
+#include "backend/cpu/scratch.h"
 #include "backend/cpu/vec_math.h"
 #include "core/dtype.h"
 #include "core/thread_pool.h"
@@ -19,11 +20,6 @@ namespace {
 
 constexpr int64_t QR = 32;    // query rows per unit (one AMX C block)
 constexpr int64_t PW = 32;    // columns per AMX panel
-
-template <typename T>
-T* align64(T* p) {
-  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t{63});
-}
 
 // Keys per chunk: a block's scores for a chunk (32 x 2048 F32, 256 KiB) and its probabilities
 // stay in L2 between the products that write and read them. Up to this many keys the softmax is
@@ -38,30 +34,47 @@ struct RowState {
   alignas(64) float l[QR];   // the sum of probabilities so far, against m
 };
 
-// One chunk of a block's softmax: scores s[r * lds + j], j < valid (raw Q·Kᵀ) -> probabilities
-// p[r * ldp + j] = 2^(t - m) as bf16, zero from `valid` up to `padded`, with m each row's running
-// max; st updated and each row's partial output acc[r * D ..] rescaled where its max grew.
-// REQUIRES scale > 0, lds and ldp multiples of 16, s and p 64-byte aligned.
-FP_FLASH void softmax_chunk(const float* s, int64_t lds, int64_t valid, int64_t padded, float scale, uint16_t* p,
-                            int64_t ldp, RowState& st, float* acc, int64_t D) {
+// Row maxima of the 32 x 32 block of scores at s (rows lds apart) folded into mx[r] (16 lanes
+// per row, mx[r * 16 ..]), columns from `valid` on left out: taken right after the tile product
+// stored the block, while it is in L1, instead of in a pass over the whole chunk from L2.
+// first: mx is started afresh.
+FP_FLASH void fold_row_max(const float* s, int64_t lds, int64_t valid, bool first, float* mx) {
+  if (first) {
+    for (int64_t r = 0; r < QR; ++r) _mm512_store_ps(mx + r * 16, _mm512_set1_ps(-std::numeric_limits<float>::infinity()));
+  }
+  if (valid >= 32) {
+    for (int64_t r = 0; r < QR; ++r) {
+      __m512 m = _mm512_max_ps(_mm512_load_ps(s + r * lds), _mm512_load_ps(s + r * lds + 16));
+      _mm512_store_ps(mx + r * 16, _mm512_max_ps(_mm512_load_ps(mx + r * 16), m));
+    }
+    return;
+  }
+  const __mmask16 k0 = valid >= 16 ? __mmask16(0xFFFF) : valid <= 0 ? __mmask16(0) : static_cast<__mmask16>((1u << valid) - 1);
+  const __mmask16 k1 = valid - 16 >= 16 ? __mmask16(0xFFFF) : valid - 16 <= 0 ? __mmask16(0) : static_cast<__mmask16>((1u << (valid - 16)) - 1);
+  for (int64_t r = 0; r < QR; ++r) {
+    __m512 m = _mm512_load_ps(mx + r * 16);
+    m = _mm512_mask_max_ps(m, k0, m, _mm512_load_ps(s + r * lds));
+    m = _mm512_mask_max_ps(m, k1, m, _mm512_load_ps(s + r * lds + 16));
+    _mm512_store_ps(mx + r * 16, m);
+  }
+}
+
+// One chunk of a block's softmax: scores s[r * lds + j], j < valid (raw Q·Kᵀ), with their row
+// maxima in mx[r * 16 ..] -> probabilities p[r * ldp + j] = 2^(t - m) as bf16, zero from `valid` up to
+// `padded`, with m each row's running max; st updated and each row's partial output
+// acc[r * D ..] rescaled where its max grew. REQUIRES scale > 0, lds and ldp multiples of 16,
+// s and p 64-byte aligned.
+FP_FLASH void softmax_chunk(const float* s, int64_t lds, int64_t valid, int64_t padded, float scale, const float* mx,
+                            uint16_t* p, int64_t ldp, RowState& st, float* acc, int64_t D) {
   const float scale2 = scale * 1.44269504088896341f;   // log2(e)
   const __m512 sc = _mm512_set1_ps(scale2);
   const int64_t whole = valid / 32 * 32;
   for (int64_t r = 0; r < QR; ++r) {
     const float* sr = s + r * lds;
     uint16_t* pr = p + r * ldp;
-    __m512 mx0 = _mm512_set1_ps(-std::numeric_limits<float>::infinity()), mx1 = mx0;
     int64_t j = 0;
-    for (; j < whole; j += 32) {
-      mx0 = _mm512_max_ps(mx0, _mm512_load_ps(sr + j));
-      mx1 = _mm512_max_ps(mx1, _mm512_load_ps(sr + j + 16));
-    }
-    for (; j < valid; j += 16) {
-      __mmask16 k = valid - j >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (valid - j)) - 1);
-      mx0 = _mm512_mask_max_ps(mx0, k, mx0, _mm512_maskz_loadu_ps(k, sr + j));
-    }
     const float m_old = st.m[r];
-    const float m_new = std::max(m_old, _mm512_reduce_max_ps(_mm512_max_ps(mx0, mx1)) * scale2);   // scale2 > 0
+    const float m_new = std::max(m_old, _mm512_reduce_max_ps(_mm512_load_ps(mx + r * 16)) * scale2);   // scale2 > 0
     const __m512 mv = _mm512_set1_ps(m_new);
     __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
     for (j = 0; j < whole; j += 32) {   // two vectors to one bf16 store
@@ -137,17 +150,6 @@ void pack_queries(const float* Q, int64_t L, int64_t Lp, int64_t D, uint16_t* ou
   std::fill(out + L * D, out + Lp * D, uint16_t{0});
 }
 
-// A thread's scores and probabilities for one block, kept between calls (grow-only).
-struct Scratch {
-  std::vector<float> scores;
-  std::vector<uint16_t> probs;
-};
-
-Scratch& scratch_buffers() {
-  thread_local Scratch s;
-  return s;
-}
-
 bool g_enabled = true;
 
 }  // namespace
@@ -177,14 +179,15 @@ bool flash_attention_amx(const Tensor& q, const Tensor& k, const Tensor& v, floa
   const int64_t qblocks = Lqp / QR;
   // Row strides of the scores and probabilities, padded by a cache line so that the rows of a
   // tile do not fall into the same few L1 sets (strides that are multiples of 1 KiB would).
-  const int64_t chunk = std::min(Lkp, kChunkKeys), lds = chunk + 16, ldp = chunk + 32;
+  // Chunks of equal length (multiples of 32), none longer than kChunkKeys: 4352 keys as 3 x 1472
+  // rather than 2048 + 2048 + 256.
+  const int64_t pieces = (Lkp + kChunkKeys - 1) / kChunkKeys;
+  const int64_t chunk = ((Lkp + pieces - 1) / pieces + PW - 1) / PW * PW, lds = chunk + 16, ldp = chunk + 32;
   ThreadPool::global().parallel_for(BH * qblocks, [&](int, int64_t u0, int64_t u1) {
-    Scratch& sb = scratch_buffers();
-    sb.scores.resize(std::max(sb.scores.size(), static_cast<size_t>(QR * lds + 16)));
-    sb.probs.resize(std::max(sb.probs.size(), static_cast<size_t>(QR * ldp + 32)));
-    float* s = align64(sb.scores.data());
-    uint16_t* p = align64(sb.probs.data());
+    float* s = scratch<float>(4, static_cast<size_t>(QR * lds));      // a block's scores and probabilities for
+    uint16_t* p = scratch<uint16_t>(5, static_cast<size_t>(QR * ldp));   // a chunk (64-byte aligned)
     alignas(64) float acc[QR * 256];
+    alignas(64) float mx[QR * 16];   // a chunk's row maxima, 16 lanes each
     RowState st;
     amx_begin();
     for (int64_t u = u0; u < u1; ++u) {
@@ -194,8 +197,12 @@ bool flash_attention_amx(const Tensor& q, const Tensor& k, const Tensor& v, floa
       std::fill(st.m, st.m + QR, -std::numeric_limits<float>::infinity());
       for (int64_t c0 = 0; c0 < Lkp; c0 += chunk) {
         const int64_t len = std::min(chunk, Lkp - c0);   // a multiple of 32
-        for (int64_t j = 0; j < len; j += PW) amx_tile_product(qrows, D, keys + (c0 + j) * D, D, s + j, lds, true);
-        softmax_chunk(s, lds, std::min(len, Lk - c0), len, scale, p, ldp, st, acc, D);
+        const int64_t valid = std::min(len, Lk - c0);
+        for (int64_t j = 0; j < len; j += PW) {
+          amx_tile_product(qrows, D, keys + (c0 + j) * D, D, s + j, lds, true);
+          fold_row_max(s + j, lds, valid - j, j == 0, mx);
+        }
+        softmax_chunk(s, lds, valid, len, scale, mx, p, ldp, st, acc, D);
         for (int64_t t = 0; t < D / PW; ++t) {
           amx_tile_product(p, ldp, values + (t * Lkp + c0) * PW, len, acc + t * PW, D, c0 == 0);
         }

@@ -477,27 +477,6 @@ bool gemm_has_amx() { return cpu_has_amx(); }
 void gemm_force_no_amx(bool on) { g_force_no_amx = on; }
 void gemm_force_path(GemmPath p) { g_path = p; }
 
-namespace {
-
-// A thread's packing buffers, kept between calls: they reach 1.5 MiB with the AMX chunk, and
-// fresh pages would cost a fault and a clearing each (see scratch.h).
-struct Workspace {
-  std::vector<float> row, packed_f32, c_tail;
-  std::vector<uint16_t> packed_bf16, rows_bf16, a_tail;
-  template <typename T>
-  std::vector<T>& grow(std::vector<T>& v, int64_t n) {
-    if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
-    return v;
-  }
-};
-
-Workspace& workspace() {
-  thread_local Workspace w;
-  return w;
-}
-
-}  // namespace
-
 void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N, int64_t K,
           Compute compute, bool parallel) {
   if (M <= 0 || N <= 0) return;
@@ -567,17 +546,15 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
   const int64_t m_parts = (M + m_step - 1) / m_step;
   const int64_t kc_max = kernel == Kernel::bf16_amx ? KC_AMX : KC;
   auto work = [&](int, int64_t i_begin, int64_t i_end) {
-    Workspace& ws = workspace();
-    std::vector<float>& row = ws.grow(ws.row, kc_max);
-    std::vector<float>& packed_f32 = ws.grow(ws.packed_f32, bf16_kernel ? 0 : NC * kc_max);
-    std::vector<uint16_t>& packed_bf16 = ws.grow(ws.packed_bf16, bf16_kernel ? NC * kc_max : 0);
-    std::vector<uint16_t>& rows_bf16 = ws.grow(ws.rows_bf16, bf16_kernel ? NR * (kc_max + 2) : 0);
-    std::vector<uint16_t>& a_tail = ws.a_tail;   // AMX: the last rows, zero-padded to 32
-    std::vector<float>& c_tail = ws.c_tail;
+    // This thread's packing buffers (scratch slots 10-15), kept between calls.
+    float* row = scratch<float>(10, static_cast<size_t>(kc_max));
+    float* packed_f32 = bf16_kernel ? nullptr : scratch<float>(11, static_cast<size_t>(NC * kc_max));
+    uint16_t* packed_bf16 = bf16_kernel ? scratch<uint16_t>(12, static_cast<size_t>(NC * kc_max)) : nullptr;
+    uint16_t* rows_bf16 = bf16_kernel ? scratch<uint16_t>(13, static_cast<size_t>(NR * (kc_max + 2))) : nullptr;
+    uint16_t* a_tail = scratch<uint16_t>(14, static_cast<size_t>(32 * (kc_max + 32)));   // AMX: the last rows, zero-padded to 32
+    float* c_tail = scratch<float>(15, 32 * NR);
     if (kernel == Kernel::bf16_amx) {
       amx_configure();
-      a_tail.resize(static_cast<size_t>(32 * (kc_max + 32)));   // rows padded as lda16 is; zeroed where used
-      c_tail.resize(32 * NR);
     }
     for (int64_t item = i_begin; item < i_end; ++item) {
       const int64_t blk = item / m_parts, m_begin = item % m_parts * m_step, m_end = std::min(M, m_begin + m_step);
@@ -590,11 +567,11 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
         for (int pnl = 0; pnl < panels; ++pnl) {
           int64_t n0 = n_begin + pnl * NR;
           if (bf16_kernel) {
-            pack_bf16(B, n0, N, k0, kc, kc_padded, packed_bf16.data() + static_cast<size_t>(pnl) * NR * kc_max, row.data(),
-                      rows_bf16.data());
+            pack_bf16(B, n0, N, k0, kc, kc_padded, packed_bf16 + static_cast<size_t>(pnl) * NR * kc_max, row,
+                      rows_bf16);
           } else {
-            float* dst = packed_f32.data() + static_cast<size_t>(pnl) * NR * kc_max;
-            pack_f32(B, n0, N, k0, kc, dst, row.data());
+            float* dst = packed_f32 + static_cast<size_t>(pnl) * NR * kc_max;
+            pack_f32(B, n0, N, k0, kc, dst, row);
             if (round_b) {
               for (int64_t i = 0; i < kc * NR; ++i) dst[i] = bf16_to_f32(f32_to_bf16(dst[i]));
             }
@@ -606,23 +583,23 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
             const uint16_t* a = abf + m0 * lda16 + k0;
             int64_t lda_used = lda16;
             if (rows < 32) {
-              std::fill(a_tail.begin(), a_tail.end(), 0);
-              for (int r = 0; r < rows; ++r) std::memcpy(a_tail.data() + r * (kc_max + 32), a + r * lda16, static_cast<size_t>(kc_padded) * 2);
-              a = a_tail.data();
+              std::fill(a_tail, a_tail + 32 * (kc_max + 32), uint16_t{0});
+              for (int r = 0; r < rows; ++r) std::memcpy(a_tail + r * (kc_max + 32), a + r * lda16, static_cast<size_t>(kc_padded) * 2);
+              a = a_tail;
               lda_used = kc_max + 32;
             }
             for (int pnl = 0; pnl < panels; ++pnl) {
               int64_t n0 = n_begin + pnl * NR;
               int nv = static_cast<int>(std::min<int64_t>(NR, N - n0));
               float* c = C + m0 * ldc + n0;
-              const uint16_t* bp = packed_bf16.data() + static_cast<size_t>(pnl) * NR * kc_max;
+              const uint16_t* bp = packed_bf16 + static_cast<size_t>(pnl) * NR * kc_max;
               if (rows == 32 && nv == NR) {
                 ukernel_amx(a, lda_used, bp, kc_padded, c, ldc, first);
                 continue;
               }
               for (int r = 0; r < 32; ++r)
                 for (int j = 0; j < NR; ++j) c_tail[static_cast<size_t>(r * NR + j)] = (!first && r < rows && j < nv) ? c[r * ldc + j] : 0.0f;
-              ukernel_amx(a, lda_used, bp, kc_padded, c_tail.data(), NR, /*first=*/false);   // c_tail holds the start
+              ukernel_amx(a, lda_used, bp, kc_padded, c_tail, NR, /*first=*/false);   // c_tail holds the start
               for (int r = 0; r < rows; ++r)
                 for (int j = 0; j < nv; ++j) c[r * ldc + j] = c_tail[static_cast<size_t>(r * NR + j)];
             }
@@ -638,18 +615,18 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
             switch (kernel) {
               case Kernel::bf16_avx512:
                 ukernel_bf16_avx512(rows, abf + m0 * lda16 + k0, lda16,
-                                    packed_bf16.data() + static_cast<size_t>(pnl) * NR * kc_max, (kc + 1) / 2, c, ldc, nv,
+                                    packed_bf16 + static_cast<size_t>(pnl) * NR * kc_max, (kc + 1) / 2, c, ldc, nv,
                                     first);
                 break;
               case Kernel::f32_avx512:
-                ukernel_f32_avx512(rows, A + m0 * lda + k0, lda, packed_f32.data() + static_cast<size_t>(pnl) * NR * kc_max,
+                ukernel_f32_avx512(rows, A + m0 * lda + k0, lda, packed_f32 + static_cast<size_t>(pnl) * NR * kc_max,
                                    kc, c, ldc, nv, first);
                 break;
               case Kernel::bf16_amx:   // handled above
                 break;
               case Kernel::f32_portable:
                 ukernel_f32_portable(rows, A + m0 * lda + k0, lda,
-                                     packed_f32.data() + static_cast<size_t>(pnl) * NR * kc_max, kc, c, ldc, nv, first);
+                                     packed_f32 + static_cast<size_t>(pnl) * NR * kc_max, kc, c, ldc, nv, first);
                 break;
             }
           }

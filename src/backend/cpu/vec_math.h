@@ -24,21 +24,20 @@ __attribute__((target("avx512f,avx512dq"))) inline __m512 exp512(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-// 2^t (0 below t = -150): t = n + r, |r| <= 1/2; 2^r by a degree-5 polynomial fitted for
-// relative error (7.5e-8 on [-1/2, 1/2], as good as degree-6 Taylor with one multiply-add less),
-// scaled by 2^n with scalef. Cheaper than exp512 where the caller can fold log2(e) into a
-// multiply it does anyway; no upper clamp, so REQUIRES t < 128.
+// 2^t for finite t < 128: t = floor(t) + f with f in [0, 1) taken in one instruction (vreduceps,
+// rounding down); 2^f by a degree-5 polynomial fitted for relative error (7.5e-8 on [0, 1),
+// 1.6e-7 evaluated in F32); scaled by 2^floor(t) with scalef, which takes the floor itself and
+// gives 0 far below. Cheaper than exp512 where the caller can fold log2(e) into a multiply it
+// does anyway: ten instructions, no clamps.
 __attribute__((target("avx512f,avx512dq"))) inline __m512 exp2_512(__m512 t) {
-  t = _mm512_max_ps(t, _mm512_set1_ps(-150.0f));
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 r = _mm512_sub_ps(t, n);   // exact
-  __m512 p = _mm512_set1_ps(1.327642136431831e-3f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.67554293962259e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.550713418324483e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022119703448508e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.931469669896437e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0000000716561726f));
-  return _mm512_scalef_ps(p, n);
+  const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 p = _mm512_set1_ps(1.8775717780178836e-3f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(8.989358924755128e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.582629448652238e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4015362912806515e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931530707744913e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.99999925197803e-1f));
+  return _mm512_scalef_ps(p, t);
 }
 
 }  // namespace fluxpipe::cpu
