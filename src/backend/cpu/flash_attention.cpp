@@ -105,6 +105,15 @@ FP_FLASH void softmax_chunk(const float* s, int64_t lds, int64_t valid, int64_t 
   }
 }
 
+// The block's first `rows` output rows, each divided by its sum of probabilities, into out
+// (rows D apart). D is a multiple of 32.
+FP_FLASH void write_rows(const float* acc, const RowState& st, int64_t rows, int64_t D, float* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const __m512 inv = _mm512_set1_ps(1.0f / st.l[r]);
+    for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(out + r * D + d, _mm512_mul_ps(_mm512_load_ps(acc + r * D + d), inv));
+  }
+}
+
 // K of one head [L, D] -> panels of 32 keys: P[((panel * D/2 + p) * 32 + j) * 2 + e] = K[32 panel + j, 2p + e],
 // rounded to bf16; keys past L are zero. `rows` is scratch for 32 x D values.
 void pack_keys(const float* K, int64_t L, int64_t Lp, int64_t D, uint16_t* rows, uint16_t* out) {
@@ -207,12 +216,7 @@ bool flash_attention_amx(const Tensor& q, const Tensor& k, const Tensor& v, floa
           amx_tile_product(p, ldp, values + (t * Lkp + c0) * PW, len, acc + t * PW, D, c0 == 0);
         }
       }
-      const int64_t rows = std::min(QR, Lq - i0);
-      for (int64_t r = 0; r < rows; ++r) {
-        const float inv = 1.0f / st.l[r];
-        float* o = O + (bh * Lq + i0 + r) * D;
-        for (int64_t d = 0; d < D; ++d) o[d] = acc[r * D + d] * inv;
-      }
+      write_rows(acc, st, std::min(QR, Lq - i0), D, O + (bh * Lq + i0) * D);
     }
     amx_end();
   });
