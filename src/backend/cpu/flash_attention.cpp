@@ -26,6 +26,8 @@ constexpr int64_t PW = 32;    // columns per AMX panel
 // taken in one pass with the exact row maxima; longer sequences combine chunks online as
 // FlashAttention does (rescaling a row's partial output when its maximum grows).
 constexpr int64_t kChunkKeys = 2048;
+// Query blocks that share each chunk of keys (see the driver).
+constexpr int64_t kGroup = 4;
 
 // Online softmax state of QR rows, in base 2: scores are taken as t = s * scale * log2(e), so
 // that e^(scale (s - s_max)) = 2^(t - t_max) and the multiply by log2(e) folds into the scale's.
@@ -192,31 +194,42 @@ bool flash_attention_amx(const Tensor& q, const Tensor& k, const Tensor& v, floa
   // rather than 2048 + 2048 + 256.
   const int64_t pieces = (Lkp + kChunkKeys - 1) / kChunkKeys;
   const int64_t chunk = ((Lkp + pieces - 1) / pieces + PW - 1) / PW * PW, lds = chunk + 16, ldp = chunk + 32;
-  ThreadPool::global().parallel_for(BH * qblocks, [&](int, int64_t u0, int64_t u1) {
+  // Units of up to kGroup query blocks of one head: the blocks of a unit take each chunk of keys in
+  // turn, so the chunk's K and V panels (750 KiB at 1472 keys) are read from L2 by all of them;
+  // with one block per unit every block streamed the head's whole K and V (2.2 MiB at 4352 keys,
+  // more than L2) from L3.
+  const int64_t units_per_head = (qblocks + kGroup - 1) / kGroup;
+  ThreadPool::global().parallel_for(BH * units_per_head, [&](int, int64_t u0, int64_t u1) {
     float* s = scratch<float>(4, static_cast<size_t>(QR * lds));      // a block's scores and probabilities for
     uint16_t* p = scratch<uint16_t>(5, static_cast<size_t>(QR * ldp));   // a chunk (64-byte aligned)
-    alignas(64) float acc[QR * 256];
+    float* accs = scratch<float>(6, static_cast<size_t>(kGroup * QR * D));   // each block's output so far
     alignas(64) float mx[QR * 16];   // a chunk's row maxima, 16 lanes each
-    RowState st;
+    RowState states[kGroup];
     amx_begin();
     for (int64_t u = u0; u < u1; ++u) {
-      const int64_t bh = u / qblocks, i0 = (u % qblocks) * QR;
-      const uint16_t* qrows = QB + (bh * Lqp + i0) * D;
+      const int64_t bh = u / units_per_head, b0 = (u % units_per_head) * kGroup, nb = std::min(kGroup, qblocks - b0);
       const uint16_t *keys = KB + bh * Lkp * D, *values = VB + bh * Lkp * D;
-      std::fill(st.m, st.m + QR, -std::numeric_limits<float>::infinity());
+      for (int64_t g = 0; g < nb; ++g) std::fill(states[g].m, states[g].m + QR, -std::numeric_limits<float>::infinity());
       for (int64_t c0 = 0; c0 < Lkp; c0 += chunk) {
         const int64_t len = std::min(chunk, Lkp - c0);   // a multiple of 32
         const int64_t valid = std::min(len, Lk - c0);
-        for (int64_t j = 0; j < len; j += PW) {
-          amx_tile_product(qrows, D, keys + (c0 + j) * D, D, s + j, lds, true);
-          fold_row_max(s + j, lds, valid - j, j == 0, mx);
-        }
-        softmax_chunk(s, lds, valid, len, scale, mx, p, ldp, st, acc, D);
-        for (int64_t t = 0; t < D / PW; ++t) {
-          amx_tile_product(p, ldp, values + (t * Lkp + c0) * PW, len, acc + t * PW, D, c0 == 0);
+        for (int64_t g = 0; g < nb; ++g) {
+          const uint16_t* qrows = QB + (bh * Lqp + (b0 + g) * QR) * D;
+          float* acc = accs + g * QR * D;
+          for (int64_t j = 0; j < len; j += PW) {
+            amx_tile_product(qrows, D, keys + (c0 + j) * D, D, s + j, lds, true);
+            fold_row_max(s + j, lds, valid - j, j == 0, mx);
+          }
+          softmax_chunk(s, lds, valid, len, scale, mx, p, ldp, states[g], acc, D);
+          for (int64_t t = 0; t < D / PW; ++t) {
+            amx_tile_product(p, ldp, values + (t * Lkp + c0) * PW, len, acc + t * PW, D, c0 == 0);
+          }
         }
       }
-      write_rows(acc, st, std::min(QR, Lq - i0), D, O + (bh * Lq + i0) * D);
+      for (int64_t g = 0; g < nb; ++g) {
+        const int64_t i0 = (b0 + g) * QR;
+        write_rows(accs + g * QR * D, states[g], std::min(QR, Lq - i0), D, O + (bh * Lq + i0) * D);
+      }
     }
     amx_end();
   });
