@@ -355,49 +355,34 @@ __attribute__((target_clones("avx2,fma", "default"))) void ukernel_f32_portable(
 }
 
 // A few rows (the modulation vectors, M = batch): the product is bound by reading the weights
-// once, so each weight row is widened to floats and dotted with the rows of A directly,
-// without packing. 16 independent partial sums per row, added in a fixed order.
-// Dot products for the matrix-vector path (M <= 4: modulation vectors, timestep embeddings).
-// Four accumulators: one would wait on the latency of each multiply-add.
-__attribute__((target("avx512f"))) float dot_avx512(const float* a, const float* b, int64_t n) {
-  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-  int64_t i = 0;
-  for (; i + 64 <= n; i += 64)
-    for (int u = 0; u < 4; ++u) acc[u] = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16 * u), _mm512_loadu_ps(b + i + 16 * u), acc[u]);
-  for (; i + 16 <= n; i += 16) acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc[0]);
-  float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-// 16 bf16 values as floats (exact: a shift).
-__attribute__((target("avx512f"))) inline __m512 widen_bf16x16(const uint16_t* p) {
+// once, so each weight row is widened (to floats, or to bf16 for BF16 compute) and dotted with the
+// rows of A directly, without packing. Four accumulators of 16 lanes (one would wait on the latency
+// of each multiply-add), added in a fixed order.
+__attribute__((target("avx512f"))) inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+__attribute__((target("avx512f"))) inline __m512 load16(const uint16_t* p) {   // bf16: exact, a shift
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
 }
+inline float value(float v) { return v; }
+inline float value(uint16_t v) { return bf16_to_f32(v); }
 
-// The same with b in bf16.
-__attribute__((target("avx512f"))) float dot_bf16_avx512(const float* a, const uint16_t* b, int64_t n) {
+template <typename T>
+__attribute__((target("avx512f"))) float dot_avx512(const float* a, const T* b, int64_t n) {
   __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
   int64_t i = 0;
   for (; i + 64 <= n; i += 64)
-    for (int u = 0; u < 4; ++u) acc[u] = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16 * u), widen_bf16x16(b + i + 16 * u), acc[u]);
-  for (; i + 16 <= n; i += 16) acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), widen_bf16x16(b + i), acc[0]);
+    for (int u = 0; u < 4; ++u) acc[u] = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16 * u), load16(b + i + 16 * u), acc[u]);
+  for (; i + 16 <= n; i += 16) acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), load16(b + i), acc[0]);
   float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
-  for (; i < n; ++i) s += a[i] * bf16_to_f32(b[i]);
+  for (; i < n; ++i) s += a[i] * value(b[i]);
   return s;
 }
 
-float dot(const float* a, const float* b, int64_t n) {
+// a · b with b in F32 or bf16.
+template <typename T>
+float dot(const float* a, const T* b, int64_t n) {
   if (cpu_has_avx512()) return dot_avx512(a, b, n);
   float s = 0;
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-float dot_bf16(const float* a, const uint16_t* b, int64_t n) {
-  if (cpu_has_avx512()) return dot_bf16_avx512(a, b, n);
-  float s = 0;
-  for (int64_t i = 0; i < n; ++i) s += a[i] * bf16_to_f32(b[i]);
+  for (int64_t i = 0; i < n; ++i) s += a[i] * value(b[i]);
   return s;
 }
 
@@ -418,7 +403,7 @@ void gemv_rows(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t 
         b_row_to_f32(B, n, 0, K, row.data());
         f32_row_to_bf16(row.data(), row16.data(), K);
       }
-      for (int64_t m = 0; m < M; ++m) C[m * ldc + n] = dot_bf16(A + m * lda, row16.data(), K);
+      for (int64_t m = 0; m < M; ++m) C[m * ldc + n] = dot(A + m * lda, row16.data(), K);
     }
   };
   if (parallel) {
