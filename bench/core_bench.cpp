@@ -33,21 +33,19 @@ using namespace fluxpipe::bench;
 
 namespace {
 
-std::vector<float> random_floats(int64_t n, float scale, uint32_t seed);
-
-Tensor random_weights(int64_t N, int64_t K, DType d) {
-  std::vector<float> f = random_floats(N * K, 0.02f, 1);
-  Tensor w = Tensor::zeros({N, K}, d);
-  from_f32(d, f.data(), w.data<uint8_t>(), N * K);
-  return w;
-}
-
 std::vector<float> random_floats(int64_t n, float scale, uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.0f, scale);
   std::vector<float> f(static_cast<size_t>(n));
   for (float& v : f) v = nd(rng);
   return f;
+}
+
+Tensor random_weights(int64_t N, int64_t K, DType d) {
+  std::vector<float> f = random_floats(N * K, 0.02f, 1);
+  Tensor w = Tensor::zeros({N, K}, d);
+  from_f32(d, f.data(), w.data<uint8_t>(), N * K);
+  return w;
 }
 
 void fill_random_bf16(uint16_t* dst, int64_t n, float scale) {
@@ -103,20 +101,21 @@ int main(int argc, char** argv) {
   bool quick = false;
   int64_t only_m = 0;
   bool attention_only = false;
-  int64_t only_k = 0, only_n = 0;
+  long long only_k = 0, only_n = 0;
+  auto usage = [] {
+    std::fprintf(stderr, "usage: core_bench [--threads N] [--reps N] [--quick] [--m M] [--shape K,N] [--attention]\n");
+    return 2;
+  };
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--quick")) quick = true;
     else if (!std::strcmp(argv[i], "--attention")) attention_only = true;
     else if (!std::strcmp(argv[i], "--m") && i + 1 < argc) only_m = std::atoll(argv[++i]);
-    else if (!std::strcmp(argv[i], "--shape") && i + 1 < argc &&
-             std::sscanf(argv[++i], "%lld,%lld", reinterpret_cast<long long*>(&only_k), reinterpret_cast<long long*>(&only_n)) == 2 &&
-             only_k > 0 && only_n > 0) {
-    }
-    else {
-      std::fprintf(stderr, "usage: core_bench [--threads N] [--reps N] [--quick] [--m M] [--shape K,N] [--attention]\n");
-      return 2;
+    else if (!std::strcmp(argv[i], "--shape") && i + 1 < argc) {
+      if (std::sscanf(argv[++i], "%lld,%lld", &only_k, &only_n) != 2 || only_k <= 0 || only_n <= 0) return usage();
+    } else {
+      return usage();
     }
   }
   omp_set_num_threads(threads);

@@ -51,8 +51,7 @@ FP_FLASH void fold_row_max(const float* s, int64_t lds, int64_t valid, bool firs
     }
     return;
   }
-  const __mmask16 k0 = valid >= 16 ? __mmask16(0xFFFF) : valid <= 0 ? __mmask16(0) : static_cast<__mmask16>((1u << valid) - 1);
-  const __mmask16 k1 = valid - 16 >= 16 ? __mmask16(0xFFFF) : valid - 16 <= 0 ? __mmask16(0) : static_cast<__mmask16>((1u << (valid - 16)) - 1);
+  const __mmask16 k0 = lane_mask(valid), k1 = lane_mask(valid - 16);
   for (int64_t r = 0; r < QR; ++r) {
     __m512 m = _mm512_load_ps(mx + r * 16);
     m = _mm512_mask_max_ps(m, k0, m, _mm512_load_ps(s + r * lds));
@@ -74,12 +73,12 @@ FP_FLASH void softmax_chunk(const float* s, int64_t lds, int64_t valid, int64_t 
   for (int64_t r = 0; r < QR; ++r) {
     const float* sr = s + r * lds;
     uint16_t* pr = p + r * ldp;
-    int64_t j = 0;
     const float m_old = st.m[r];
     const float m_new = std::max(m_old, _mm512_reduce_max_ps(_mm512_load_ps(mx + r * 16)) * scale2);   // scale2 > 0
     const __m512 mv = _mm512_set1_ps(m_new);
     __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
-    for (j = 0; j < whole; j += 32) {   // two vectors to one bf16 store
+    int64_t j = 0;
+    for (; j < whole; j += 32) {   // two vectors to one bf16 store
       __m512 e0 = exp2_512(_mm512_fmsub_ps(_mm512_load_ps(sr + j), sc, mv));
       __m512 e1 = exp2_512(_mm512_fmsub_ps(_mm512_load_ps(sr + j + 16), sc, mv));
       sum0 = _mm512_add_ps(sum0, e0);
@@ -87,7 +86,7 @@ FP_FLASH void softmax_chunk(const float* s, int64_t lds, int64_t valid, int64_t 
       _mm512_store_si512(pr + j, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(e1, e0)));
     }
     for (; j < padded; j += 16) {   // the ragged end, then zeros
-      __mmask16 k = valid - j >= 16 ? __mmask16(0xFFFF) : valid - j <= 0 ? __mmask16(0) : static_cast<__mmask16>((1u << (valid - j)) - 1);
+      const __mmask16 k = lane_mask(valid - j);
       __m512 e = _mm512_maskz_mov_ps(k, exp2_512(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(k, sr + j), sc, mv)));
       sum0 = _mm512_add_ps(sum0, e);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(pr + j), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(e)));

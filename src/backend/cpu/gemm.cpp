@@ -12,6 +12,7 @@
 #include "backend/cpu/dequant_avx512.h"
 #include "backend/cpu/onednn_gemm.h"
 #include "backend/cpu/scratch.h"
+#include "backend/cpu/vec_math.h"
 #include "core/thread_pool.h"
 
 namespace fluxpipe::cpu {
@@ -101,6 +102,16 @@ void f32_row_to_bf16(const float* src, uint16_t* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
 }
 
+void b_row_to_bf16(const BMatrix& B, int64_t n, int64_t k0, int64_t kc, uint16_t* out, float* tmp) {
+  const uint8_t* p = B.data + n * B.row_bytes + bytes_for(B.dtype, k0);
+  if (B.dtype == DType::BF16) {
+    std::memcpy(out, p, static_cast<size_t>(kc) * 2);
+  } else if (!dequantize_bf16_avx512(B.dtype, p, out, kc)) {   // one pass where the CPU can
+    b_row_to_f32(B, n, k0, kc, tmp);
+    f32_row_to_bf16(tmp, out, kc);
+  }
+}
+
 namespace {
 
 // Sixteen rows of sixteen dwords, transposed in three rounds of shuffles (dwords, then qwords
@@ -130,6 +141,14 @@ __attribute__((target("avx512f"))) inline void transpose_16x16_dwords(__m512i r[
   }
 }
 
+// Pairs p0 .. pairs of the panel below, a word at a time: the portable path, and the ragged end
+// of the AVX-512 one.
+void interleave_pairs_from(const uint16_t* rows, int64_t ld, int64_t p0, int64_t pairs, uint16_t* Bp) {
+  uint32_t* out = reinterpret_cast<uint32_t*>(Bp);
+  for (int64_t p = p0; p < pairs; ++p)
+    for (int j = 0; j < NR; ++j) std::memcpy(out + p * NR + j, rows + j * ld + 2 * p, 4);
+}
+
 // Interleaves NR bf16 rows (one per output column, row j at rows + j * ld) into the panel: the
 // pair (k, k+1) of column j is one 32-bit word, so panel row p is word p of every column's row —
 // a transpose of words, 16 x 16 at a time. (It replaced a gather per 16 words: measured 6% of a
@@ -145,10 +164,7 @@ __attribute__((target("avx512f"))) void interleave_pairs_avx512(const uint16_t* 
       for (int j = 0; j < 16; ++j) _mm512_storeu_si512(Bp + (p + j) * NR * 2 + 16 * h * 2, r[j]);
     }
   }
-  for (; p < pairs; ++p) {
-    uint32_t* out = reinterpret_cast<uint32_t*>(Bp + p * NR * 2);
-    for (int j = 0; j < NR; ++j) std::memcpy(out + j, rows + j * ld + 2 * p, 4);
-  }
+  interleave_pairs_from(rows, ld, p, pairs, Bp);
 }
 
 // BF16 panel, K in pairs: Bp[(p * NR + j) * 2 + e] = bf16(B[n0 + j, k0 + 2p + e]); zero beyond N
@@ -171,31 +187,18 @@ void pack_bf16(const BMatrix& B, int64_t n0, int64_t N, int64_t k0, int64_t kc, 
         std::memset(dst, 0, static_cast<size_t>(stride) * 2);
         continue;
       }
-      const uint8_t* src = B.data + (n0 + j) * B.row_bytes + bytes_for(B.dtype, k0);
-      if (B.dtype == DType::BF16) {
-        std::memcpy(dst, src, static_cast<size_t>(kc) * 2);
-      } else if (!dequantize_bf16_avx512(B.dtype, src, dst, kc)) {
-        b_row_to_f32(B, n0 + j, k0, kc, row);
-        f32_row_to_bf16(row, dst, kc);
-      }
+      b_row_to_bf16(B, n0 + j, k0, kc, dst, row);
       std::memset(dst + kc, 0, static_cast<size_t>(stride - kc) * 2);
     }
   }
   if (cpu_has_avx512()) {
     interleave_pairs_avx512(base, ld, pairs, Bp);
-    return;
+  } else {
+    interleave_pairs_from(base, ld, 0, pairs, Bp);
   }
-  uint32_t* out = reinterpret_cast<uint32_t*>(Bp);
-  for (int64_t p = 0; p < pairs; ++p)
-    for (int j = 0; j < NR; ++j) std::memcpy(out + p * NR + j, base + j * ld + 2 * p, 4);
 }
 
 // ---- micro-kernels: C[rows x 32] (+)= A[rows x kc] · panel --------------------------------
-
-// The first `valid` of 16 lanes (valid may be <= 0 or >= 16).
-inline __mmask16 lane_mask(int valid) {
-  return valid >= 16 ? 0xFFFF : valid <= 0 ? 0 : static_cast<__mmask16>((1u << valid) - 1);
-}
 
 // The accumulators of an MR x 32 tile: C's valid columns when accumulating, zeros otherwise.
 __attribute__((target("avx512f,avx512bw"))) inline void load_tile(__m512 (&acc)[MR][2], int rows, const float* C,
@@ -399,10 +402,7 @@ void gemv_rows(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t 
         for (int64_t m = 0; m < M; ++m) C[m * ldc + n] = dot(A + m * lda, row.data(), K);
         continue;
       }
-      if (!dequantize_bf16_avx512(B.dtype, B.data + n * B.row_bytes, row16.data(), K)) {
-        b_row_to_f32(B, n, 0, K, row.data());
-        f32_row_to_bf16(row.data(), row16.data(), K);
-      }
+      b_row_to_bf16(B, n, 0, K, row16.data(), row.data());
       for (int64_t m = 0; m < M; ++m) C[m * ldc + n] = dot(A + m * lda, row16.data(), K);
     }
   };
@@ -568,8 +568,14 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
             const uint16_t* a = abf + m0 * lda16 + k0;
             int64_t lda_used = lda16;
             if (rows < 32) {
-              std::fill(a_tail, a_tail + 32 * (kc_max + 32), uint16_t{0});
-              for (int r = 0; r < rows; ++r) std::memcpy(a_tail + r * (kc_max + 32), a + r * lda16, static_cast<size_t>(kc_padded) * 2);
+              for (int r = 0; r < 32; ++r) {   // the rows there are, then zeros (only what the tiles read)
+                uint16_t* dst = a_tail + r * (kc_max + 32);
+                if (r < rows) {
+                  std::memcpy(dst, a + r * lda16, static_cast<size_t>(kc_padded) * 2);
+                } else {
+                  std::fill(dst, dst + kc_padded, uint16_t{0});
+                }
+              }
               a = a_tail;
               lda_used = kc_max + 32;
             }

@@ -42,8 +42,11 @@ void gemm_force_no_amx(bool on);
 enum class GemmPath { automatic, own, onednn };
 void gemm_force_path(GemmPath path);
 
-// Helpers shared with the oneDNN path.
+// Helpers shared with the oneDNN path. Row chunk B[n, k0 : k0+kc] as floats into `row`, or
+// rounded to bf16 into `out` (BF16 copied, Q8_0/Q4_0/Q4_K/F16 in one pass where the CPU has
+// AVX-512 BF16, others through F32 in `tmp`, kc floats).
 void b_row_to_f32(const BMatrix& B, int64_t n, int64_t k0, int64_t kc, float* row);
+void b_row_to_bf16(const BMatrix& B, int64_t n, int64_t k0, int64_t kc, uint16_t* out, float* tmp);
 
 // AMX building blocks for fused kernels (attention), valid only where gemm_has_amx():
 // amx_begin() configures this thread's tiles, amx_end() releases them. amx_tile_product computes

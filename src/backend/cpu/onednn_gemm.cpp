@@ -96,15 +96,8 @@ void convert_rows_bf16(const float* A, int64_t lda, int64_t M, int64_t K, uint16
 
 void widen_rows_bf16(const BMatrix& B, int64_t n0, int64_t count, int64_t K, uint16_t* out) {
   ThreadPool::global().parallel_for(count, [&](int, int64_t b, int64_t e) {
-    if (has_dequantize_bf16_avx512(B.dtype)) {   // one pass per row
-      for (int64_t n = b; n < e; ++n) dequantize_bf16_avx512(B.dtype, B.data + (n0 + n) * B.row_bytes, out + n * K, K);
-      return;
-    }
-    std::vector<float> row(static_cast<size_t>(K));
-    for (int64_t n = b; n < e; ++n) {
-      b_row_to_f32(B, n0 + n, 0, K, row.data());
-      f32_row_to_bf16(row.data(), out + n * K, K);
-    }
+    std::vector<float> tmp(has_dequantize_bf16_avx512(B.dtype) ? 0 : static_cast<size_t>(K));
+    for (int64_t n = b; n < e; ++n) b_row_to_bf16(B, n0 + n, 0, K, out + n * K, tmp.data());
   });
 }
 

@@ -1,9 +1,15 @@
-// Vector math shared by the CPU kernels (AVX-512, inline): the exponential, base e and base 2.
+// Vector math shared by the CPU kernels (AVX-512, inline): lane masks and the exponential, base e
+// and base 2.
 #pragma once
 
 #include <immintrin.h>
 
 namespace fluxpipe::cpu {
+
+// The first `valid` of 16 lanes (valid may be <= 0 or >= 16).
+inline __mmask16 lane_mask(int64_t valid) {
+  return valid >= 16 ? __mmask16(0xFFFF) : valid <= 0 ? __mmask16(0) : static_cast<__mmask16>((1u << valid) - 1);
+}
 
 // e^x: x = n ln2 + r, |r| <= ln2/2; e^r by its Taylor polynomial to degree 6 (error ~1e-7
 // relative), scaled by 2^n with scalef (which also handles overflow and underflow).
