@@ -4,7 +4,8 @@
 set -euo pipefail
 PACKAGES=(
   g++ cmake ninja-build pkg-config      # toolchain
-  libcpp-httplib-dev                    # HTTP server and test client
+  libboost-dev                          # Asio + Beast: the event-driven HTTP layer (header-only)
+  libcpp-httplib-dev                    # the tests' HTTP client and loopback receivers
   nlohmann-json3-dev                    # JSON
   libsqlite3-dev                        # embedded durable store
   libssl-dev                            # SHA-256, HMAC, CSPRNG, constant-time compare

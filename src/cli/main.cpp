@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "core/parse.h"
 #include "pipeline/components.h"
@@ -56,10 +57,7 @@ const char* kUsage =
     "\n"
     "Every --data has the environment twin FLUXPIPE_DATA.\n";
 
-int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+int64_t now_ms() { return wall_clock_ms(); }
 
 struct KeyArgs {
   std::string data_dir;

@@ -82,8 +82,16 @@ std::unique_ptr<Engine> load_engine(const std::string& model_path, const EngineO
 // "auto" | "on" | "off"; UserError "[op] --vae-tiling: ..." otherwise.
 Tiling parse_tiling(const std::string& op, const std::string& text);
 
-// Encodes `image` as PNG with tEXt chunks (key, value) in the given order — the
-// "parameters" chunk image tools read goes here. Throws InternalError on failure.
+// The "parameters" text image tools read (prompt, negative prompt, then one settings line:
+// steps, sampler, seed, size, model, and the true CFG scale when a negative prompt was given).
+// The one builder of it: the CLI and the server both write it.
+std::string parameters_text(const GenerateJob& job, int64_t seed, const std::string& model_name);
+
+// Encodes `image` as PNG with text chunks (key, value) in the given order — the "parameters"
+// chunk image tools read goes here. A value that is plain ASCII goes in a tEXt chunk, any other
+// in an iTXt chunk (UTF-8; tEXt is Latin-1 by the PNG specification); NUL and other control
+// characters but newline and tab are written as \xNN, so no reader sees a truncated value.
+// Throws InternalError on failure.
 std::vector<uint8_t> encode_png(const Image& image,
                                 const std::vector<std::pair<std::string, std::string>>& text);
 

@@ -2,6 +2,7 @@
 #include <png.h>
 
 #include <csetjmp>
+#include <cstdio>
 #include <cstring>
 
 #include "core/error.h"
@@ -63,13 +64,37 @@ std::vector<uint8_t> encode_png(const Image& image,
                         std::to_string(image.height) + " has " + std::to_string(image.rgb.size()) +
                         " bytes, expected width*height*3");
   }
+  // Values as written: control characters escaped, so NUL cannot cut a chunk short.
+  std::vector<std::string> values;
+  values.reserve(text.size());
+  for (const auto& [key, value] : text) {
+    std::string v;
+    for (unsigned char c : value) {
+      if ((c < 0x20 && c != '\n' && c != '\t') || c == 0x7f) {
+        char esc[8];
+        std::snprintf(esc, sizeof esc, "\\x%02x", c);
+        v += esc;
+      } else {
+        v += static_cast<char>(c);
+      }
+    }
+    values.push_back(std::move(v));
+  }
   std::vector<png_text> chunks(text.size());
   for (size_t i = 0; i < text.size(); ++i) {
+    bool ascii = true;
+    for (unsigned char c : values[i]) ascii = ascii && c < 0x80;
     std::memset(&chunks[i], 0, sizeof(png_text));
-    chunks[i].compression = PNG_TEXT_COMPRESSION_NONE;
+    chunks[i].compression = ascii ? PNG_TEXT_COMPRESSION_NONE : PNG_ITXT_COMPRESSION_NONE;
     chunks[i].key = const_cast<char*>(text[i].first.c_str());
-    chunks[i].text = const_cast<char*>(text[i].second.c_str());
-    chunks[i].text_length = text[i].second.size();
+    chunks[i].text = const_cast<char*>(values[i].c_str());
+    if (ascii) {
+      chunks[i].text_length = values[i].size();
+    } else {
+      chunks[i].itxt_length = values[i].size();
+      chunks[i].lang = const_cast<char*>("");
+      chunks[i].lang_key = const_cast<char*>("");
+    }
   }
   std::vector<uint8_t> out;
   if (!encode_or_fail(image, chunks.data(), static_cast<int>(chunks.size()), &out)) {

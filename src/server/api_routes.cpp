@@ -1,5 +1,5 @@
 // The HTTP handlers of the generate v3 API. Handlers never throw: `guarded` maps
-// UserError to 400 and everything else to 500 (our fault), and counts every answer.
+// UserError to 400 and everything else to 500 (our fault); the HTTP layer counts every answer.
 #include <cctype>
 
 #include "core/error.h"
@@ -19,11 +19,11 @@ std::string lower(std::string s) {
   return s;
 }
 
-std::string presented_key(const httplib::Request& req) {
+std::string presented_key(const http::Request& req) {
   for (const char* name : {"API-Key", "X-API-Key"}) {
-    if (req.has_header(name)) return req.get_header_value(name);
+    if (req.has_header(name)) return req.header(name);
   }
-  std::string auth = req.get_header_value("Authorization");
+  std::string auth = req.header("Authorization");
   if (lower(auth.substr(0, 7)) == "bearer ") {
     std::string key = auth.substr(7);
     while (!key.empty() && key.front() == ' ') key.erase(0, 1);
@@ -34,7 +34,7 @@ std::string presented_key(const httplib::Request& req) {
 
 }  // namespace
 
-std::string ApiServer::Impl::authenticate(const httplib::Request& req, httplib::Response& res) {
+std::string ApiServer::Impl::authenticate(const http::Request& req, http::Response& res) {
   std::string key = presented_key(req);
   if (key.empty()) {
     send_failure(res, 401, "missing API key: send it in the API-Key header (or X-API-Key, or Authorization: Bearer)");
@@ -49,7 +49,7 @@ std::string ApiServer::Impl::authenticate(const httplib::Request& req, httplib::
 }
 
 std::optional<RequestRecord> ApiServer::Impl::owned_request(const std::string& id, const std::string& key_id,
-                                                            httplib::Response& res) {
+                                                            http::Response& res) {
   std::optional<RequestRecord> r = store->get_request(id);
   // Another key's request answers exactly as an unknown one, so ids cannot be probed.
   if (!r || !constant_time_equal(r->key_id, key_id)) {
@@ -118,7 +118,7 @@ json ApiServer::Impl::status_json(const RequestRecord& r) {
 }
 
 std::optional<RequestRecord> ApiServer::Impl::enqueue(GenerateRequest p, const std::string& key_id,
-                                                      httplib::Response& res) {
+                                                      http::Response& res) {
   if (!p.server_id.empty() && !server_ids.count(p.server_id)) {
     throw UserError("[request] field 'server_id': unknown server '" + p.server_id + "'");
   }
@@ -168,57 +168,97 @@ std::optional<RequestRecord> ApiServer::Impl::enqueue(GenerateRequest p, const s
   return r;
 }
 
-void ApiServer::Impl::handle_submit(const httplib::Request& req, httplib::Response& res) {
-  std::string key_id = authenticate(req, res);
-  if (key_id.empty()) return;
-  std::optional<RequestRecord> r = enqueue(parse_generate_request(req.body, options.limits), key_id, res);
-  if (!r) return;
-  if (options.sync_wait_ms > 0) runner->wait_finished(r->id, options.sync_wait_ms);
-  std::optional<RequestRecord> now = store->get_request(r->id);
-  send_json(res, 200, status_json(now ? *now : *r));
+void ApiServer::Impl::when_finished(const std::string& id, int64_t timeout_ms, std::function<void(bool)> then) {
+  waiters.add(id, timeout_ms, std::move(then));
+  // The job may have ended before the waiter was added: look once more.
+  std::optional<RequestRecord> now = store->get_request(id);
+  if (!now || is_final(now->state)) waiters.notify(id);
 }
 
-void ApiServer::Impl::handle_status(const httplib::Request& req, httplib::Response& res) {
-  std::string key_id = authenticate(req, res);
-  if (key_id.empty()) return;
-  if (std::optional<RequestRecord> r = owned_request(req.matches[1], key_id, res)) send_json(res, 200, status_json(*r));
-}
-
-void ApiServer::Impl::handle_cancel(const httplib::Request& req, httplib::Response& res) {
-  std::string key_id = authenticate(req, res);
-  if (key_id.empty()) return;
-  std::optional<RequestRecord> r = owned_request(req.matches[1], key_id, res);
-  if (!r) return;
-  std::string outcome;
-  if (r->state == JobState::queued && store->cancel_queued(r->id, wall_ms())) {
-    if (runner) runner->mark_finished(r->id);
-    outbox->wake();
-    outcome = "cancelled";
-  } else if (runner && runner->request_cancel(r->id)) {
-    // The engine stops at its next step boundary; wait briefly so the answer is final.
-    outcome = runner->wait_finished(r->id, 5000) ? "cancelled" : "cancel_requested";
-  } else {
-    outcome = is_final(r->state) ? "already_finished" : "cancel_requested";
+void ApiServer::Impl::handle_submit(const http::Request& req, http::Reply reply) {
+  std::optional<RequestRecord> r;
+  http::Response res = guarded(metrics, "submit", [&](http::Response& out) {
+    std::string key_id = authenticate(req, out);
+    if (key_id.empty()) return;
+    r = enqueue(parse_generate_request(req.body, options.limits), key_id, out);
+    if (r) send_json(out, 200, status_json(*r));
+  });
+  if (!r || options.sync_wait_ms <= 0) {
+    reply.send(std::move(res));
+    return;
   }
-  r = store->get_request(r->id);
-  json j = status_json(*r);
-  if (outcome == "cancelled" && r->state != JobState::cancelled) outcome = "already_finished";
-  j["cancel"] = outcome;
-  send_json(res, 200, j);
+  // Wait for the job without holding a thread; answer with whatever state it reached.
+  std::string id = r->id;
+  RequestRecord first = *r;
+  when_finished(id, options.sync_wait_ms, [this, reply, id, first](bool) {
+    reply.send(guarded(metrics, "submit", [&](http::Response& out) {
+      std::optional<RequestRecord> now = store->get_request(id);
+      send_json(out, 200, status_json(now ? *now : first));
+    }));
+  });
 }
 
-void ApiServer::Impl::handle_batch(const httplib::Request& req, httplib::Response& res) {
+void ApiServer::Impl::handle_status(const http::Request& req, http::Response& res) {
   std::string key_id = authenticate(req, res);
   if (key_id.empty()) return;
-  std::string batch_id = req.matches[1];
+  if (std::optional<RequestRecord> r = owned_request(req.matches.at(1), key_id, res)) send_json(res, 200, status_json(*r));
+}
+
+void ApiServer::Impl::handle_cancel(const http::Request& req, http::Reply reply) {
+  // The cancel is recorded in the store, so the runner sees it whether the job is queued,
+  // being claimed right now, or running (it checks at every step).
+  std::optional<RequestRecord> r;
+  CancelOutcome outcome = CancelOutcome::not_found;
+  auto answer = [this](const RequestRecord& rec, CancelOutcome how) {
+    return guarded(metrics, "cancel", [&](http::Response& out) {
+      std::optional<RequestRecord> now = store->get_request(rec.id);
+      const RequestRecord& cur = now ? *now : rec;
+      json j = status_json(cur);
+      std::string word = how == CancelOutcome::cancelled         ? "cancelled"
+                         : how == CancelOutcome::already_final   ? "already_finished"
+                         : cur.state == JobState::cancelled      ? "cancelled"
+                         : is_final(cur.state)                   ? "already_finished"
+                                                                 : "cancel_requested";
+      j["cancel"] = word;
+      send_json(out, 200, j);
+    });
+  };
+  http::Response res = guarded(metrics, "cancel", [&](http::Response& out) {
+    std::string key_id = authenticate(req, out);
+    if (key_id.empty()) return;
+    r = owned_request(req.matches.at(1), key_id, out);
+    if (!r) return;
+    outcome = store->request_cancel(r->id, wall_ms());
+    if (outcome == CancelOutcome::cancelled) {
+      waiters.notify(r->id);
+      outbox->wake();
+    }
+  });
+  if (!r) {
+    reply.send(std::move(res));
+    return;
+  }
+  if (outcome != CancelOutcome::requested) {
+    reply.send(answer(*r, outcome));
+    return;
+  }
+  // Running: the engine stops at its next step boundary; wait briefly so the answer is final.
+  RequestRecord rec = *r;
+  when_finished(rec.id, 5000, [reply, rec, answer](bool) { reply.send(answer(rec, CancelOutcome::requested)); });
+}
+
+void ApiServer::Impl::handle_batch(const http::Request& req, http::Response& res) {
+  std::string key_id = authenticate(req, res);
+  if (key_id.empty()) return;
+  std::string batch_id = req.matches.at(1);
   json list = json::array();
   for (const RequestRecord& r : store->list_batch(key_id, batch_id)) list.push_back(status_json(r));
   send_json(res, 200, {{"batch_id", batch_id}, {"count", list.size()}, {"requests", list}});
 }
 
-void ApiServer::Impl::handle_image(const httplib::Request& req, httplib::Response& res) {
-  std::string token = req.matches[1];
-  std::string name = req.matches[2];
+void ApiServer::Impl::handle_image(const http::Request& req, http::Response& res) {
+  std::string token = req.matches.at(1);
+  std::string name = req.matches.at(2);
   std::optional<RequestRecord> r = store->get_request_by_token(token);
   size_t index = r ? r->file_names.size() : 0;
   if (r) {
@@ -251,10 +291,11 @@ void ApiServer::Impl::handle_image(const httplib::Request& req, httplib::Respons
   res.status = 200;
   res.set_header("Cache-Control", "private, max-age=31536000, immutable");
   res.set_header("Content-Disposition", "inline; filename=\"" + r->file_names[index] + "\"");
-  res.set_content(std::move(*bytes), "image/png");
+  res.content_type = "image/png";
+  res.body = std::move(*bytes);
 }
 
-void ApiServer::Impl::handle_readyz(const httplib::Request&, httplib::Response& res) {
+void ApiServer::Impl::handle_readyz(const http::Request&, http::Response& res) {
   bool store_ok = store->ping();
   if (engine && store_ok) {
     send_json(res, 200, {{"ready", true}, {"model", engine->model_name()}});
@@ -263,63 +304,87 @@ void ApiServer::Impl::handle_readyz(const httplib::Request&, httplib::Response& 
   }
 }
 
-void ApiServer::Impl::install_routes() {
-  using Handler = void (ApiServer::Impl::*)(const httplib::Request&, httplib::Response&);
-  auto guarded = [this](const char* route, auto handler) {
-    return [this, route, handler](const httplib::Request& req, httplib::Response& res) {
-      try {
-        handler(req, res);
-      } catch (const UserError& e) {
-        send_failure(res, 400, e.what());
-      } catch (const nlohmann::json::exception& e) {
-        metrics.count_error("internal");
-        log("error", std::string(route) + ": " + e.what());
-        send_failure(res, 500, "internal error (logged on the server)");
-      } catch (const IoError& e) {
-        metrics.count_error("io");
-        log("error", std::string(route) + ": " + e.what());
-        send_failure(res, 500, "storage error on the server; try again");
-      } catch (const std::exception& e) {
-        metrics.count_error("internal");
-        log("error", std::string(route) + ": " + e.what());
-        send_failure(res, 500, "internal error (logged on the server)");
+http::Response guarded(Metrics& metrics, const char* route, const std::function<void(http::Response&)>& body) {
+  http::Response res;
+  try {
+    body(res);
+  } catch (const UserError& e) {
+    send_failure(res, 400, e.what());
+  } catch (const IoError& e) {
+    metrics.count_error("io");
+    log("error", std::string(route) + ": " + e.what());
+    send_failure(res, 503, "storage error on the server; try again");
+  } catch (const std::exception& e) {
+    metrics.count_error("internal");
+    log("error", std::string(route) + ": " + e.what());
+    send_failure(res, 500, "internal error (logged on the server)");
+  }
+  return res;
+}
+
+http::Response ApiServer::Impl::unrouted(int status, const http::Request& req, const std::string& why) {
+  http::Response res;
+  if (req.path.rfind("/v1/", 0) == 0) {
+    openai_error(res, status, why, status >= 500 ? "server_error" : "invalid_request_error", "");
+  } else {
+    send_failure(res, status, why);
+  }
+  if (status == 405) res.set_header("Allow", "GET, POST, DELETE");
+  if (status == 503 || status == 429) res.set_header("Retry-After", "1");
+  return res;
+}
+
+std::vector<http::Route> ApiServer::Impl::routes() {
+  using Sync = void (ApiServer::Impl::*)(const http::Request&, http::Response&);
+  using Async = void (ApiServer::Impl::*)(const http::Request&, http::Reply);
+  std::vector<http::Route> table;
+  auto sync = [this, &table](const char* name, const char* method, std::string pattern, auto handler) {
+    route_names.push_back(name);
+    table.push_back({method, std::move(pattern), nullptr, [this, name, handler](http::Request& req, http::Reply reply) {
+                       reply.send(guarded(metrics, name, [&](http::Response& res) { handler(req, res); }));
+                     }});
+  };
+  auto member = [this](Sync h) { return [this, h](const http::Request& req, http::Response& res) { (this->*h)(req, res); }; };
+  auto async = [this, &table](const char* name, const char* method, std::string pattern, Async h) {
+    route_names.push_back(name);
+    table.push_back({method, std::move(pattern), nullptr,
+                     [this, h](http::Request& req, http::Reply reply) { (this->*h)(req, std::move(reply)); }});
+  };
+  // Keyed routes judge the key on the headers alone: a client without a valid key never gets
+  // its body read.
+  auto keyed = [this](http::Route& r, bool openai_shape) {
+    r.admit = [this, openai_shape](const http::Request& req) -> std::optional<http::Response> {
+      http::Response res;
+      if (!authenticate(req, res).empty()) return std::nullopt;
+      if (openai_shape) {
+        std::string message = json::parse(res.body, nullptr, false).value("error", std::string("invalid API key"));
+        openai_error(res, 401, message, "invalid_request_error", "invalid_api_key");
       }
-      metrics.count_http(route, res.status);
+      return res;
     };
   };
-  auto member = [this](Handler h) {
-    return [this, h](const httplib::Request& req, httplib::Response& res) { (this->*h)(req, res); };
-  };
   const char* id = "([0-9a-zA-Z_-]{1,64})";
-  http.Post("/generate/v3", guarded("submit", member(&Impl::handle_submit)));
-  http.Get(std::string("/generate/v3/status/") + id, guarded("status", member(&Impl::handle_status)));
-  http.Delete(std::string("/generate/v3/status/") + id, guarded("cancel", member(&Impl::handle_cancel)));
-  http.Get("/generate/v3/batch/([^/]{1,128})", guarded("batch", member(&Impl::handle_batch)));
-  http.Get("/v3/images/([0-9a-f]{32})/([A-Za-z0-9._-]{1,128})", guarded("image", member(&Impl::handle_image)));
-  http.Post("/v1/images/generations", guarded("openai", member(&Impl::handle_openai)));
-  http.Get("/healthz", guarded("healthz", [](const httplib::Request&, httplib::Response& res) {
-             send_json(res, 200, {{"status", "ok"}});
-           }));
-  http.Get("/readyz", guarded("readyz", member(&Impl::handle_readyz)));
-  http.Get("/metrics", guarded("metrics", [this](const httplib::Request&, httplib::Response& res) {
-             res.set_content(metrics.render(), "text/plain; version=0.0.4; charset=utf-8");
-           }));
-  http.Get("/openapi.json", guarded("openapi", [](const httplib::Request&, httplib::Response& res) {
-             res.set_content(openapi_document(), "application/json");
-           }));
-  http.Get("/", guarded("playground", [](const httplib::Request&, httplib::Response& res) {
-             res.set_content(playground_page(), "text/html; charset=utf-8");
-           }));
-  // Answers that never reached a handler (unknown path, body over the limit, bad HTTP)
-  // still get a JSON body in the API's shape.
-  http.set_error_handler([this](const httplib::Request&, httplib::Response& res) {
-    if (!res.body.empty()) return;
-    std::string error = res.status == 413   ? "request body too large (limit " + std::to_string(options.max_body_bytes) + " bytes)"
-                        : res.status == 404 ? "no such endpoint"
-                                            : "malformed HTTP request";
-    send_failure(res, res.status, error);
-    metrics.count_http("unrouted", res.status);
+  async("submit", "POST", "/generate/v3", &Impl::handle_submit);
+  keyed(table.back(), false);
+  sync("status", "GET", std::string("/generate/v3/status/") + id, member(&Impl::handle_status));
+  async("cancel", "DELETE", std::string("/generate/v3/status/") + id, &Impl::handle_cancel);
+  keyed(table.back(), false);
+  sync("batch", "GET", "/generate/v3/batch/([^/]{1,128})", member(&Impl::handle_batch));
+  sync("image", "GET", "/v3/images/([0-9a-f]{32})/([A-Za-z0-9._-]{1,128})", member(&Impl::handle_image));
+  async("openai", "POST", "/v1/images/generations", &Impl::handle_openai);
+  keyed(table.back(), true);
+  sync("healthz", "GET", "/healthz", [](const http::Request&, http::Response& res) { send_json(res, 200, {{"status", "ok"}}); });
+  sync("readyz", "GET", "/readyz", member(&Impl::handle_readyz));
+  sync("metrics", "GET", "/metrics", [this](const http::Request&, http::Response& res) {
+    res.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    res.body = metrics.render();
   });
+  sync("openapi", "GET", "/openapi.json", [](const http::Request&, http::Response& res) { res.body = openapi_document(); });
+  sync("playground", "GET", "/", [](const http::Request&, http::Response& res) {
+    res.content_type = "text/html; charset=utf-8";
+    res.body = playground_page();
+  });
+  return table;
 }
 
 }  // namespace fluxpipe::server

@@ -11,23 +11,22 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "server/api_server_impl.h"
 #include "server/log.h"
 
 namespace fluxpipe::server {
 
-int64_t wall_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+int64_t wall_ms() { return wall_clock_ms(); }
 
-void send_json(httplib::Response& res, int status, const nlohmann::json& body) {
+void send_json(http::Response& res, int status, const nlohmann::json& body) {
   res.status = status;
-  res.set_content(body.dump(), "application/json");
+  res.content_type = "application/json";
+  res.body = body.dump();
 }
 
-void send_failure(httplib::Response& res, int status, const std::string& error) {
+void send_failure(http::Response& res, int status, const std::string& error) {
   send_json(res, status, {{"status", "FAILURE"}, {"error", error}});
 }
 
@@ -85,8 +84,13 @@ ApiServer::Impl::Impl(ServeOptions opts, std::unique_ptr<Engine> eng)
                     std::to_string(rec.failed) + " failed after " + std::to_string(options.max_attempts) + " attempts");
   }
   if (engine) {
-    runner = std::make_unique<JobRunner>(*store, *engine, *images, metrics, RunnerOptions{options.server_id, 1000},
-                                         [this](const std::string&) { outbox->wake(); });
+    RunnerOptions ro;
+    ro.server_id = options.server_id;
+    ro.job_timeout_ms = options.job_timeout_ms;
+    runner = std::make_unique<JobRunner>(*store, *engine, *images, metrics, ro, [this](const std::string& id) {
+      waiters.notify(id);
+      outbox->wake();
+    });
   }
 }
 
@@ -101,36 +105,25 @@ ApiServer::~ApiServer() { stop(); }
 
 int ApiServer::start() {
   Impl& s = *impl_;
-  s.install_routes();
-  int threads = s.options.http_threads;
-  s.http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
-  s.http.set_payload_max_length(s.options.max_body_bytes);
-  s.http.set_keep_alive_max_count(1000);
-  s.http.set_keep_alive_timeout(5);
-  s.http.set_read_timeout(10, 0);
-  s.http.set_write_timeout(10, 0);
-  // The packaged cpp-httplib listens with a backlog of 5, which drops connections when
-  // many clients connect at once; remember the listening socket and widen its backlog.
-  int listen_fd = -1;
-  s.http.set_socket_options([&listen_fd](int sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-    listen_fd = sock;
-  });
-  int port = s.options.listen_port;
-  if (port == 0) {
-    port = s.http.bind_to_any_port(s.options.listen_host);
-  } else if (!s.http.bind_to_port(s.options.listen_host, port)) {
-    port = -1;
-  }
-  if (port < 0) {
-    throw IoError("[serve] cannot listen on " + s.options.listen_host + ":" + std::to_string(s.options.listen_port));
-  }
-  if (listen_fd >= 0) ::listen(listen_fd, SOMAXCONN);
+  http::Options ho;
+  ho.threads = s.options.http_threads;
+  ho.max_body_bytes = s.options.max_body_bytes;
+  ho.max_header_bytes = s.options.max_header_bytes;
+  ho.max_connections = s.options.max_connections;
+  ho.max_connections_per_address = s.options.max_connections_per_ip;
+  ho.idle_timeout_ms = s.options.idle_timeout_ms;
+  ho.header_timeout_ms = s.options.header_timeout_ms;
+  s.http = std::make_unique<http::HttpServer>(
+      ho, s.routes(),
+      [&s](int status, const http::Request& req, const std::string& why) { return s.unrouted(status, req, why); },
+      [&s](int route, int status) {
+        s.metrics.count_http(route >= 0 ? s.route_names.at(static_cast<size_t>(route)) : "unrouted", status);
+      });
+  int port = s.http->bind(s.options.listen_host, s.options.listen_port);
   std::string host = s.options.listen_host.find(':') != std::string::npos ? "[" + s.options.listen_host + "]"
                                                                           : s.options.listen_host;
   s.base_url = s.options.public_url.empty() ? "http://" + host + ":" + std::to_string(port) : s.options.public_url;
-  s.http_thread = std::thread([&s] { s.http.listen_after_bind(); });
+  s.http->start();
   s.outbox->start();
   if (s.runner) s.runner->start();
   log("info", "fluxpipe serving on " + host + ":" + std::to_string(port) + " (data " + s.options.data_dir + ", " +
@@ -139,16 +132,23 @@ int ApiServer::start() {
 }
 
 void ApiServer::wait() {
-  if (impl_->http_thread.joinable()) impl_->http_thread.join();
+  std::unique_lock lock(impl_->stop_mu);
+  impl_->stop_cv.wait(lock, [this] { return impl_->stopped.load(); });
 }
 
 void ApiServer::stop() {
   Impl& s = *impl_;
   if (s.stopped.exchange(true)) return;
-  s.http.stop();
-  if (s.http_thread.joinable()) s.http_thread.join();
+  // Drain: claim nothing more and stop the running job at its next step (it is queued again
+  // without spending an attempt); refuse new connections; answer every waiting client now
+  // with what is known; give in-flight answers a moment; then close whatever is left open.
+  if (s.runner) s.runner->begin_stop();
+  if (s.http) s.http->stop_accepting();
+  s.waiters.shutdown();
+  if (s.http) s.http->stop(s.options.drain_ms);
   if (s.runner) s.runner->stop();
   s.outbox->stop();
+  s.stop_cv.notify_all();
 }
 
 Store& ApiServer::store() { return *impl_->store; }

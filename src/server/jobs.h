@@ -4,17 +4,16 @@
 // Crash safety: a job is marked running (attempts + 1) before it starts and ends only
 // after its images are on disk; on start-up the server calls Store::recover_interrupted,
 // so a job interrupted by a crash runs again, or fails after max_attempts starts.
-// Thread-safety: progress(), request_cancel(), wake() and wait_finished() are thread-safe;
-// start()/stop() are called by the owner only.
+// Cancellation is read from the store (Store::request_cancel sets a flag) at the start and at
+// every step, so a DELETE that arrives while the job is being claimed is never lost.
+// Thread-safety: progress(), wake() and begin_stop() are thread-safe; start()/stop() are
+// called by the owner only.
 #pragma once
 
 #include <condition_variable>
-#include <deque>
 #include <functional>
-#include <map>
 #include <mutex>
 #include <optional>
-#include <set>
 #include <string>
 #include <thread>
 
@@ -33,7 +32,9 @@ struct JobProgress {
 
 struct RunnerOptions {
   std::string server_id = "local";
-  int64_t poll_ms = 1000;   // also woken on every submission
+  int64_t poll_ms = 1000;        // also woken on every submission
+  int64_t job_timeout_ms = 0;    // wall-clock limit per job; 0: none
+  int64_t cancel_poll_ms = 200;  // how often a running job looks at the store's cancel flag
 };
 
 class JobRunner {
@@ -44,6 +45,10 @@ class JobRunner {
   ~JobRunner();
 
   void start();
+  // Claims nothing more and asks the running job to stop at its next step; it goes back to the
+  // queue without spending an attempt. Returns at once.
+  void begin_stop();
+  // begin_stop(), then joins the runner thread.
   void stop();
   void wake();
 
@@ -51,18 +56,16 @@ class JobRunner {
   bool run_once();
 
   std::optional<JobProgress> progress(const std::string& id);
-  // Asks the running job `id` to stop at the next step; false if it is not running here.
-  bool request_cancel(const std::string& id);
-  // Records that `id` ended (also used for requests cancelled while queued) and wakes waiters.
-  void mark_finished(const std::string& id);
-  // Waits until `id` ends or `timeout_ms` passes; true if it ended.
-  bool wait_finished(const std::string& id, int64_t timeout_ms);
+  // The id of the job running now ("" when idle).
+  std::string running_id();
   // Mean seconds per finished job on this server (0 until one finished).
   double mean_job_seconds();
 
  private:
   void loop();
   void run_job(const RequestRecord& record);
+  // Records the end, retrying while the store refuses (the row must not stay `running`).
+  void record_end(const std::string& id, JobState state, const std::string& error, const std::string& warning);
 
   Store& store_;
   Engine& engine_;
@@ -74,19 +77,12 @@ class JobRunner {
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable wake_cv_;
-  std::condition_variable finished_cv_;
   bool stopping_ = false;
   bool woken_ = false;
   std::string running_id_;
   JobProgress running_progress_;
-  bool cancel_running_ = false;
-  std::set<std::string> finished_;        // bounded by finished_order_
-  std::deque<std::string> finished_order_;
   double job_seconds_total_ = 0;
   int jobs_timed_ = 0;
 };
-
-// The "parameters" text chunk image tools read (prompt, negative prompt, settings).
-std::string parameters_text(const GenerateJob& job, int64_t seed, const std::string& model_name);
 
 }  // namespace fluxpipe::server

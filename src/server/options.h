@@ -27,7 +27,14 @@ struct ServeOptions {
   int rate_limit_per_minute = 60;        // submissions per key; 0 = unlimited
   size_t max_body_bytes = 64 * 1024;
   int max_attempts = 3;
-  int http_threads = 128;
+  int http_threads = 2;                  // io threads of the event-driven HTTP layer
+  size_t max_header_bytes = 16 * 1024;
+  int max_connections = 20000;
+  int max_connections_per_ip = 0;        // 0: off (behind a proxy every client has its address)
+  int64_t idle_timeout_ms = 60000;
+  int64_t header_timeout_ms = 10000;
+  int64_t drain_ms = 2000;               // a clean stop waits this long for answers in flight
+  int64_t job_timeout_ms = 0;            // per-job wall-clock limit; 0: none
   std::string webhook_secret;            // empty: read or create <data>/webhook_secret
   bool allow_private_webhooks = false;
   int webhook_timeout_ms = 10000;

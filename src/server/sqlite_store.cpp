@@ -148,6 +148,7 @@ class SqliteStore final : public Store {
     exec("PRAGMA synchronous=FULL");
     exec(kSchema);
     add_column_if_missing("requests", "warning", "TEXT NOT NULL DEFAULT ''");
+    add_column_if_missing("requests", "cancel_requested", "INTEGER NOT NULL DEFAULT 0");
     if (sqlite3_open_v2(path.c_str(), &rdb_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
       std::string msg = rdb_ ? sqlite3_errmsg(rdb_) : "out of memory";
       sqlite3_close(rdb_);
@@ -252,6 +253,36 @@ class SqliteStore final : public Store {
     enqueue_webhook_locked(id, now_ms);
     tx.commit();
     return true;
+  }
+
+  CancelOutcome request_cancel(const std::string& id, int64_t now_ms) override {
+    std::lock_guard lock(mu_);
+    Transaction tx(this);
+    Stmt s(db_, "SELECT state FROM requests WHERE id=?");
+    s.bind(id);
+    if (!s.step()) return CancelOutcome::not_found;
+    JobState state = job_state_from_string(s.text(0));
+    if (state == JobState::queued) {
+      Stmt u(db_, "UPDATE requests SET state='cancelled', error=?, finished_ms=? WHERE id=? AND state='queued'");
+      u.bind(std::string("cancelled before it started")).bind(now_ms).bind(id).step();
+      enqueue_webhook_locked(id, now_ms);
+      tx.commit();
+      return CancelOutcome::cancelled;
+    }
+    if (state == JobState::running) {
+      Stmt u(db_, "UPDATE requests SET cancel_requested=1 WHERE id=?");
+      u.bind(id).step();
+      tx.commit();
+      return CancelOutcome::requested;
+    }
+    return CancelOutcome::already_final;
+  }
+
+  bool cancel_requested(const std::string& id) override {
+    std::lock_guard lock(rmu_);
+    Stmt s(rdb_, "SELECT cancel_requested FROM requests WHERE id=?");
+    s.bind(id);
+    return s.step() && s.integer(0) != 0;
   }
 
   void release_running(const std::string& id) override {

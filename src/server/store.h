@@ -60,6 +60,14 @@ struct OutboxMessage {
   bool done = false;           // delivered, or given up after the last attempt
 };
 
+// What Store::request_cancel did.
+enum class CancelOutcome {
+  not_found,
+  cancelled,       // it was queued: now cancelled, with its webhook message
+  requested,       // it is running: the flag is set; the runner stops it at its next step
+  already_final,   // it had ended already
+};
+
 struct RecoveryReport {
   int requeued = 0;
   int failed = 0;
@@ -90,6 +98,11 @@ class Store {
                               int64_t now_ms, const std::string& warning = "") = 0;
   // queued -> cancelled, with the outbox message as above. False if it was not queued.
   virtual bool cancel_queued(const std::string& id, int64_t now_ms) = 0;
+  // A client's DELETE, in one transaction: a queued request is cancelled; a running one gets
+  // its cancel flag, which the runner that claimed it reads at every step (so a cancel that
+  // arrives between claiming and starting, or on another node, is never lost).
+  virtual CancelOutcome request_cancel(const std::string& id, int64_t now_ms) = 0;
+  virtual bool cancel_requested(const std::string& id) = 0;
   // running -> queued without counting the attempt (a clean shutdown interrupted it).
   virtual void release_running(const std::string& id) = 0;
   // Number of queued or running requests.

@@ -4,6 +4,7 @@
 
 #include <chrono>
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "server/crypto.h"
 #include "server/log.h"
@@ -12,10 +13,7 @@
 namespace fluxpipe::server {
 namespace {
 
-int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+int64_t now_ms() { return wall_clock_ms(); }
 
 size_t discard_body(char*, size_t size, size_t n, void*) { return size * n; }
 

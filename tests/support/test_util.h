@@ -19,6 +19,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "core/clock.h"
 #include "fake_engine.h"
 #include "server/api_server.h"
 #include "server/keys.h"
@@ -58,10 +59,7 @@ inline int free_port() {
   return ntohs(addr.sin_port);
 }
 
-inline int64_t test_now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+inline int64_t test_now_ms() { return wall_clock_ms(); }
 
 // Adds a key straight into the store of the data folder; returns the secret.
 inline std::string add_key(server::Store& store, const std::string& name) {
