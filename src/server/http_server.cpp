@@ -19,6 +19,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include <array>
 #include <chrono>
 #include <map>
 #include <mutex>
@@ -96,6 +97,9 @@ struct HttpServer::Impl {
   std::map<std::string, int> per_address;
 
   asio::io_context io;
+  // Keeps io.run() going while no socket operation is pending (every client waiting on a job
+  // is such a moment: its answer is posted later, from a waiter).
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
   tcp::acceptor acceptor{io};
   std::vector<std::thread> threads;
 
@@ -174,6 +178,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
     stream_.expires_after(std::chrono::milliseconds(server_.options.write_timeout_ms));
     auto done = [self = shared_from_this(), res, keep, status, route](beast::error_code ec, size_t) {
       if (self->server_.on_answer) self->server_.on_answer(route, status);
+      if (!ec && !keep && self->unread_body_) {
+        self->linger();
+        return;
+      }
       if (ec || !keep) {
         self->close();
         return;
@@ -191,7 +199,30 @@ class Connection : public std::enable_shared_from_this<Connection> {
  private:
   enum class State { idle, reading, handling, writing, closed };
 
+  // After refusing a request whose body is still arriving: stop sending, then read and drop
+  // what the client still sends for a moment, so that closing does not reset the connection
+  // before the client has read the answer (a reset can discard it in the client's buffers).
+  void linger() {
+    state_ = State::writing;
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    stream_.expires_after(std::chrono::milliseconds(1000));
+    drain(size_t{1} << 20);
+  }
+
+  void drain(size_t budget) {
+    auto sink = std::make_shared<std::array<char, 16384>>();
+    stream_.async_read_some(asio::buffer(*sink), [self = shared_from_this(), sink, budget](beast::error_code ec, size_t n) {
+      if (ec || n >= budget) {
+        self->close();
+        return;
+      }
+      self->drain(budget - n);
+    });
+  }
+
   void wait_request() {
+    unread_body_ = false;
     if (server_.draining) {
       close();
       return;
@@ -224,22 +255,23 @@ class Connection : public std::enable_shared_from_this<Connection> {
     stream_.expires_after(std::chrono::milliseconds(server_.options.header_timeout_ms));
     bhttp::async_read_header(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
       if (ec) {
-        self->read_failed(ec, /*in_header=*/true);
+        self->read_failed(ec);
         return;
       }
       self->on_header();
     });
   }
 
-  void read_failed(beast::error_code ec, bool in_header) {
+  void read_failed(beast::error_code ec) {
     if (ec == bhttp::error::header_limit) {
       fail(431, "request headers too large (limit " + std::to_string(server_.options.max_header_bytes) + " bytes)");
     } else if (ec == bhttp::error::body_limit) {
       ++server_.counters.too_large;
       fail(413, "request body too large (limit " + std::to_string(server_.options.max_body_bytes) + " bytes)");
     } else if (ec == beast::error::timeout) {
+      // The stream closed the socket when its timer fired: nothing can be sent any more.
       ++server_.counters.timed_out;
-      fail(408, in_header ? "request headers not received in time" : "request body not received in time");
+      close();
     } else if (ec == bhttp::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
                ec == asio::error::operation_aborted || ec == bhttp::error::partial_message) {
       close();
@@ -251,6 +283,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // An answer the layer makes itself; the connection closes after it (anything unread stays unread).
   void fail(int status, const std::string& why) {
     keep_alive_ = false;
+    unread_body_ = status == 413;
     head_ = false;
     request_.method = parser_ ? std::string(parser_->get().method_string()) : "";
     write(server_.on_unrouted(status, request_, why));
@@ -293,13 +326,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
       Response r = server_.on_unrouted(path_known ? 405 : 404, request_,
                                        path_known ? "method " + request_.method + " not allowed here" : "no such endpoint");
       // Without a body to skip the connection may stay open; with one, close rather than read it.
-      if (!parser_->is_done()) keep_alive_ = false;
+      if (!parser_->is_done()) keep_alive_ = false, unread_body_ = true;
       write(std::move(r));
       return;
     }
     if (route->admit) {
       if (std::optional<Response> refusal = route->admit(request_)) {
-        if (!parser_->is_done()) keep_alive_ = false;
+        if (!parser_->is_done()) keep_alive_ = false, unread_body_ = true;
         write(std::move(*refusal));
         return;
       }
@@ -326,7 +359,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     stream_.expires_after(std::chrono::milliseconds(server_.options.body_timeout_ms));
     bhttp::async_read(stream_, buffer_, *parser_, [self = shared_from_this(), &route](beast::error_code ec, size_t) {
       if (ec) {
-        self->read_failed(ec, /*in_header=*/false);
+        self->read_failed(ec);
         return;
       }
       self->dispatch(route);
@@ -360,6 +393,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool keep_alive_ = true;
   bool head_ = false;
   bool counted_ = false;
+  bool unread_body_ = false;   // the answer went out before the request's body was read
 };
 
 Reply::Reply(std::shared_ptr<State> state) : state_(std::move(state)) {}
@@ -459,6 +493,7 @@ void HttpServer::start() {
   Impl& s = *impl_;
   raise_file_limit();
   s.accepting = true;
+  s.work.emplace(s.io.get_executor());
   s.accept_next();
   for (int i = 0; i < std::max(1, s.options.threads); ++i) {
     s.threads.emplace_back([&s] { s.io.run(); });
@@ -494,6 +529,7 @@ void HttpServer::stop(int64_t grace_ms) {
   }
   for (auto& c : live) asio::post(c->executor(), [c] { c->close(); });
   live.clear();
+  s.work.reset();
   s.io.stop();
   for (std::thread& t : s.threads) t.join();
   s.threads.clear();
