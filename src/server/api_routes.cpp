@@ -154,7 +154,7 @@ std::optional<RequestRecord> ApiServer::Impl::enqueue(GenerateRequest p, const s
   r.key_id = key_id;
   r.download_token = random_hex(16);
   for (int i = 0; i < p.samples; ++i) {
-    r.seeds.push_back(p.seed + i);
+    r.seeds.push_back(seed_of_image(p.seed, i));
     r.file_names.push_back((p.file_prefix.empty() ? "" : p.file_prefix + "-") + r.id.substr(0, 8) + "-" +
                            std::to_string(i) + ".png");
   }

@@ -52,11 +52,19 @@ std::string load_or_create_webhook_secret(const std::string& data_dir, const std
 ApiServer::Impl::Impl(ServeOptions opts, std::unique_ptr<Engine> eng)
     : options(std::move(opts)), engine(std::move(eng)), rate_limiter(options.rate_limit_per_minute) {
   set_log_quiet(options.quiet);
-  if (mkdir(options.data_dir.c_str(), 0755) != 0 && errno != EEXIST) {
+  // Prompts, webhook URLs (which often carry tokens), keys' hashes and images are the users':
+  // everything under the data folder is the server's user's alone (0700 folders, 0600 files,
+  // SQLite's database, journal and WAL included).
+  umask(077);
+  if (options.secret_on_command_line) {
+    log("warn", "--webhook-secret on the command line is visible to every local user (ps); use "
+                "FLUXPIPE_WEBHOOK_SECRET or --webhook-secret-file");
+  }
+  if (mkdir(options.data_dir.c_str(), 0700) != 0 && errno != EEXIST) {
     throw IoError("[serve] cannot create data folder '" + options.data_dir + "': " + std::strerror(errno));
   }
   std::string lock_path = options.data_dir + "/lock";
-  lock_fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  lock_fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (lock_fd < 0) throw IoError("[serve] cannot open '" + lock_path + "': " + std::strerror(errno));
   if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
     close(lock_fd);
@@ -66,7 +74,7 @@ ApiServer::Impl::Impl(ServeOptions opts, std::unique_ptr<Engine> eng)
   keys = std::make_unique<KeyRing>(*store, options.env_api_keys);
   images = std::make_unique<ImageStore>(options.data_dir);
   signer = std::make_unique<WebhookSigner>(load_or_create_webhook_secret(options.data_dir, options.webhook_secret));
-  sender = make_curl_sender(options.allow_private_webhooks, options.webhook_timeout_ms);
+  sender = make_curl_sender(options.allow_private_webhooks, options.webhook_timeout_ms, options.webhook_proxy);
   outbox = std::make_unique<WebhookOutbox>(
       *store, *sender, *signer,
       [this](const std::string& id) {

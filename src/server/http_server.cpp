@@ -249,6 +249,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void read_header() {
     state_ = State::reading;
+    request_ = Request{};
     parser_.emplace();
     parser_->header_limit(static_cast<uint32_t>(server_.options.max_header_bytes));
     parser_->body_limit(server_.options.max_body_bytes);
@@ -285,7 +286,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
     keep_alive_ = false;
     unread_body_ = status == 413;
     head_ = false;
-    request_.method = parser_ ? std::string(parser_->get().method_string()) : "";
+    if (parser_ && request_.path.empty()) {   // the headers may be complete (413 on Content-Length)
+      request_.method = std::string(parser_->get().method_string());
+      std::string_view target(parser_->get().target().data(), parser_->get().target().size());
+      request_.path = std::string(target.substr(0, target.find('?')));
+    }
     write(server_.on_unrouted(status, request_, why));
   }
 

@@ -16,7 +16,7 @@ namespace fluxpipe::server {
 namespace {
 
 void make_dir(const std::string& path) {
-  if (mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) {
+  if (mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {
     throw IoError("[images] cannot create folder '" + path + "': " + std::strerror(errno));
   }
 }
@@ -54,7 +54,7 @@ void ImageStore::write(const std::string& token, const std::string& name, const 
   std::string dir = images_dir_ + "/" + token;
   make_dir(dir);
   std::string tmp = final_path + ".tmp";
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) throw IoError("[images] cannot create '" + tmp + "': " + std::strerror(errno));
   size_t off = 0;
   while (off < bytes.size()) {

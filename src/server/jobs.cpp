@@ -179,6 +179,12 @@ void JobRunner::run_job(const RequestRecord& record) {
   } catch (const UserError& e) {
     final_state = JobState::failed;
     error = e.what();
+  } catch (const IoError& e) {
+    // Its message names files on the server: logged, not shown to the client.
+    final_state = JobState::failed;
+    error = "the engine could not read or write its files (details in the server's log)";
+    log("error", "job " + record.id + ": " + e.what());
+    metrics_.count_error("engine");
   } catch (const std::exception& e) {
     final_state = JobState::failed;
     error = std::string("the engine failed: ") + e.what();
@@ -196,7 +202,8 @@ void JobRunner::run_job(const RequestRecord& record) {
       }
     } catch (const std::exception& e) {
       final_state = JobState::failed;
-      error = std::string("the images could not be stored on the server: ") + e.what();
+      error = "the images could not be stored on the server (details in the server's log)";
+      log("error", "job " + record.id + ": storing its images failed: " + e.what());
       metrics_.count_error("io");
     }
   }

@@ -52,6 +52,11 @@ HttpUrl parse_http_url(const std::string& url, const std::string& field) {
   auto bad = [&](const std::string& why) -> UserError {
     return UserError("[request] field '" + field + "': " + why);
   };
+  for (unsigned char c : url) {
+    // No spaces, control characters or non-ASCII bytes: a URL carries them percent-encoded,
+    // and raw ones would reach the request line and the logs.
+    if (c <= 0x20 || c >= 0x7f) throw bad("must not contain spaces, control characters or raw non-ASCII bytes");
+  }
   HttpUrl u;
   size_t rest;
   if (url.rfind("http://", 0) == 0) {
@@ -115,6 +120,22 @@ std::string refused_address_reason(const sockaddr* addr) {
     for (int i = 0; i < 15; ++i) all_zero_but_last &= b[i] == 0;
     if (all_zero_but_last && b[15] == 1) return "a loopback address";
     if (all_zero_but_last && b[15] == 0) return "an unspecified address";
+    bool first_96_zero = true;
+    for (int i = 0; i < 12; ++i) first_96_zero &= b[i] == 0;
+    // IPv4-compatible ::a.b.c.d (deprecated; some stacks still route it to the IPv4 address).
+    if (first_96_zero) {
+      std::string why = refused_v4(embedded_v4());
+      return why.empty() ? "an IPv4-compatible address (deprecated)" : why;
+    }
+    // 6to4 2002:AABB:CCDD::/48 carries the IPv4 address AA.BB.CC.DD.
+    if (b[0] == 0x20 && b[1] == 0x02) {
+      std::string why = refused_v4(v4(b[2], b[3], b[4], b[5]));
+      return why.empty() ? "" : "a 6to4 address of " + why;
+    }
+    if (b[0] == 0x00 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b && b[4] == 0x00 && b[5] == 0x01) {
+      return "a local-use NAT64 address (64:ff9b:1::/48)";
+    }
+    if (b[0] == 0xfe && (b[1] & 0xc0) == 0xc0) return "a site-local address (fec0::/10)";
     if ((b[0] & 0xfe) == 0xfc) return "a unique-local (private) address";
     if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) return "a link-local address";
     if (b[0] == 0xff) return "a multicast address";

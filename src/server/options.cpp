@@ -1,6 +1,7 @@
 #include "server/options.h"
 
 #include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <limits>
 
@@ -39,6 +40,15 @@ std::vector<std::string> split_commas(const std::string& v) {
     start = comma + 1;
   }
   return out;
+}
+
+std::string read_secret_file(const char* flag, const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  if (!in || !std::getline(in, line)) throw UserError(std::string("[serve] ") + flag + ": cannot read '" + path + "'");
+  while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+  if (line.empty()) throw UserError(std::string("[serve] ") + flag + ": '" + path + "' is empty");
+  return line;
 }
 
 const std::vector<Option>& options() {
@@ -100,8 +110,12 @@ const std::vector<Option>& options() {
        [](ServeOptions& o, const std::string& v) { o.header_timeout_ms = to_int("--header-timeout", v, 100, 600000); }},
       {"--job-timeout", "FLUXPIPE_JOB_TIMEOUT_S", "S", "a job running longer fails with that reason, 0 = no limit (default 0)",
        [](ServeOptions& o, const std::string& v) { o.job_timeout_ms = int64_t{1000} * to_int("--job-timeout", v, 0, 86400 * 7); }},
-      {"--webhook-secret", "FLUXPIPE_WEBHOOK_SECRET", "whsec_...", "webhook signing secret (default: <data>/webhook_secret, created once)",
+      {"--webhook-secret-file", "FLUXPIPE_WEBHOOK_SECRET_FILE", "PATH", "file holding the webhook signing secret (default: <data>/webhook_secret, created once)",
+       [](ServeOptions& o, const std::string& v) { o.webhook_secret = read_secret_file("--webhook-secret-file", v); }},
+      {"--webhook-secret", "FLUXPIPE_WEBHOOK_SECRET", "whsec_...", "the secret itself; on the command line other local users can read it: prefer the environment or a file",
        [](ServeOptions& o, const std::string& v) { o.webhook_secret = v; }},
+      {"--webhook-proxy", "FLUXPIPE_WEBHOOK_PROXY", "URL", "send webhooks through this proxy (default: none, whatever http_proxy says)",
+       [](ServeOptions& o, const std::string& v) { o.webhook_proxy = v; }},
       {"--allow-private-webhooks", "FLUXPIPE_ALLOW_PRIVATE_WEBHOOKS", nullptr, "let webhooks reach loopback/private/link-local addresses",
        [](ServeOptions& o, const std::string& v) { o.allow_private_webhooks = to_bool("--allow-private-webhooks", v); }},
       {"--webhook-attempts", "FLUXPIPE_WEBHOOK_ATTEMPTS", "N", "delivery attempts per webhook (default 8)",
@@ -147,6 +161,7 @@ ServeOptions parse_serve_options(const std::vector<std::string>& args) {
       if (arg == opt.flag) match = &opt;
     }
     if (!match) throw UserError("[serve] unknown option '" + args[i] + "' (see fluxpipe serve --help)");
+    if (std::string(match->flag) == "--webhook-secret") o.secret_on_command_line = true;
     if (!match->value_name) {
       match->set(o, has_inline ? value : "1");
       continue;

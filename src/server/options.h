@@ -36,12 +36,14 @@ struct ServeOptions {
   int64_t drain_ms = 2000;               // a clean stop waits this long for answers in flight
   int64_t job_timeout_ms = 0;            // per-job wall-clock limit; 0: none
   std::string webhook_secret;            // empty: read or create <data>/webhook_secret
+  std::string webhook_proxy;             // empty: webhooks connect directly, whatever the environment says
   bool allow_private_webhooks = false;
   int webhook_timeout_ms = 10000;
   OutboxPolicy webhook_policy;
   RequestLimits limits;
   std::vector<std::string> env_api_keys; // FLUXPIPE_API_KEYS
   bool quiet = false;
+  bool secret_on_command_line = false;   // set by the parser: serve warns (ps shows it to every user)
 };
 
 // Parses `args` (after "serve") and the environment. Throws UserError naming the flag.

@@ -121,8 +121,8 @@ GenerateRequest parse_generate_request(std::string_view body_text, const Request
     }
     (std::string(side) == "width" ? r.width : r.height) = used;
   }
-  // Image i uses seed + i, so the largest seed leaves room for the samples.
-  r.seed = get_int(body, "seed", -1, -1, std::numeric_limits<int64_t>::max() - 16);
+  // The noise takes a 32-bit seed; image i uses (seed + i) mod 2^32 (docs/api.md).
+  r.seed = get_int(body, "seed", -1, -1, kMaxSeed);
 
   r.direct_link = get_bool(body, "direct_link");
   r.queued_image_urls = get_bool(body, "queued_image_urls");
@@ -163,22 +163,25 @@ nlohmann::json to_json(const GenerateRequest& r) {
 }
 
 GenerateRequest generate_request_from_json(const nlohmann::json& j) {
+  // Rows written by older servers may lack fields added since: each field falls back to the
+  // default of a request that did not set it, so adding a field never breaks stored rows.
+  // The prompt alone is required.
   GenerateRequest r;
   r.prompt = j.at("prompt").get<std::string>();
-  r.negative_prompt = j.at("negative_prompt").get<std::string>();
-  r.true_cfg_scale = j.at("true_cfg_scale").get<float>();
-  r.steps = j.at("steps").get<int>();
-  r.samples = j.at("samples").get<int>();
-  r.width = j.at("width").get<int>();
-  r.height = j.at("height").get<int>();
-  r.seed = j.at("seed").get<int64_t>();
-  r.direct_link = j.at("direct_link").get<bool>();
-  r.queued_image_urls = j.at("queued_image_urls").get<bool>();
-  r.server_id = j.at("server_id").get<std::string>();
-  r.webhook = j.at("webhook").get<std::string>();
-  r.batch_id = j.at("batch_id").get<std::string>();
-  r.file_prefix = j.at("file_prefix").get<std::string>();
-  r.warnings = j.at("warnings").get<std::vector<std::string>>();
+  r.negative_prompt = j.value("negative_prompt", r.negative_prompt);
+  r.true_cfg_scale = j.value("true_cfg_scale", r.true_cfg_scale);
+  r.steps = j.value("steps", r.steps);
+  r.samples = j.value("samples", r.samples);
+  r.width = j.value("width", r.width);
+  r.height = j.value("height", r.height);
+  r.seed = j.value("seed", r.seed);
+  r.direct_link = j.value("direct_link", r.direct_link);
+  r.queued_image_urls = j.value("queued_image_urls", r.queued_image_urls);
+  r.server_id = j.value("server_id", r.server_id);
+  r.webhook = j.value("webhook", r.webhook);
+  r.batch_id = j.value("batch_id", r.batch_id);
+  r.file_prefix = j.value("file_prefix", r.file_prefix);
+  r.warnings = j.value("warnings", r.warnings);
   return r;
 }
 

@@ -17,6 +17,11 @@
 
 namespace fluxpipe::server {
 
+// Seeds are 0..2^32-1, what the noise generator takes; image i of a request uses
+// (seed + i) mod 2^32. The CLI and the server accept the same range.
+constexpr int64_t kMaxSeed = 4294967295;
+inline int64_t seed_of_image(int64_t seed, int i) { return (seed + i) & kMaxSeed; }
+
 struct RequestLimits {
   int max_prompt_chars = 10000;
   int default_steps = 20;

@@ -36,7 +36,8 @@ curl_socket_t open_checked_socket(void* clientp, curlsocktype, curl_sockaddr* ad
 
 class CurlSender final : public WebhookSender {
  public:
-  CurlSender(bool allow_private, int timeout_ms) : allow_private_(allow_private), timeout_ms_(timeout_ms) {
+  CurlSender(bool allow_private, int timeout_ms, std::string proxy)
+      : allow_private_(allow_private), timeout_ms_(timeout_ms), proxy_(std::move(proxy)) {
     static std::once_flag once;
     std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
   }
@@ -54,6 +55,10 @@ class CurlSender final : public WebhookSender {
     for (const auto& [name, value] : headers) list = curl_slist_append(list, (name + ": " + value).c_str());
     ConnectGuard guard{allow_private_, {}};
     curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+    // libcurl would honour http_proxy/HTTPS_PROXY from the environment, and the address check
+    // below would then judge the proxy, not the target: no proxy unless the operator names one.
+    curl_easy_setopt(curl, CURLOPT_PROXY, proxy_.c_str());
+    if (proxy_.empty()) curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
     curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
@@ -84,6 +89,7 @@ class CurlSender final : public WebhookSender {
  private:
   bool allow_private_;
   int timeout_ms_;
+  std::string proxy_;
 };
 
 }  // namespace
@@ -103,8 +109,17 @@ std::map<std::string, std::string> WebhookSigner::sign(const std::string& id, in
   return {{"webhook-id", id}, {"webhook-timestamp", ts}, {"webhook-signature", signature}};
 }
 
-std::unique_ptr<WebhookSender> make_curl_sender(bool allow_private, int timeout_ms) {
-  return std::make_unique<CurlSender>(allow_private, timeout_ms);
+std::string redact_url(const std::string& url) {
+  size_t scheme = url.find("://");
+  if (scheme == std::string::npos) return "(not a URL)";
+  size_t end = url.find_first_of("/?#", scheme + 3);
+  std::string authority = url.substr(scheme + 3, end == std::string::npos ? std::string::npos : end - scheme - 3);
+  if (size_t at = authority.rfind('@'); at != std::string::npos) authority = authority.substr(at + 1);
+  return url.substr(0, scheme + 3) + authority + (end == std::string::npos ? "" : "/...");
+}
+
+std::unique_ptr<WebhookSender> make_curl_sender(bool allow_private, int timeout_ms, const std::string& proxy) {
+  return std::make_unique<CurlSender>(allow_private, timeout_ms, proxy);
 }
 
 WebhookOutbox::WebhookOutbox(Store& store, WebhookSender& sender, const WebhookSigner& signer,
@@ -150,13 +165,13 @@ int WebhookOutbox::run_once() {
       m.done = true;
       m.last_error.clear();
       metrics_.count_webhook("delivered");
-      log("info", "webhook " + message_id + " delivered to " + m.url + " (attempt " + std::to_string(m.attempts) +
+      log("info", "webhook " + message_id + " delivered to " + redact_url(m.url) + " (attempt " + std::to_string(m.attempts) +
                       ", HTTP " + std::to_string(r.http_status) + ")");
     } else if (m.attempts >= policy_.max_attempts) {
       m.done = true;
       m.last_error = r.error;
       metrics_.count_webhook("gave_up");
-      log("warn", "webhook " + message_id + " to " + m.url + " failed (attempt " + std::to_string(m.attempts) +
+      log("warn", "webhook " + message_id + " to " + redact_url(m.url) + " failed (attempt " + std::to_string(m.attempts) +
                       "): " + r.error + "; giving up after " + std::to_string(policy_.max_attempts) + " attempts");
     } else {
       int64_t delay = policy_.base_delay_ms << std::min(m.attempts - 1, 30);
@@ -164,7 +179,7 @@ int WebhookOutbox::run_once() {
       m.next_attempt_ms = now_ms() + delay;
       m.last_error = r.error;
       metrics_.count_webhook("retry");
-      log("warn", "webhook " + message_id + " to " + m.url + " failed (attempt " + std::to_string(m.attempts) +
+      log("warn", "webhook " + message_id + " to " + redact_url(m.url) + " failed (attempt " + std::to_string(m.attempts) +
                       "): " + r.error + "; retrying in " + std::to_string(delay) + " ms");
     }
     store_.update_outbox(m);

@@ -51,7 +51,12 @@ class WebhookSender {
 // libcurl sender: no redirects, http/https only, and — unless `allow_private` — a refusal
 // of every connection whose actual address is private/loopback/link-local/metadata
 // (checked at connect time, since DNS may answer differently than at submission).
-std::unique_ptr<WebhookSender> make_curl_sender(bool allow_private, int timeout_ms);
+// No proxy from the environment: only `proxy` when the operator names one (then the address
+// check judges the proxy, which the operator chose).
+std::unique_ptr<WebhookSender> make_curl_sender(bool allow_private, int timeout_ms, const std::string& proxy = "");
+
+// "https://host:port/..." — scheme and host only, for logs (paths and queries often carry tokens).
+std::string redact_url(const std::string& url);
 
 struct OutboxPolicy {
   int max_attempts = 8;

@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "server/net_guard.h"
+#include "server/webhook.h"
 
 namespace fluxpipe::server {
 namespace {
@@ -26,14 +27,28 @@ TEST(NetGuard, RefusesInternalAddresses) {
   for (const char* a : {"127.0.0.1", "127.255.0.9", "10.1.2.3", "172.16.0.1", "172.31.255.255", "192.168.1.1",
                         "169.254.169.254", "100.100.100.200", "0.0.0.0", "224.0.0.1", "255.255.255.255", "::1", "::",
                         "fe80::1", "fd00:ec2::254", "fc00::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1",
-                        "64:ff9b::a9fe:a9fe"}) {
+                        "64:ff9b::a9fe:a9fe", "2002:7f00:1::1", "2002:a9fe:a9fe::", "::127.0.0.1", "::10.0.0.1",
+                        "::8.8.8.8", "64:ff9b:1::1", "fec0::1", "feff::1"}) {
     EXPECT_FALSE(reason_for(a).empty()) << a;
   }
 }
 
+TEST(NetGuard, UrlsWithSpacesOrControlCharactersAreRefused) {
+  for (const char* u : {"http://example.com/a\r\nX-Injected: 1", "http://example.com/a b", "http://exa mple.com/",
+                        "http://example.com/\t", "http://example.com/\x7f", "http://example.com/caf\xc3\xa9"}) {
+    EXPECT_THROW(parse_http_url(u, "webhook"), UserError) << u;
+  }
+  EXPECT_NO_THROW(parse_http_url("https://example.com/hook?token=a%20b", "webhook"));
+}
+
+TEST(NetGuard, LogsSeeSchemeAndHostOnly) {
+  EXPECT_EQ(redact_url("https://user:pw@hooks.example.com:8443/p/secret?token=abc"), "https://hooks.example.com:8443/...");
+  EXPECT_EQ(redact_url("http://example.com"), "http://example.com");
+}
+
 TEST(NetGuard, AllowsPublicAddresses) {
   for (const char* a : {"8.8.8.8", "1.1.1.1", "172.32.0.1", "172.15.255.255", "192.169.0.1", "100.63.255.255",
-                        "2606:4700:4700::1111", "::ffff:8.8.8.8"}) {
+                        "2606:4700:4700::1111", "::ffff:8.8.8.8", "2002:808:808::1"}) {
     EXPECT_TRUE(reason_for(a).empty()) << a << ": " << reason_for(a);
   }
 }

@@ -13,6 +13,7 @@ namespace {
 struct Decoded {
   Image image;
   std::vector<std::pair<std::string, std::string>> text;
+  std::vector<bool> itxt;   // per chunk: iTXt (UTF-8) rather than tEXt (Latin-1)
 };
 
 Decoded decode(const std::vector<uint8_t>& png) {
@@ -41,7 +42,11 @@ Decoded decode(const std::vector<uint8_t>& png) {
   png_read_info(p, info);
   png_textp text = nullptr;
   int n = png_get_text(p, info, &text, nullptr);
-  for (int i = 0; i < n; ++i) d.text.push_back({text[i].key, std::string(text[i].text, text[i].text_length)});
+  for (int i = 0; i < n; ++i) {
+    size_t len = text[i].compression >= PNG_ITXT_COMPRESSION_NONE ? text[i].itxt_length : text[i].text_length;
+    d.text.push_back({text[i].key, std::string(text[i].text, len)});
+    d.itxt.push_back(text[i].compression >= PNG_ITXT_COMPRESSION_NONE);
+  }
   png_destroy_read_struct(&p, &info, nullptr);
   return d;
 }
@@ -60,6 +65,31 @@ TEST(Png, PixelsAndTextSurviveARoundTrip) {
     EXPECT_EQ(d.text[0].first, "parameters");
     EXPECT_EQ(d.text[0].second, "a toucan\nSteps: 4, Seed: 1234");
   }
+}
+
+TEST(Png, NonAsciiGoesToITxtAndControlCharactersAreEscaped) {
+  Image img = testing::FakeEngine::pattern(8, 8, 1, 2);
+  std::string prompt = std::string("a caf\xc3\xa9 \xe2\x98\x95", 11) + std::string("\0after", 6) + "\x01!\ttab";
+  Decoded d = decode(encode_png(img, {{"parameters", prompt}, {"Software", "fluxpipe"}}));
+  ASSERT_EQ(d.text.size(), 2u);
+  EXPECT_TRUE(d.itxt[0]);
+  EXPECT_FALSE(d.itxt[1]);
+  // NUL no longer cuts the text short: everything after it survives, the NUL as \x00.
+  EXPECT_EQ(d.text[0].second, std::string("a caf\xc3\xa9 \xe2\x98\x95") + "\\x00after\\x01!\ttab");
+}
+
+TEST(Png, ParametersTextCarriesTheTrueCfgScale) {
+  GenerateJob job;
+  job.prompt = "p";
+  job.negative_prompt = "blurry";
+  job.true_cfg_scale = 4.5f;
+  job.width = 512;
+  job.height = 256;
+  job.steps = 4;
+  EXPECT_EQ(parameters_text(job, 7, "m"),
+            "p\nNegative prompt: blurry\nSteps: 4, Sampler: Euler, Seed: 7, Size: 512x256, Model: m, True CFG scale: 4.5");
+  job.negative_prompt.clear();
+  EXPECT_EQ(parameters_text(job, 7, "m"), "p\nSteps: 4, Sampler: Euler, Seed: 7, Size: 512x256, Model: m");
 }
 
 TEST(Png, RejectsInconsistentImages) {
