@@ -25,7 +25,9 @@
 #include "server/api_server.h"
 #include "server/keys.h"
 #include "server/options.h"
+#include "server/request.h"
 #include "server/store.h"
+#include "cli/option_table.h"
 
 namespace {
 
@@ -53,46 +55,27 @@ const char* kUsage =
     "           [--text-layers N] [--quant TYPE] [--text-quant TYPE]   (gguf: transformer / T5 block types)\n"
     "                                       a random-weight model (tests, smoke checks; draws noise)\n"
     "  quantize IN OUT.gguf [--type q8_0|q4_0|q4_k|...]   GGUF with quantized matrices\n"
-    "  help [COMMAND]                       this text, or a command's options\n"
+    "  help [COMMAND]                       this text, or a command's options (also COMMAND --help)\n"
+    "  --version                            version, build type, backends compiled in\n"
     "\n"
     "Every --data has the environment twin FLUXPIPE_DATA.\n";
 
 int64_t now_ms() { return wall_clock_ms(); }
 
-struct KeyArgs {
-  std::string data_dir;
-  std::string name;
-  std::vector<std::string> positional;
-};
+std::string env_or(const char* name, const std::string& fallback = "") {
+  const char* v = std::getenv(name);
+  return v ? v : fallback;
+}
 
-KeyArgs parse_key_args(const std::vector<std::string>& args, size_t from) {
-  KeyArgs k;
-  if (const char* d = std::getenv("FLUXPIPE_DATA")) k.data_dir = d;
-  for (size_t i = from; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    auto value = [&](const char* flag) {
-      if (i + 1 >= args.size()) throw UserError(std::string("[keys] ") + flag + " needs a value");
-      return args[++i];
-    };
-    if (a == "--data") {
-      k.data_dir = value("--data");
-    } else if (a.rfind("--data=", 0) == 0) {
-      k.data_dir = a.substr(7);
-    } else if (a == "--name") {
-      k.name = value("--name");
-    } else if (a.rfind("--name=", 0) == 0) {
-      k.name = a.substr(7);
-    } else if (a.rfind("--", 0) == 0) {
-      throw UserError("[keys] unknown option '" + a + "'");
-    } else {
-      k.positional.push_back(a);
-    }
+// Read-only commands never create a data folder: a typo must not yield a new, empty one.
+void require_data_folder(const char* cmd, const std::string& dir, bool need_store) {
+  if (dir.empty()) throw UserError(std::string("[") + cmd + "] --data DIR is required (or FLUXPIPE_DATA)");
+  if (!std::filesystem::is_directory(dir)) {
+    throw UserError(std::string("[") + cmd + "] no data folder at '" + dir + "' (it is made by `fluxpipe serve` or `fluxpipe keys add`)");
   }
-  if (k.data_dir.empty()) throw UserError("[keys] --data DIR is required (or FLUXPIPE_DATA)");
-  if (mkdir(k.data_dir.c_str(), 0755) != 0 && errno != EEXIST) {
-    throw IoError("[keys] cannot create data folder '" + k.data_dir + "': " + std::strerror(errno));
+  if (need_store && !std::filesystem::exists(dir + "/fluxpipe.db")) {
+    throw UserError(std::string("[") + cmd + "] '" + dir + "' holds no fluxpipe store (no fluxpipe.db)");
   }
-  return k;
 }
 
 std::string format_time(int64_t ms) {
@@ -104,21 +87,41 @@ std::string format_time(int64_t ms) {
   return buf;
 }
 
+int print_help(const std::string& text) {
+  std::cout << text;
+  return 0;
+}
+
+cli::Option data_option(std::string& dir) {
+  return {"--data", "DIR", "the server's data folder [FLUXPIPE_DATA]", [&dir](const std::string& v) { dir = v; }};
+}
+
 int cmd_keys(const std::vector<std::string>& args) {
-  if (args.size() < 2) throw UserError("[keys] expected add, list or revoke");
-  const std::string& verb = args[1];
-  KeyArgs k = parse_key_args(args, 2);
-  std::unique_ptr<server::Store> store = server::open_sqlite_store(k.data_dir + "/fluxpipe.db");
+  std::string verb = args.size() >= 2 ? args[1] : "";
+  std::string dir = env_or("FLUXPIPE_DATA"), name, help;
+  std::vector<std::string> positional;
+  auto take = [&positional](const std::string& v) { positional.push_back(v); };
   if (verb == "add") {
-    if (!k.positional.empty()) throw UserError("[keys add] unexpected argument '" + k.positional[0] + "'");
-    server::NewKey key = server::make_api_key(k.name, now_ms());
+    cli::Command c{"keys add", "--data DIR [--name NAME]", "Creates an API key; the key itself is printed once, alone on the last line.",
+                   {data_option(dir), {"--name", "NAME", "a label shown by `keys list`", [&name](const std::string& v) { name = v; }}}, nullptr};
+    if (!cli::parse(c, args, 2, &help)) return print_help(help);
+    if (dir.empty()) throw UserError("[keys add] --data DIR is required (or FLUXPIPE_DATA)");
+    umask(077);
+    if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+      throw IoError("[keys add] cannot create data folder '" + dir + "': " + std::strerror(errno));
+    }
+    std::unique_ptr<server::Store> store = server::open_sqlite_store(dir + "/fluxpipe.db");
+    server::NewKey key = server::make_api_key(name, now_ms());
     store->add_key(key.record);
-    std::cout << "created key " << key.record.id << (k.name.empty() ? "" : " (" + k.name + ")")
-              << "; it is shown only now:\n"
+    std::cout << "created key " << key.record.id << (name.empty() ? "" : " (" + name + ")") << "; it is shown only now:\n"
               << key.secret << std::endl;
     return 0;
   }
   if (verb == "list") {
+    cli::Command c{"keys list", "--data DIR", "Lists the keys: id, name, created, state.", {data_option(dir)}, nullptr};
+    if (!cli::parse(c, args, 2, &help)) return print_help(help);
+    require_data_folder("keys list", dir, true);
+    std::unique_ptr<server::Store> store = server::open_sqlite_store(dir + "/fluxpipe.db");
     for (const server::ApiKeyRecord& r : store->list_keys()) {
       std::cout << r.id << "\t" << (r.name.empty() ? "-" : r.name) << "\t" << format_time(r.created_ms) << "\t"
                 << (r.revoked ? "revoked" : "active") << "\n";
@@ -126,18 +129,32 @@ int cmd_keys(const std::vector<std::string>& args) {
     return 0;
   }
   if (verb == "revoke") {
-    if (k.positional.size() != 1) throw UserError("[keys revoke] expected one key id or name");
-    int n = store->revoke_key(k.positional[0]);
-    if (n == 0) throw UserError("[keys revoke] no active key with id or name '" + k.positional[0] + "'");
+    cli::Command c{"keys revoke", "--data DIR ID|NAME", "Revokes a key (a running server refuses it within 2 s).", {data_option(dir)}, take};
+    if (!cli::parse(c, args, 2, &help)) return print_help(help);
+    if (positional.size() != 1) throw UserError("[keys revoke] expected one key id or name");
+    require_data_folder("keys revoke", dir, true);
+    std::unique_ptr<server::Store> store = server::open_sqlite_store(dir + "/fluxpipe.db");
+    int n = store->revoke_key(positional[0]);
+    if (n == 0) throw UserError("[keys revoke] no active key with id or name '" + positional[0] + "'");
     std::cout << "revoked " << n << " key" << (n == 1 ? "" : "s") << std::endl;
     return 0;
+  }
+  if (verb == "--help" || verb == "-h" || verb.empty()) {
+    std::cout << "usage: fluxpipe keys add|list|revoke --data DIR ...  (fluxpipe keys add --help, ...)\n";
+    return verb.empty() ? 2 : 0;
   }
   throw UserError("[keys] unknown verb '" + verb + "' (expected add, list or revoke)");
 }
 
 int cmd_webhook_secret(const std::vector<std::string>& args) {
-  KeyArgs k = parse_key_args(args, 1);
-  std::cout << server::load_or_create_webhook_secret(k.data_dir, "") << std::endl;
+  std::string dir = env_or("FLUXPIPE_DATA"), help;
+  cli::Command c{"webhook-secret", "--data DIR",
+                 "Prints the whsec_... secret webhook receivers verify with (made on first use in an existing data folder).",
+                 {data_option(dir)}, nullptr};
+  if (!cli::parse(c, args, 1, &help)) return print_help(help);
+  require_data_folder("webhook-secret", dir, false);
+  umask(077);
+  std::cout << server::load_or_create_webhook_secret(dir, "") << std::endl;
   return 0;
 }
 
@@ -166,46 +183,33 @@ int cmd_run(const std::vector<std::string>& args) {
   }
   ComponentRun r;
   r.component = args[1];
-  for (size_t i = 2; i < args.size(); ++i) {
-    std::string flag = args[i];
-    std::string value;
-    if (flag == "--mask") {
-      r.mask = true;
-      continue;
-    }
-    if (size_t eq = flag.find('='); eq != std::string::npos) {
-      value = flag.substr(eq + 1);
-      flag = flag.substr(0, eq);
-    } else {
-      if (i + 1 >= args.size()) throw UserError("[run] " + flag + " needs a value");
-      value = args[++i];
-    }
-    auto number = [&](const char* what, const std::string& text) {
-      return parse_integer("run", what, text, INT64_MIN, INT64_MAX);
-    };
-    if (flag == "--weights") r.weights = value;
-    else if (flag == "--inputs") r.inputs = value;
-    else if (flag == "--output") r.output = value;
-    else if (flag == "--config") r.config = value;
-    else if (flag == "--ae") r.ae = value;
-    else if (flag == "--ae-config") r.ae_config = value;
-    else if (flag == "--compute") r.compute = value;
-    else if (flag == "--dtype") r.dtype = value;
-    else if (flag == "--steps") r.steps = static_cast<int>(number("--steps", value));
-    else if (flag == "--seed") r.seed = static_cast<uint64_t>(number("--seed", value));
-    else if (flag == "--guidance") r.guidance = std::stof(value);
-    else if (flag == "--shape") {
-      size_t start = 0;
-      while (start <= value.size()) {
-        size_t comma = value.find(',', start);
-        r.shape.push_back(number("--shape", value.substr(start, comma == std::string::npos ? std::string::npos : comma - start)));
-        if (comma == std::string::npos) break;
-        start = comma + 1;
-      }
-    } else {
-      throw UserError("[run] unknown option '" + flag + "' (see fluxpipe help run)");
-    }
-  }
+  auto integer = [](const char* flag, const std::string& v, int64_t lo, int64_t hi) { return parse_integer("run", flag, v, lo, hi); };
+  cli::Command c{"run", "COMPONENT [options]", "Runs one model component on named tensors (see `fluxpipe help run`).",
+                 {{"--weights", "PATH", "weights of the component", [&](const std::string& v) { r.weights = v; }},
+                  {"--inputs", "PATH", "safetensors with the named inputs", [&](const std::string& v) { r.inputs = v; }},
+                  {"--output", "PATH", "safetensors to write", [&](const std::string& v) { r.output = v; }},
+                  {"--config", "P.json", "the model's parameters under BFL's names", [&](const std::string& v) { r.config = v; }},
+                  {"--ae", "PATH", "sample: the autoencoder", [&](const std::string& v) { r.ae = v; }},
+                  {"--ae-config", "AP.json", "sample: AutoEncoderParams", [&](const std::string& v) { r.ae_config = v; }},
+                  {"--compute", "f32|bf16", "arithmetic (default f32)", [&](const std::string& v) { r.compute = v; }},
+                  {"--dtype", "f32|bf16", "randn: the dtype drawn", [&](const std::string& v) { r.dtype = v; }},
+                  {"--steps", "N", "sample: steps (1..1000)", [&](const std::string& v) { r.steps = static_cast<int>(integer("--steps", v, 1, 1000)); }},
+                  {"--seed", "S", "randn: the seed", [&](const std::string& v) { r.seed = static_cast<uint64_t>(integer("--seed", v, 0, INT64_MAX)); }},
+                  {"--guidance", "X", "sample with FLUX.1-dev: guidance (0..100)",
+                   [&](const std::string& v) { r.guidance = static_cast<float>(cli::parse_number("run", "--guidance", v, 0, 100)); }},
+                  {"--shape", "A,B,...", "randn: the shape", [&](const std::string& v) {
+                     size_t start = 0;
+                     while (start <= v.size()) {
+                       size_t comma = v.find(',', start);
+                       r.shape.push_back(integer("--shape", v.substr(start, comma == std::string::npos ? std::string::npos : comma - start), 1, INT64_MAX));
+                       if (comma == std::string::npos) break;
+                       start = comma + 1;
+                     }
+                   }},
+                  {"--mask", nullptr, "t5: use attention_mask", [&](const std::string&) { r.mask = true; }}},
+                 nullptr};
+  std::string help;
+  if (!cli::parse(c, args, 2, &help)) return print_help(kRunUsage);
   ComponentReport rep = run_component(r);
   std::cout << "wrote";
   for (const std::string& n : rep.written) std::cout << " " << n;
@@ -217,14 +221,13 @@ int cmd_run(const std::vector<std::string>& args) {
 
 // fluxpipe quantize IN OUT.gguf --type q8_0|q4_0|q4_k|...
 int cmd_quantize(const std::vector<std::string>& args) {
-  std::string type = "q8_0";
+  std::string type = "q8_0", help;
   std::vector<std::string> files;
-  for (size_t i = 1; i < args.size(); ++i) {
-    if (args[i] == "--type" && i + 1 < args.size()) type = args[++i];
-    else if (!args[i].empty() && args[i][0] == '-') throw UserError("[quantize] unknown option '" + args[i] + "'");
-    else files.push_back(args[i]);
-  }
-  if (files.size() != 2) throw UserError("[quantize] usage: fluxpipe quantize IN OUT.gguf [--type q8_0|q4_0|q4_k|...]");
+  cli::Command c{"quantize", "IN OUT.gguf [--type TYPE]", "Writes GGUF with quantized matrices (for small machines).",
+                 {{"--type", "TYPE", "q8_0 (default), q4_0, q4_1, q5_0, q5_1, q4_k, q6_k", [&](const std::string& v) { type = v; }}},
+                 [&](const std::string& v) { files.push_back(v); }};
+  if (!cli::parse(c, args, 1, &help)) return print_help(help);
+  if (files.size() != 2) throw UserError("[quantize] expected IN and OUT.gguf (see fluxpipe quantize --help)");
   auto t0 = std::chrono::steady_clock::now();
   int n = quantize_file(files[0], files[1], type);
   std::printf("wrote %s: %d matrices in %s, the rest unchanged (%.1f s)\n", files[1].c_str(), n, type.c_str(),
@@ -234,84 +237,110 @@ int cmd_quantize(const std::vector<std::string>& args) {
 
 // fluxpipe make-test-model DIR: a tiny random-weight model of FLUX.1's architecture.
 int cmd_make_test_model(const std::vector<std::string>& args) {
-  if (args.size() < 2) {
-    throw UserError("[make-test-model] usage: fluxpipe make-test-model DIR [--layout bfl|diffusers|comfyui|gguf] [--width tiny|real] "
-                    "[--blocks D,S] [--text-layers N] [--quant TYPE] [--text-quant TYPE]");
-  }
-  std::string dir = args[1];
   TestModelOptions o;
-  for (size_t i = 2; i < args.size(); ++i) {
-    std::string v = i + 1 < args.size() ? args[i + 1] : "";
-    if (args[i] == "--layout" && !v.empty()) {
-      o.layout = v;
-    } else if (args[i] == "--width" && (v == "tiny" || v == "real")) {
-      o.real_width = v == "real";
-    } else if (args[i] == "--blocks" && v.find(',') != std::string::npos) {
-      o.depth = std::stoi(v.substr(0, v.find(',')));
-      o.single = std::stoi(v.substr(v.find(',') + 1));
-    } else if (args[i] == "--text-layers" && !v.empty()) {
-      o.text_layers = std::stoi(v);
-    } else if (args[i] == "--quant" && !v.empty()) {
-      o.quant = v;
-    } else if (args[i] == "--text-quant" && !v.empty()) {
-      o.text_quant = v;
-    } else {
-      throw UserError("[make-test-model] bad option '" + args[i] + "'");
-    }
-    ++i;
-  }
-  write_test_model(dir, o);
-  std::cout << "wrote a random-weight test model (not FLUX.1; it draws noise) to " << dir << std::endl;
+  std::vector<std::string> dirs;
+  std::string help;
+  cli::Command c{"make-test-model", "DIR [options]",
+                 "Writes a random-weight model of FLUX.1's architecture (tests and smoke checks; it draws noise).",
+                 {{"--layout", "bfl|diffusers|comfyui|gguf", "file layout (default bfl)", [&](const std::string& v) {
+                     if (v != "bfl" && v != "diffusers" && v != "comfyui" && v != "gguf") {
+                       throw UserError("[make-test-model] --layout: '" + v + "' is not bfl, diffusers, comfyui or gguf");
+                     }
+                     o.layout = v;
+                   }},
+                  {"--width", "tiny|real", "toy widths (default) or FLUX.1's real ones", [&](const std::string& v) {
+                     if (v != "tiny" && v != "real") throw UserError("[make-test-model] --width: '" + v + "' is not tiny or real");
+                     o.real_width = v == "real";
+                   }},
+                  {"--blocks", "D,S", "double and single blocks (default 1,1)", [&](const std::string& v) {
+                     size_t comma = v.find(',');
+                     if (comma == std::string::npos) throw UserError("[make-test-model] --blocks: expected D,S, got '" + v + "'");
+                     o.depth = static_cast<int>(parse_integer("make-test-model", "--blocks", v.substr(0, comma), 1, 64));
+                     o.single = static_cast<int>(parse_integer("make-test-model", "--blocks", v.substr(comma + 1), 1, 128));
+                   }},
+                  {"--text-layers", "N", "layers of each text encoder (default 1)", [&](const std::string& v) {
+                     o.text_layers = static_cast<int>(parse_integer("make-test-model", "--text-layers", v, 1, 48));
+                   }},
+                  {"--quant", "TYPE", "gguf: the transformer's block type (default q8_0)", [&](const std::string& v) { o.quant = v; }},
+                  {"--text-quant", "TYPE", "gguf: the T5 encoder as GGUF in this type", [&](const std::string& v) { o.text_quant = v; }}},
+                 [&](const std::string& v) { dirs.push_back(v); }};
+  if (!cli::parse(c, args, 1, &help)) return print_help(help);
+  if (dirs.size() != 1) throw UserError("[make-test-model] expected one folder DIR (see fluxpipe make-test-model --help)");
+  write_test_model(dirs[0], o);
+  std::cout << "wrote a random-weight test model (not FLUX.1; it draws noise) to " << dirs[0] << std::endl;
   return 0;
+}
+
+// The image format `path` names, or UserError: the format follows the extension, never guessed.
+std::string output_format(const std::string& path) {
+  size_t dot = path.rfind('.');
+  size_t slash = path.rfind('/');
+  std::string ext = dot == std::string::npos || (slash != std::string::npos && dot < slash) ? "" : path.substr(dot);
+  for (char& ch : ext) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  if (ext == ".png") return "png";
+  if (ext == ".jpg" || ext == ".jpeg") return "jpeg";
+  if (ext == ".webp") return "webp";
+  throw UserError("[generate] -o '" + path + "': the format follows the extension: .png, .jpg/.jpeg or .webp");
 }
 
 // fluxpipe generate "prompt" -o out.png --model PATH [options]
 int cmd_generate(const std::vector<std::string>& args) {
+  // The server's ranges and defaults, so that a CLI job and an API job mean the same thing.
+  const server::RequestLimits limits;
   GenerateJob job;
-  job.width = job.height = 1024;
+  job.width = job.height = limits.default_side;
   job.steps = 4;
-  std::string out = "fluxpipe.png", model;
-  if (const char* m = std::getenv("FLUXPIPE_MODEL")) model = m;
+  std::string out = "fluxpipe.png", model = env_or("FLUXPIPE_MODEL"), help;
   int64_t seed = -1;
   int samples = 1;
   int quality = 92;   // JPEG / WebP
-  bool have_prompt = false;
+  bool have_prompt = false, cfg_given = false;
   EngineOptions engine_options;
   if (const char* m = std::getenv("FLUXPIPE_MEMORY_BUDGET")) engine_options.memory_budget = parse_bytes("generate", "FLUXPIPE_MEMORY_BUDGET", m);
-  for (size_t i = 1; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= args.size()) throw UserError("[generate] " + a + " needs a value");
-      return args[++i];
-    };
-    auto integer = [&](const char* what, long long lo, long long hi) { return parse_integer("generate", what, value(), lo, hi); };
-    if (a == "-o" || a == "--output") out = value();
-    else if (a == "--model") model = value();
-    else if (a == "--width") job.width = static_cast<int>(integer("--width", 64, 1536));
-    else if (a == "--height") job.height = static_cast<int>(integer("--height", 64, 1536));
-    else if (a == "--steps") job.steps = static_cast<int>(integer("--steps", 1, 100));
-    else if (a == "--seed") seed = integer("--seed", -1, (1LL << 62));
-    else if (a == "--samples") samples = static_cast<int>(integer("--samples", 1, 4));
-    else if (a == "--negative-prompt") job.negative_prompt = value();
-    else if (a == "--true-cfg") job.true_cfg_scale = std::stof(value());
-    else if (a == "--quality") quality = static_cast<int>(integer("--quality", 1, 100));
-    else if (a == "--memory-budget") engine_options.memory_budget = parse_bytes("generate", a, value());
-    else if (a == "--vae-tiling") engine_options.vae_tiling = parse_tiling("generate", value());
-    else if (!a.empty() && a[0] == '-') throw UserError("[generate] unknown option '" + a + "'");
-    else if (!have_prompt) {
-      job.prompt = a;
-      have_prompt = true;
-    } else {
-      throw UserError("[generate] unexpected argument '" + a + "' (quote the prompt)");
-    }
-  }
+  auto integer = [](const char* flag, const std::string& v, int64_t lo, int64_t hi) { return parse_integer("generate", flag, v, lo, hi); };
+  cli::Command c{
+      "generate", "\"prompt\" -o out.png --model PATH [options]",
+      "Text to image; the format follows -o: .png (with a parameters chunk), .jpg/.jpeg or .webp.",
+      {{"--output", "FILE", "where to write (default fluxpipe.png; more samples: name-1.png, ...)", [&](const std::string& v) { out = v; }, "-o"},
+       {"--model", "PATH", "model folder or file [FLUXPIPE_MODEL]", [&](const std::string& v) { model = v; }},
+       {"--width", "W", "64..1536, rounded to a multiple of 16 (default 1024)",
+        [&](const std::string& v) { job.width = static_cast<int>(integer("--width", v, limits.min_side, limits.max_side)); }},
+       {"--height", "H", "64..1536, rounded to a multiple of 16 (default 1024)",
+        [&](const std::string& v) { job.height = static_cast<int>(integer("--height", v, limits.min_side, limits.max_side)); }},
+       {"--steps", "N", "1..50 (default 4)", [&](const std::string& v) { job.steps = static_cast<int>(integer("--steps", v, 1, limits.max_steps)); }},
+       {"--seed", "S", "0..4294967295, or -1 for a random one (default); image i uses (S + i) mod 2^32",
+        [&](const std::string& v) { seed = integer("--seed", v, -1, server::kMaxSeed); }},
+       {"--samples", "N", "images, 1..4 (default 1)", [&](const std::string& v) { samples = static_cast<int>(integer("--samples", v, 1, limits.max_samples)); }},
+       {"--negative-prompt", "TEXT", "true classifier-free guidance against TEXT", [&](const std::string& v) { job.negative_prompt = v; }},
+       {"--true-cfg", "X", "guidance scale with a negative prompt, 1..20 (default 4)", [&](const std::string& v) {
+          job.true_cfg_scale = static_cast<float>(cli::parse_number("generate", "--true-cfg", v, 1, 20));
+          cfg_given = true;
+        }},
+       {"--quality", "Q", "JPEG/WebP quality 1..100 (default 92)", [&](const std::string& v) { quality = static_cast<int>(integer("--quality", v, 1, 100)); }},
+       {"--memory-budget", "SIZE", "resident memory the job is planned within, e.g. 8G [FLUXPIPE_MEMORY_BUDGET]",
+        [&](const std::string& v) { engine_options.memory_budget = parse_bytes("generate", "--memory-budget", v); }},
+       {"--vae-tiling", "auto|on|off", "tiled decoding (default auto)", [&](const std::string& v) { engine_options.vae_tiling = parse_tiling("generate", v); }}},
+      [&](const std::string& v) {
+        if (have_prompt) throw UserError("[generate] unexpected argument '" + v + "' (quote the prompt)");
+        job.prompt = v;
+        have_prompt = true;
+      }};
+  if (!cli::parse(c, args, 1, &help)) return print_help(help);
   if (!have_prompt) throw UserError("[generate] no prompt given");
   if (model.empty()) throw UserError("[generate] --model PATH is required (or FLUXPIPE_MODEL)");
-  job.width = (job.width + 8) / 16 * 16;
-  job.height = (job.height + 8) / 16 * 16;
-  if (!job.negative_prompt.empty() && job.true_cfg_scale <= 1.0f) job.true_cfg_scale = 4.0f;
-  if (seed < 0) seed = static_cast<int64_t>(std::random_device{}() & 0x7fffffff);
-  for (int i = 0; i < samples; ++i) job.seeds.push_back(seed + i);
+  // Where the images go is checked before minutes of work, not after.
+  std::string format = output_format(out);
+  std::filesystem::path parent = std::filesystem::path(out).parent_path();
+  if (parent.empty()) parent = ".";
+  if (!std::filesystem::is_directory(parent) || access(parent.c_str(), W_OK) != 0) {
+    throw UserError("[generate] -o '" + out + "': the folder '" + parent.string() + "' does not exist or is not writable");
+  }
+  job.width = server::round_to_16(job.width);
+  job.height = server::round_to_16(job.height);
+  if (!job.negative_prompt.empty() && !cfg_given) job.true_cfg_scale = limits.default_true_cfg_scale;
+  if (job.negative_prompt.empty()) job.true_cfg_scale = 1.0f;
+  if (seed < 0) seed = static_cast<int64_t>(std::random_device{}()) & server::kMaxSeed;
+  for (int i = 0; i < samples; ++i) job.seeds.push_back(server::seed_of_image(seed, i));
 
   auto t0 = std::chrono::steady_clock::now();
   std::unique_ptr<Engine> engine = load_engine(model, engine_options);
@@ -336,19 +365,14 @@ int cmd_generate(const std::vector<std::string>& args) {
     std::string path = out;
     if (i > 0) {
       size_t dot = out.rfind('.');
-      path = (dot == std::string::npos ? out : out.substr(0, dot)) + "-" + std::to_string(i) + (dot == std::string::npos ? "" : out.substr(dot));
+      path = out.substr(0, dot) + "-" + std::to_string(i) + out.substr(dot);
     }
-    std::string params = job.prompt + "\n" + (job.negative_prompt.empty() ? "" : "Negative prompt: " + job.negative_prompt + "\n") +
-                         "Steps: " + std::to_string(job.steps) + ", Sampler: Euler, Seed: " + std::to_string(job.seeds[i]) +
-                         ", Size: " + std::to_string(job.width) + "x" + std::to_string(job.height) + ", Model: " + engine->model_name();
-    // The format follows the file name: .jpg/.jpeg, .webp, anything else PNG.
-    std::string ext = path.substr(path.rfind('.') == std::string::npos ? path.size() : path.rfind('.'));
-    for (char& ch : ext) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    std::vector<uint8_t> png = ext == ".jpg" || ext == ".jpeg" ? encode_jpeg(images[i], quality, params)
-                               : ext == ".webp"                ? encode_webp(images[i], quality)
-                                                               : encode_png(images[i], {{"parameters", params}, {"Software", "fluxpipe"}});
+    std::string params = parameters_text(job, job.seeds[i], engine->model_name());
+    std::vector<uint8_t> bytes = format == "jpeg" ? encode_jpeg(images[i], quality, params)
+                                 : format == "webp" ? encode_webp(images[i], quality)
+                                                    : encode_png(images[i], {{"parameters", params}, {"Software", "fluxpipe"}});
     std::ofstream f(path, std::ios::binary);
-    f.write(reinterpret_cast<const char*>(png.data()), static_cast<std::streamsize>(png.size()));
+    f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
     if (!f) throw IoError("[generate] cannot write '" + path + "'");
     std::cout << path << " (seed " << job.seeds[i] << ")\n";
   }
@@ -362,26 +386,21 @@ int cmd_generate(const std::vector<std::string>& args) {
 
 // fluxpipe tokenize clip|t5 [--tokenizer PATH] [--length N] "text": the ids as a JSON array.
 int cmd_tokenize(const std::vector<std::string>& args) {
-  if (args.size() < 3 || (args[1] != "clip" && args[1] != "t5")) {
-    throw UserError("[tokenize] usage: fluxpipe tokenize clip|t5 [--tokenizer PATH] [--length N] \"text\"");
+  std::string which, path, text, help;
+  int length = 0;
+  std::vector<std::string> positional;
+  cli::Command c{"tokenize", "clip|t5 [--tokenizer PATH] [--length N] \"text\"", "Prints the token ids as a JSON array.",
+                 {{"--tokenizer", "PATH", "a tokenizer folder or spiece.model (default: the shipped ones)", [&](const std::string& v) { path = v; }},
+                  {"--length", "N", "pad/truncate to N tokens, 2..4096 (default 77 for clip, 256 for t5)",
+                   [&](const std::string& v) { length = static_cast<int>(parse_integer("tokenize", "--length", v, 2, 4096)); }}},
+                 [&](const std::string& v) { positional.push_back(v); }};
+  if (!cli::parse(c, args, 1, &help)) return print_help(help);
+  if (positional.size() != 2 || (positional[0] != "clip" && positional[0] != "t5")) {
+    throw UserError("[tokenize] expected clip|t5 and one quoted text (see fluxpipe tokenize --help)");
   }
-  bool clip = args[1] == "clip";
-  std::string path, text;
-  int length = clip ? 77 : 256;
-  bool have_text = false;
-  for (size_t i = 2; i < args.size(); ++i) {
-    if (args[i] == "--tokenizer" && i + 1 < args.size()) {
-      path = args[++i];
-    } else if (args[i] == "--length" && i + 1 < args.size()) {
-      length = static_cast<int>(parse_integer("tokenize", "--length", args[++i], 2, 4096));
-    } else if (!have_text) {
-      text = args[i];
-      have_text = true;
-    } else {
-      throw UserError("[tokenize] unexpected argument '" + args[i] + "' (quote the text)");
-    }
-  }
-  if (!have_text) throw UserError("[tokenize] no text given");
+  bool clip = positional[0] == "clip";
+  text = positional[1];
+  if (length == 0) length = clip ? 77 : 256;
   std::string base = tokenizer::shipped_tokenizer_dir();
   tokenizer::Encoding e;
   if (clip) {
@@ -393,9 +412,9 @@ int cmd_tokenize(const std::vector<std::string>& args) {
     if (std::filesystem::is_directory(file)) file += "/spiece.model";
     e = tokenizer::T5Tokenizer(file).encode(text, length);
   }
-  std::string out = "[";
-  for (size_t i = 0; i < e.ids.size(); ++i) out += (i ? ", " : "") + std::to_string(e.ids[i]);
-  std::cout << out << "]" << std::endl;
+  std::string outs = "[";
+  for (size_t i = 0; i < e.ids.size(); ++i) outs += (i ? ", " : "") + std::to_string(e.ids[i]);
+  std::cout << outs << "]" << std::endl;
   if (e.truncated) std::cerr << "fluxpipe: warning: the text was truncated to " << length << " tokens\n";
   return 0;
 }
@@ -409,26 +428,60 @@ int cmd_serve(const std::vector<std::string>& args) {
     }
   }
   server::ServeOptions options = server::parse_serve_options(rest);
+  // The data folder's lock first: a second server on the same folder fails in a moment,
+  // not after loading 30 GB of weights.
+  options.data_lock_fd = server::lock_data_folder(options.data_dir);
   std::unique_ptr<Engine> engine;
   if (!options.model_path.empty()) engine = load_engine(options.model_path, options.engine);
   return server::run_server_until_signal(std::move(options), std::move(engine));
+}
+
+std::string version_text() {
+  return std::string("fluxpipe ") + FLUXPIPE_VERSION + " (" + FLUXPIPE_BUILD_TYPE +
+         " build; backends: cpu (AMX, AVX-512 BF16, AVX-512, AVX2 paths chosen at run time); cuda: not built)\n";
+}
+
+// `fluxpipe help COMMAND` and `fluxpipe COMMAND --help` print the same text.
+int help_for(const std::string& command) {
+  static const std::vector<std::string> tabled = {"generate", "quantize", "make-test-model", "tokenize", "webhook-secret"};
+  if (command == "run") return print_help(kRunUsage);
+  if (command == "serve") return print_help(fluxpipe::server::serve_usage());
+  if (command == "keys") {
+    for (const char* verb : {"add", "list", "revoke"}) cmd_keys({"keys", verb, "--help"});
+    return 0;
+  }
+  for (const std::string& t : tabled) {
+    if (t == command) {
+      std::vector<std::string> args = {command, "--help"};
+      if (command == "generate") return cmd_generate(args);
+      if (command == "quantize") return cmd_quantize(args);
+      if (command == "make-test-model") return cmd_make_test_model(args);
+      if (command == "tokenize") return cmd_tokenize(args);
+      return cmd_webhook_secret(args);
+    }
+  }
+  std::cerr << "fluxpipe: help: unknown command '" << command << "'\n\n" << kUsage;
+  return 2;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
-  if (args.empty() || args[0] == "help" || args[0] == "--help" || args[0] == "-h") {
-    if (args.size() >= 2 && args[1] == "run") {
-      std::cout << kRunUsage;
-    } else if (args.size() >= 2 && args[1] == "serve") {
-      std::cout << fluxpipe::server::serve_usage();
-    } else {
-      std::cout << kUsage;
-    }
-    return args.empty() ? 2 : 0;
+  if (args.empty()) {
+    std::cout << kUsage;
+    return 2;
   }
   try {
+    if (args[0] == "--version" || args[0] == "version") {
+      std::cout << version_text();
+      return 0;
+    }
+    if (args[0] == "help" || args[0] == "--help" || args[0] == "-h") {
+      if (args.size() >= 2) return help_for(args[1]);
+      std::cout << kUsage;
+      return 0;
+    }
     if (args[0] == "serve") return cmd_serve(args);
     if (args[0] == "keys") return cmd_keys(args);
     if (args[0] == "webhook-secret") return cmd_webhook_secret(args);

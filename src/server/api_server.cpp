@@ -49,6 +49,21 @@ std::string load_or_create_webhook_secret(const std::string& data_dir, const std
   return secret;
 }
 
+int lock_data_folder(const std::string& data_dir) {
+  umask(077);
+  if (mkdir(data_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    throw IoError("[serve] cannot create data folder '" + data_dir + "': " + std::strerror(errno));
+  }
+  std::string lock_path = data_dir + "/lock";
+  int fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) throw IoError("[serve] cannot open '" + lock_path + "': " + std::strerror(errno));
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    close(fd);
+    throw UserError("[serve] data folder '" + data_dir + "' is in use by another fluxpipe server");
+  }
+  return fd;
+}
+
 ApiServer::Impl::Impl(ServeOptions opts, std::unique_ptr<Engine> eng)
     : options(std::move(opts)), engine(std::move(eng)), rate_limiter(options.rate_limit_per_minute) {
   set_log_quiet(options.quiet);
@@ -60,16 +75,7 @@ ApiServer::Impl::Impl(ServeOptions opts, std::unique_ptr<Engine> eng)
     log("warn", "--webhook-secret on the command line is visible to every local user (ps); use "
                 "FLUXPIPE_WEBHOOK_SECRET or --webhook-secret-file");
   }
-  if (mkdir(options.data_dir.c_str(), 0700) != 0 && errno != EEXIST) {
-    throw IoError("[serve] cannot create data folder '" + options.data_dir + "': " + std::strerror(errno));
-  }
-  std::string lock_path = options.data_dir + "/lock";
-  lock_fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (lock_fd < 0) throw IoError("[serve] cannot open '" + lock_path + "': " + std::strerror(errno));
-  if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
-    close(lock_fd);
-    throw UserError("[serve] data folder '" + options.data_dir + "' is in use by another fluxpipe server");
-  }
+  lock_fd = options.data_lock_fd >= 0 ? options.data_lock_fd : lock_data_folder(options.data_dir);
   store = open_sqlite_store(options.data_dir + "/fluxpipe.db");
   keys = std::make_unique<KeyRing>(*store, options.env_api_keys);
   images = std::make_unique<ImageStore>(options.data_dir);
@@ -131,6 +137,10 @@ int ApiServer::start() {
   std::string host = s.options.listen_host.find(':') != std::string::npos ? "[" + s.options.listen_host + "]"
                                                                           : s.options.listen_host;
   s.base_url = s.options.public_url.empty() ? "http://" + host + ":" + std::to_string(port) : s.options.public_url;
+  if (s.options.public_url.empty() && (s.options.listen_host == "0.0.0.0" || s.options.listen_host == "::")) {
+    log("warn", "listening on " + host + " without --public-url: download URLs will name " + host +
+                    ", which clients cannot reach; set --public-url https://your.host");
+  }
   s.http->start();
   s.outbox->start();
   if (s.runner) s.runner->start();

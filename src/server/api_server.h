@@ -52,6 +52,10 @@ int wait_for_stop_signal();
 // `fluxpipe serve`: runs until SIGINT or SIGTERM, then stops cleanly. Returns an exit code.
 int run_server_until_signal(ServeOptions options, std::unique_ptr<Engine> engine);
 
+// Creates the data folder (0700) if needed and takes its exclusive lock; returns the descriptor
+// to pass as ServeOptions::data_lock_fd. Throws UserError when another server holds it.
+int lock_data_folder(const std::string& data_dir);
+
 // The webhook secret in force: options.webhook_secret, or <data>/webhook_secret (created
 // with mode 0600 on first use).
 std::string load_or_create_webhook_secret(const std::string& data_dir, const std::string& configured);

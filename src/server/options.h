@@ -43,7 +43,8 @@ struct ServeOptions {
   RequestLimits limits;
   std::vector<std::string> env_api_keys; // FLUXPIPE_API_KEYS
   bool quiet = false;
-  bool secret_on_command_line = false;   // set by the parser: serve warns (ps shows it to every user)
+  bool secret_on_command_line = false;
+  int data_lock_fd = -1;                 // the data folder's lock, when the caller took it first   // set by the parser: serve warns (ps shows it to every user)
 };
 
 // Parses `args` (after "serve") and the environment. Throws UserError naming the flag.
