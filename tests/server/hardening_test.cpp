@@ -55,6 +55,15 @@ TEST(Hardening, WebhookUrlsAreParsedStrictly) {
   }
 }
 
+// Waits (up to 6 s) until the store says request `id` has ended.
+void wait_final(TestServer& s, const std::string& id) {
+  for (int i = 0; i < 300; ++i) {
+    std::optional<server::RequestRecord> now = s.server->store().get_request(id);
+    if (now && is_final(now->state)) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
 TEST(Hardening, UnreadableStoredRequestEndsFailureNotStuckRunning) {
   TestServer s;
   server::RequestRecord r;
@@ -66,11 +75,7 @@ TEST(Hardening, UnreadableStoredRequestEndsFailureNotStuckRunning) {
   r.file_names = {"a.png"};
   r.created_ms = test_now_ms();
   s.server->store().insert_request(r);
-  for (int i = 0; i < 300; ++i) {
-    std::optional<server::RequestRecord> now = s.server->store().get_request(r.id);
-    if (now && is_final(now->state)) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  wait_final(s, r.id);
   std::optional<server::RequestRecord> now = s.server->store().get_request(r.id);
   ASSERT_TRUE(now);
   EXPECT_EQ(now->state, server::JobState::failed);
@@ -88,11 +93,7 @@ TEST(Hardening, StoredRowsWithoutNewerFieldsStillRun) {
   r.file_names = {"old.png"};
   r.created_ms = test_now_ms();
   s.server->store().insert_request(r);
-  for (int i = 0; i < 300; ++i) {
-    std::optional<server::RequestRecord> now = s.server->store().get_request(r.id);
-    if (now && is_final(now->state)) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  wait_final(s, r.id);
   EXPECT_EQ(s.server->store().get_request(r.id)->state, server::JobState::succeeded);
 }
 

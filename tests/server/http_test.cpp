@@ -46,29 +46,28 @@ class RawConn {
   }
   // Everything until the peer closes or `timeout_ms` of silence.
   std::string read_until_close(int timeout_ms = 3000) {
-    std::string out;
-    char buf[8192];
-    while (readable(timeout_ms)) {
-      ssize_t n = recv(fd_, buf, sizeof buf, 0);
-      if (n <= 0) break;
-      out.append(buf, static_cast<size_t>(n));
-    }
-    return out;
+    return read_while(timeout_ms, [](const std::string&) { return true; });
   }
   // One response whose headers carry Content-Length.
   std::string read_response(int timeout_ms = 3000) {
+    return read_while(timeout_ms, [](const std::string& out) {
+      size_t end = out.find("\r\n\r\n");
+      if (end == std::string::npos) return true;
+      size_t cl = out.find("Content-Length: ");
+      if (cl == std::string::npos || cl > end) cl = out.find("content-length: ");
+      size_t len = cl == std::string::npos ? 0 : std::stoul(out.substr(cl + 16));
+      return out.size() < end + 4 + len;
+    });
+  }
+  // Reads while `more(received so far)` says so and the peer keeps talking.
+  std::string read_while(int timeout_ms, const std::function<bool(const std::string&)>& more) {
     std::string out;
     char buf[8192];
     while (readable(timeout_ms)) {
       ssize_t n = recv(fd_, buf, sizeof buf, 0);
       if (n <= 0) break;
       out.append(buf, static_cast<size_t>(n));
-      size_t end = out.find("\r\n\r\n");
-      if (end == std::string::npos) continue;
-      size_t cl = out.find("Content-Length: ");
-      if (cl == std::string::npos || cl > end) cl = out.find("content-length: ");
-      size_t len = cl == std::string::npos ? 0 : std::stoul(out.substr(cl + 16));
-      if (out.size() >= end + 4 + len) break;
+      if (!more(out)) break;
     }
     return out;
   }
