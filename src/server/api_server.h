@@ -4,8 +4,8 @@
 // Ownership: ApiServer owns the engine it is given (nullptr = no model: generation
 // answers 503) and everything else it builds. It holds an exclusive lock on the data
 // folder while it lives, so two servers never share one SQLite queue.
-// Thread-safety: start/stop/wait from the owning thread; HTTP handlers run on the
-// server's own pool.
+// Thread-safety: start/stop/wait from the owning thread; HTTP handlers run on the HTTP
+// layer's io threads (http_server.h) and never block waiting for a job (waiters.h).
 #pragma once
 
 #include <memory>
