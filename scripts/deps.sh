@@ -8,6 +8,8 @@ PACKAGES=(
   libcpp-httplib-dev                    # the tests' HTTP client and loopback receivers
   nlohmann-json3-dev                    # JSON
   libsqlite3-dev                        # embedded durable store
+  libpq-dev                             # PostgreSQL client: the shared store of several nodes
+  postgresql                            # the PostgreSQL server the tests start on loopback
   libssl-dev                            # SHA-256, HMAC, CSPRNG, constant-time compare
   libcurl4-openssl-dev                  # outgoing webhooks
   libpng-dev                            # PNG images with text chunks

@@ -37,11 +37,13 @@ const char* kUsage =
     "usage: fluxpipe <command> [options]\n"
     "\n"
     "commands:\n"
-    "  serve --data DIR [--listen HOST:PORT] [--model PATH]   serve the generate v3 API\n"
+    "  serve --data DIR [--listen HOST:PORT] [--model PATH] [--store URL --role all|api|worker]\n"
+    "                                       serve the generate v3 API (one node, or one of several)\n"
     "  keys add --data DIR [--name NAME]    create an API key (printed alone on the last line)\n"
     "  keys list --data DIR                 list keys (id, name, created, state)\n"
     "  keys revoke --data DIR ID|NAME       revoke a key\n"
     "  webhook-secret --data DIR            print the secret that signs webhooks\n"
+    "  migrate --store URL                  apply the store's schema (serve does it too)\n"
     "  run COMPONENT --weights W --inputs IN --output OUT [--config P.json] [--compute f32|bf16]\n"
     "                                       run transformer | vae-decode | vae-encode | sample | randn\n"
     "                                       on named tensors (see `fluxpipe help run`)\n"
@@ -58,7 +60,8 @@ const char* kUsage =
     "  help [COMMAND]                       this text, or a command's options (also COMMAND --help)\n"
     "  --version                            version, build type, backends compiled in\n"
     "\n"
-    "Every --data has the environment twin FLUXPIPE_DATA.\n";
+    "Every --data has the environment twin FLUXPIPE_DATA; keys, webhook-secret and migrate take\n"
+    "--store URL (FLUXPIPE_STORE) to work on a shared PostgreSQL store instead.\n";
 
 int64_t now_ms() { return wall_clock_ms(); }
 
@@ -96,21 +99,39 @@ cli::Option data_option(std::string& dir) {
   return {"--data", "DIR", "the server's data folder [FLUXPIPE_DATA]", [&dir](const std::string& v) { dir = v; }};
 }
 
+cli::Option store_option(std::string& location) {
+  return {"--store", "URL", "a shared store instead: postgresql://... or sqlite:PATH [FLUXPIPE_STORE]",
+          [&location](const std::string& v) { location = v; }};
+}
+
+// The store a key or secret command works on: --store when given (every node of a shared store
+// then accepts the same keys), else the data folder's. `create`: the folder may be made now.
+std::unique_ptr<server::Store> open_cli_store(const char* cmd, const std::string& dir, const std::string& location,
+                                              bool create) {
+  if (!location.empty()) return server::open_store(location, dir);
+  if (create) {
+    if (dir.empty()) throw UserError(std::string("[") + cmd + "] --data DIR or --store URL is required (or FLUXPIPE_DATA)");
+    umask(077);
+    if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+      throw IoError(std::string("[") + cmd + "] cannot create data folder '" + dir + "': " + std::strerror(errno));
+    }
+  } else {
+    require_data_folder(cmd, dir, true);
+  }
+  return server::open_sqlite_store(dir + "/fluxpipe.db");
+}
+
 int cmd_keys(const std::vector<std::string>& args) {
   std::string verb = args.size() >= 2 ? args[1] : "";
-  std::string dir = env_or("FLUXPIPE_DATA"), name, help;
+  std::string dir = env_or("FLUXPIPE_DATA"), location = env_or("FLUXPIPE_STORE"), name, help;
   std::vector<std::string> positional;
   auto take = [&positional](const std::string& v) { positional.push_back(v); };
   if (verb == "add") {
-    cli::Command c{"keys add", "--data DIR [--name NAME]", "Creates an API key; the key itself is printed once, alone on the last line.",
-                   {data_option(dir), {"--name", "NAME", "a label shown by `keys list`", [&name](const std::string& v) { name = v; }}}, nullptr};
+    cli::Command c{"keys add", "--data DIR|--store URL [--name NAME]", "Creates an API key; the key itself is printed once, alone on the last line.",
+                   {data_option(dir), store_option(location),
+                    {"--name", "NAME", "a label shown by `keys list`", [&name](const std::string& v) { name = v; }}}, nullptr};
     if (!cli::parse(c, args, 2, &help)) return print_help(help);
-    if (dir.empty()) throw UserError("[keys add] --data DIR is required (or FLUXPIPE_DATA)");
-    umask(077);
-    if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
-      throw IoError("[keys add] cannot create data folder '" + dir + "': " + std::strerror(errno));
-    }
-    std::unique_ptr<server::Store> store = server::open_sqlite_store(dir + "/fluxpipe.db");
+    std::unique_ptr<server::Store> store = open_cli_store("keys add", dir, location, true);
     server::NewKey key = server::make_api_key(name, now_ms());
     store->add_key(key.record);
     std::cout << "created key " << key.record.id << (name.empty() ? "" : " (" + name + ")") << "; it is shown only now:\n"
@@ -118,10 +139,10 @@ int cmd_keys(const std::vector<std::string>& args) {
     return 0;
   }
   if (verb == "list") {
-    cli::Command c{"keys list", "--data DIR", "Lists the keys: id, name, created, state.", {data_option(dir)}, nullptr};
+    cli::Command c{"keys list", "--data DIR|--store URL", "Lists the keys: id, name, created, state.",
+                   {data_option(dir), store_option(location)}, nullptr};
     if (!cli::parse(c, args, 2, &help)) return print_help(help);
-    require_data_folder("keys list", dir, true);
-    std::unique_ptr<server::Store> store = server::open_sqlite_store(dir + "/fluxpipe.db");
+    std::unique_ptr<server::Store> store = open_cli_store("keys list", dir, location, false);
     for (const server::ApiKeyRecord& r : store->list_keys()) {
       std::cout << r.id << "\t" << (r.name.empty() ? "-" : r.name) << "\t" << format_time(r.created_ms) << "\t"
                 << (r.revoked ? "revoked" : "active") << "\n";
@@ -129,11 +150,11 @@ int cmd_keys(const std::vector<std::string>& args) {
     return 0;
   }
   if (verb == "revoke") {
-    cli::Command c{"keys revoke", "--data DIR ID|NAME", "Revokes a key (a running server refuses it within 2 s).", {data_option(dir)}, take};
+    cli::Command c{"keys revoke", "--data DIR|--store URL ID|NAME", "Revokes a key (every server refuses it within 2 s).",
+                   {data_option(dir), store_option(location)}, take};
     if (!cli::parse(c, args, 2, &help)) return print_help(help);
     if (positional.size() != 1) throw UserError("[keys revoke] expected one key id or name");
-    require_data_folder("keys revoke", dir, true);
-    std::unique_ptr<server::Store> store = server::open_sqlite_store(dir + "/fluxpipe.db");
+    std::unique_ptr<server::Store> store = open_cli_store("keys revoke", dir, location, false);
     int n = store->revoke_key(positional[0]);
     if (n == 0) throw UserError("[keys revoke] no active key with id or name '" + positional[0] + "'");
     std::cout << "revoked " << n << " key" << (n == 1 ? "" : "s") << std::endl;
@@ -147,14 +168,33 @@ int cmd_keys(const std::vector<std::string>& args) {
 }
 
 int cmd_webhook_secret(const std::vector<std::string>& args) {
-  std::string dir = env_or("FLUXPIPE_DATA"), help;
-  cli::Command c{"webhook-secret", "--data DIR",
-                 "Prints the whsec_... secret webhook receivers verify with (made on first use in an existing data folder).",
-                 {data_option(dir)}, nullptr};
+  std::string dir = env_or("FLUXPIPE_DATA"), location = env_or("FLUXPIPE_STORE"), help;
+  cli::Command c{"webhook-secret", "--data DIR|--store URL",
+                 "Prints the whsec_... secret webhook receivers verify with (made on first use; with a shared "
+                 "store, the one every node signs with).",
+                 {data_option(dir), store_option(location)}, nullptr};
   if (!cli::parse(c, args, 1, &help)) return print_help(help);
-  require_data_folder("webhook-secret", dir, false);
   umask(077);
+  if (!location.empty() && server::is_pg_location(location)) {
+    std::unique_ptr<server::Store> store = server::open_store(location, dir);
+    std::cout << server::webhook_secret_for(*store, dir, "") << std::endl;
+    return 0;
+  }
+  require_data_folder("webhook-secret", dir, false);
   std::cout << server::load_or_create_webhook_secret(dir, "") << std::endl;
+  return 0;
+}
+
+int cmd_migrate(const std::vector<std::string>& args) {
+  std::string dir = env_or("FLUXPIPE_DATA"), location = env_or("FLUXPIPE_STORE"), help;
+  cli::Command c{"migrate", "--store URL|--data DIR",
+                 "Brings the store's schema to this version (serve does it too); refuses a newer schema.",
+                 {store_option(location), data_option(dir)}, nullptr};
+  if (!cli::parse(c, args, 1, &help)) return print_help(help);
+  if (location.empty()) require_data_folder("migrate", dir, true);
+  std::unique_ptr<server::Store> store = server::open_store(location, dir);
+  std::cout << "store " << server::redact_store_location(location.empty() ? "sqlite:" + dir + "/fluxpipe.db" : location)
+            << " is at schema version " << store->schema_version() << std::endl;
   return 0;
 }
 
@@ -431,8 +471,11 @@ int cmd_serve(const std::vector<std::string>& args) {
   // The data folder's lock first: a second server on the same folder fails in a moment,
   // not after loading 30 GB of weights.
   options.data_lock_fd = server::lock_data_folder(options.data_dir);
+  if (options.role == "worker" && options.model_path.empty()) {
+    throw UserError("[serve] --role worker runs jobs: it needs --model PATH");
+  }
   std::unique_ptr<Engine> engine;
-  if (!options.model_path.empty()) engine = load_engine(options.model_path, options.engine);
+  if (!options.model_path.empty() && server::runs_jobs(options)) engine = load_engine(options.model_path, options.engine);
   return server::run_server_until_signal(std::move(options), std::move(engine));
 }
 
@@ -443,7 +486,8 @@ std::string version_text() {
 
 // `fluxpipe help COMMAND` and `fluxpipe COMMAND --help` print the same text.
 int help_for(const std::string& command) {
-  static const std::vector<std::string> tabled = {"generate", "quantize", "make-test-model", "tokenize", "webhook-secret"};
+  static const std::vector<std::string> tabled = {"generate", "quantize", "make-test-model", "tokenize", "webhook-secret",
+                                                  "migrate"};
   if (command == "run") return print_help(kRunUsage);
   if (command == "serve") return print_help(fluxpipe::server::serve_usage());
   if (command == "keys") {
@@ -457,6 +501,7 @@ int help_for(const std::string& command) {
       if (command == "quantize") return cmd_quantize(args);
       if (command == "make-test-model") return cmd_make_test_model(args);
       if (command == "tokenize") return cmd_tokenize(args);
+      if (command == "migrate") return cmd_migrate(args);
       return cmd_webhook_secret(args);
     }
   }
@@ -485,6 +530,7 @@ int main(int argc, char** argv) {
     if (args[0] == "serve") return cmd_serve(args);
     if (args[0] == "keys") return cmd_keys(args);
     if (args[0] == "webhook-secret") return cmd_webhook_secret(args);
+    if (args[0] == "migrate") return cmd_migrate(args);
     if (args[0] == "run") return cmd_run(args);
     if (args[0] == "tokenize") return cmd_tokenize(args);
     if (args[0] == "generate") return cmd_generate(args);

@@ -96,12 +96,19 @@ json ApiServer::Impl::status_json(const RequestRecord& r) {
   if (!r.warning.empty()) warnings.push_back(r.warning);
   if (!warnings.empty()) j["warnings"] = warnings;
   if (r.state == JobState::queued) {
-    int64_t ahead = store->count_ahead(r.seq);
+    int64_t ahead = store->count_ahead(r.seq, r.server_id);
     j["queue_position"] = ahead;
     double mean = runner ? runner->mean_job_seconds() : 0.0;
     if (mean > 0) j["eta_seconds"] = std::round(mean * static_cast<double>(ahead + 1) * 10) / 10;
+    if (!pool_has_worker(r.server_id)) {
+      j["waiting_for"] = r.server_id.empty() || r.server_id == "any"
+                             ? std::string("no worker is running; the request waits for one")
+                             : "no worker of pool '" + r.server_id + "' is running; the request waits for one";
+    }
   } else if (r.state == JobState::running) {
+    // This node's runner knows the latest step; another node's heartbeat wrote it to the store.
     std::optional<JobProgress> pr = runner ? runner->progress(r.id) : std::nullopt;
+    if (!pr && r.progress_total > 0) pr = JobProgress{r.progress_done, r.progress_total, r.started_ms};
     int done = pr ? pr->done : 0;
     int total = pr ? pr->total : p.steps;
     j["progress"] = {{"done", done}, {"total", total}};
@@ -119,7 +126,7 @@ json ApiServer::Impl::status_json(const RequestRecord& r) {
 
 std::optional<RequestRecord> ApiServer::Impl::enqueue(GenerateRequest p, const std::string& key_id,
                                                       http::Response& res) {
-  if (!p.server_id.empty() && !server_ids.count(p.server_id)) {
+  if (!p.server_id.empty() && !pool_known(p.server_id)) {
     throw UserError("[request] field 'server_id': unknown server '" + p.server_id + "'");
   }
   if (!p.webhook.empty()) {
@@ -129,7 +136,7 @@ std::optional<RequestRecord> ApiServer::Impl::enqueue(GenerateRequest p, const s
       check_webhook_target(p.webhook, "webhook");
     }
   }
-  if (!engine) {
+  if (!engine && options.role != "api") {
     send_failure(res, 503, "no model is loaded on this server: start it with `fluxpipe serve --model PATH`");
     return std::nullopt;
   }
@@ -143,6 +150,14 @@ std::optional<RequestRecord> ApiServer::Impl::enqueue(GenerateRequest p, const s
   if (active >= options.max_queue) {
     res.set_header("Retry-After", std::to_string(retry_after_seconds(active)));
     send_failure(res, 429, "the queue is full (" + std::to_string(active) + " requests); try again later");
+    return std::nullopt;
+  }
+  // One key cannot take the whole queue (the claim order is fair across keys as well).
+  int64_t own = store->count_active_for_key(key_id);
+  if (own >= options.max_queued_per_key) {
+    res.set_header("Retry-After", std::to_string(retry_after_seconds(own)));
+    send_failure(res, 429, "this key has " + std::to_string(own) + " requests queued or running, the most one key may have (" +
+                               std::to_string(options.max_queued_per_key) + "); try again when some have finished");
     return std::nullopt;
   }
   if (p.seed < 0) {
@@ -163,8 +178,7 @@ std::optional<RequestRecord> ApiServer::Impl::enqueue(GenerateRequest p, const s
   r.batch_id = p.batch_id;
   r.webhook = p.webhook;
   r.created_ms = wall_ms();
-  store->insert_request(r);
-  runner->wake();
+  store->insert_request(r);   // its event wakes this node's runner, or a worker of the pool
   return r;
 }
 
@@ -275,7 +289,7 @@ void ApiServer::Impl::handle_image(const http::Request& req, http::Response& res
     return;
   }
   if (!is_final(r->state)) {
-    res.set_header("Retry-After", std::to_string(retry_after_seconds(r->state == JobState::queued ? store->count_ahead(r->seq) : 0)));
+    res.set_header("Retry-After", std::to_string(retry_after_seconds(r->state == JobState::queued ? store->count_ahead(r->seq, r->server_id) : 0)));
     send_json(res, 202, {{"status", "PENDING"}, {"state", to_string(r->state)}});
     return;
   }
@@ -297,8 +311,10 @@ void ApiServer::Impl::handle_image(const http::Request& req, http::Response& res
 
 void ApiServer::Impl::handle_readyz(const http::Request&, http::Response& res) {
   bool store_ok = store->ping();
-  if (engine && store_ok) {
-    send_json(res, 200, {{"ready", true}, {"model", engine->model_name()}});
+  if (options.role == "api" && store_ok) {
+    send_json(res, 200, {{"ready", true}, {"role", "api"}});
+  } else if (engine && store_ok) {
+    send_json(res, 200, {{"ready", true}, {"role", options.role}, {"model", engine->model_name()}});
   } else {
     send_json(res, 503, {{"ready", false}, {"reason", !store_ok ? "the store does not answer" : "no model loaded"}});
   }
@@ -310,6 +326,12 @@ http::Response guarded(Metrics& metrics, const char* route, const std::function<
     body(res);
   } catch (const UserError& e) {
     send_failure(res, 400, e.what());
+  } catch (const StoreUnavailable& e) {
+    metrics.count_error("store_unavailable");
+    log("error", std::string(route) + ": " + e.what());
+    res = http::Response{};
+    res.set_header("Retry-After", "2");
+    send_failure(res, 503, "the server's database cannot be reached; requests already accepted are kept; try again");
   } catch (const IoError& e) {
     metrics.count_error("io");
     log("error", std::string(route) + ": " + e.what());
@@ -363,6 +385,18 @@ std::vector<http::Route> ApiServer::Impl::routes() {
       return res;
     };
   };
+  auto health = [&] {
+    sync("healthz", "GET", "/healthz", [](const http::Request&, http::Response& res) { send_json(res, 200, {{"status", "ok"}}); });
+    sync("readyz", "GET", "/readyz", member(&Impl::handle_readyz));
+    sync("metrics", "GET", "/metrics", [this](const http::Request&, http::Response& res) {
+      res.content_type = "text/plain; version=0.0.4; charset=utf-8";
+      res.body = metrics.render();
+    });
+  };
+  if (options.role == "worker") {   // a worker answers no client: only its health
+    health();
+    return table;
+  }
   const char* id = "([0-9a-zA-Z_-]{1,64})";
   async("submit", "POST", "/generate/v3", &Impl::handle_submit);
   keyed(table.back(), false);
@@ -373,12 +407,7 @@ std::vector<http::Route> ApiServer::Impl::routes() {
   sync("image", "GET", "/v3/images/([0-9a-f]{32})/([A-Za-z0-9._-]{1,128})", member(&Impl::handle_image));
   async("openai", "POST", "/v1/images/generations", &Impl::handle_openai);
   keyed(table.back(), true);
-  sync("healthz", "GET", "/healthz", [](const http::Request&, http::Response& res) { send_json(res, 200, {{"status", "ok"}}); });
-  sync("readyz", "GET", "/readyz", member(&Impl::handle_readyz));
-  sync("metrics", "GET", "/metrics", [this](const http::Request&, http::Response& res) {
-    res.content_type = "text/plain; version=0.0.4; charset=utf-8";
-    res.body = metrics.render();
-  });
+  health();
   sync("openapi", "GET", "/openapi.json", [](const http::Request&, http::Response& res) { res.body = openapi_document(); });
   sync("playground", "GET", "/", [](const http::Request&, http::Response& res) {
     res.content_type = "text/html; charset=utf-8";

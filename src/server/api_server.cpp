@@ -6,7 +6,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -49,6 +51,22 @@ std::string load_or_create_webhook_secret(const std::string& data_dir, const std
   return secret;
 }
 
+std::string webhook_secret_for(Store& store, const std::string& data_dir, const std::string& configured) {
+  if (!configured.empty()) return configured;
+  // Every node of a shared store signs with one secret, kept in the store; the first node to
+  // start makes it. The embedded store keeps its secret in the data folder, as it always did.
+  if (std::string(store.kind()) != "sqlite") {
+    return store.setting_or_insert("webhook_secret", WebhookSigner::generate_secret());
+  }
+  return load_or_create_webhook_secret(data_dir, "");
+}
+
+std::string default_node_id() {
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0 || !host[0]) std::strcpy(host, "node");
+  return std::string(host) + "-" + std::to_string(getpid());
+}
+
 int lock_data_folder(const std::string& data_dir) {
   umask(077);
   if (mkdir(data_dir.c_str(), 0700) != 0 && errno != EEXIST) {
@@ -76,11 +94,17 @@ ApiServer::Impl::Impl(ServeOptions opts, std::unique_ptr<Engine> eng)
                 "FLUXPIPE_WEBHOOK_SECRET or --webhook-secret-file");
   }
   lock_fd = options.data_lock_fd >= 0 ? options.data_lock_fd : lock_data_folder(options.data_dir);
-  store = open_sqlite_store(options.data_dir + "/fluxpipe.db");
+  if (options.node_id.empty()) options.node_id = default_node_id();
+  if (!runs_jobs(options)) engine.reset();   // an api node loads no model
+  store = open_store(options.store_location, options.data_dir);
+  // The SQLite store belongs to this process alone (the data folder's lock): every claim in it
+  // is from an earlier life of this server. A shared store holds other nodes' live claims.
+  every_node = std::string(store->kind()) == "sqlite";
   keys = std::make_unique<KeyRing>(*store, options.env_api_keys);
-  images = std::make_unique<ImageStore>(options.data_dir);
-  signer = std::make_unique<WebhookSigner>(load_or_create_webhook_secret(options.data_dir, options.webhook_secret));
+  images = std::make_unique<ImageStore>(options.images_dir.empty() ? options.data_dir + "/images" : options.images_dir);
+  signer = std::make_unique<WebhookSigner>(webhook_secret_for(*store, options.data_dir, options.webhook_secret));
   sender = make_curl_sender(options.allow_private_webhooks, options.webhook_timeout_ms, options.webhook_proxy);
+  options.webhook_policy.node_id = options.node_id;
   outbox = std::make_unique<WebhookOutbox>(
       *store, *sender, *signer,
       [this](const std::string& id) {
@@ -88,11 +112,17 @@ ApiServer::Impl::Impl(ServeOptions opts, std::unique_ptr<Engine> eng)
         return r ? status_json(*r).dump() : nlohmann::json{{"status", "FAILURE"}, {"id", id}, {"error", "request not found"}}.dump();
       },
       options.webhook_policy, metrics);
+  server_ids.insert("any");
   server_ids.insert(options.server_id);
   server_ids.insert(options.known_server_ids.begin(), options.known_server_ids.end());
   metrics.set_queue_depth_source([this] { return store->count_active(); });
 
-  RecoveryReport rec = store->recover_interrupted(options.max_attempts, wall_ms());
+  RecoverSpec spec;
+  spec.max_attempts = options.max_attempts;
+  spec.now_ms = wall_ms();
+  spec.node_id = options.node_id;
+  spec.every_node = every_node;
+  RecoveryReport rec = store->recover_interrupted(spec);
   if (rec.requeued || rec.failed) {
     log("warn", "recovered after an interruption: " + std::to_string(rec.requeued) + " jobs queued again, " +
                     std::to_string(rec.failed) + " failed after " + std::to_string(options.max_attempts) + " attempts");
@@ -100,12 +130,93 @@ ApiServer::Impl::Impl(ServeOptions opts, std::unique_ptr<Engine> eng)
   if (engine) {
     RunnerOptions ro;
     ro.server_id = options.server_id;
+    ro.node_id = options.node_id;
     ro.job_timeout_ms = options.job_timeout_ms;
+    ro.lease_ms = options.lease_ms;
+    ro.heartbeat_ms = std::max<int64_t>(200, std::min<int64_t>(1000, options.lease_ms / 4));
     runner = std::make_unique<JobRunner>(*store, *engine, *images, metrics, ro, [this](const std::string& id) {
       waiters.notify(id);
       outbox->wake();
     });
   }
+  // What other nodes (or, with SQLite, this process) did: wake the runner for its pool, answer
+  // waiters of ended requests, stop a cancelled job now rather than at the next poll.
+  store->listen([this](const StoreEvent& e) {
+    switch (e.kind) {
+      case StoreEvent::queued:
+        if (runner && (e.value.empty() || e.value == "any" || e.value == "*" || e.value == options.server_id)) {
+          runner->wake();
+        }
+        break;
+      case StoreEvent::finished:
+        waiters.notify(e.value);
+        outbox->wake();
+        break;
+      case StoreEvent::cancel:
+        if (runner) runner->cancel_hint(e.value);
+        break;
+    }
+  });
+}
+
+// Every node: takes over claims whose lease expired (a worker died) and, on a worker, tells the
+// store this node is alive and which pool it serves. Also the fallback for lost events: the
+// waiters of requests that ended on another node are answered here at the latest.
+void ApiServer::Impl::maintenance_loop() {
+  int64_t period_ms = std::max<int64_t>(200, std::min<int64_t>(2000, options.lease_ms / 4));
+  auto last_sweep = std::chrono::steady_clock::now() - std::chrono::hours(1);
+  std::unique_lock lock(maintenance_mu);
+  while (!stopped) {
+    lock.unlock();
+    try {
+      if (runner) store->node_heartbeat({options.node_id, options.server_id, options.role, wall_ms()});
+      refresh_live_pools();
+      auto now = std::chrono::steady_clock::now();
+      if (now - last_sweep >= std::chrono::milliseconds(options.lease_ms / 2)) {
+        last_sweep = now;
+        RecoverSpec spec;
+        spec.max_attempts = options.max_attempts;
+        spec.now_ms = wall_ms();
+        spec.node_id = "";   // only expired leases: this node's own claims are live
+        RecoveryReport rec = store->recover_interrupted(spec);
+        if (rec.requeued || rec.failed) {
+          log("warn", "took over " + std::to_string(rec.requeued + rec.failed) + " jobs whose worker's lease expired (" +
+                          std::to_string(rec.requeued) + " queued again, " + std::to_string(rec.failed) + " failed)");
+        }
+      }
+      if (!every_node) waiters.poll_finished([this](const std::string& id) {
+        std::optional<RequestRecord> r = store->get_request(id);
+        return !r || is_final(r->state);
+      });
+    } catch (const std::exception& e) {
+      metrics.count_error("io");
+      log("warn", std::string("maintenance: ") + e.what());
+    }
+    lock.lock();
+    maintenance_cv.wait_for(lock, std::chrono::milliseconds(period_ms), [this] { return stopped.load(); });
+  }
+}
+
+void ApiServer::Impl::refresh_live_pools() {
+  std::set<std::string> pools;
+  for (const NodeRecord& n : store->live_nodes(wall_ms(), std::max<int64_t>(options.lease_ms, 5000))) {
+    if (n.role != "api") pools.insert(n.server_id);
+  }
+  std::lock_guard lock(pools_mu);
+  live_pools = std::move(pools);
+}
+
+bool ApiServer::Impl::pool_known(const std::string& id) {
+  if (server_ids.count(id)) return true;
+  std::lock_guard lock(pools_mu);
+  return live_pools.count(id) > 0;
+}
+
+bool ApiServer::Impl::pool_has_worker(const std::string& id) {
+  if (runner && (id == options.server_id || id.empty() || id == "any")) return true;
+  std::lock_guard lock(pools_mu);
+  if (id.empty() || id == "any") return !live_pools.empty();
+  return live_pools.count(id) > 0;
 }
 
 ApiServer::Impl::~Impl() {
@@ -144,8 +255,19 @@ int ApiServer::start() {
   s.http->start();
   s.outbox->start();
   if (s.runner) s.runner->start();
-  log("info", "fluxpipe serving on " + host + ":" + std::to_string(port) + " (data " + s.options.data_dir + ", " +
-                  (s.engine ? "model " + s.engine->model_name() : std::string("no model: generation answers 503")) + ")");
+  try {
+    s.refresh_live_pools();
+  } catch (const std::exception& e) {
+    log("warn", std::string("cannot read the live nodes: ") + e.what());
+  }
+  s.maintenance = std::thread([&s] { s.maintenance_loop(); });
+  std::string what = s.options.role == "api" ? std::string("role api: jobs run on workers")
+                     : s.engine             ? "model " + s.engine->model_name()
+                                            : std::string("no model: generation answers 503");
+  log("info", "fluxpipe serving on " + host + ":" + std::to_string(port) + " (node " + s.options.node_id + ", store " +
+                  redact_store_location(s.options.store_location.empty() ? "sqlite:" + s.options.data_dir + "/fluxpipe.db"
+                                                                          : s.options.store_location) +
+                  ", " + what + ")");
   return port;
 }
 
@@ -166,6 +288,18 @@ void ApiServer::stop() {
   if (s.http) s.http->stop(s.options.drain_ms);
   if (s.runner) s.runner->stop();
   s.outbox->stop();
+  {
+    std::lock_guard lock(s.maintenance_mu);
+  }
+  s.maintenance_cv.notify_all();
+  if (s.maintenance.joinable()) s.maintenance.join();
+  if (s.runner) {
+    try {
+      s.store->remove_node(s.options.node_id);
+    } catch (const std::exception& e) {
+      log("warn", std::string("cannot remove this node from the store: ") + e.what());
+    }
+  }
   s.stop_cv.notify_all();
 }
 

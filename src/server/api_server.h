@@ -2,8 +2,9 @@
 // outbox, images, metrics — behind one object with a start/stop lifecycle.
 //
 // Ownership: ApiServer owns the engine it is given (nullptr = no model: generation
-// answers 503) and everything else it builds. It holds an exclusive lock on the data
-// folder while it lives, so two servers never share one SQLite queue.
+// answers 503; an api-role node drops it) and everything else it builds. It holds an exclusive
+// lock on the data folder while it lives, so two servers never share one SQLite queue; nodes of
+// one PostgreSQL store each have their own data folder and may share an image folder.
 // Thread-safety: start/stop/wait from the owning thread; HTTP handlers run on the HTTP
 // layer's io threads (http_server.h) and never block waiting for a job (waiters.h).
 #pragma once
@@ -59,5 +60,8 @@ int lock_data_folder(const std::string& data_dir);
 // The webhook secret in force: options.webhook_secret, or <data>/webhook_secret (created
 // with mode 0600 on first use).
 std::string load_or_create_webhook_secret(const std::string& data_dir, const std::string& configured);
+// The secret a server on `store` signs with: `configured`, else the shared store's (made by the
+// first node), else, for the embedded store, the data folder's file as above.
+std::string webhook_secret_for(Store& store, const std::string& data_dir, const std::string& configured);
 
 }  // namespace fluxpipe::server

@@ -58,6 +58,13 @@ struct ApiServer::Impl {
   int retry_after_seconds(int64_t jobs_ahead);
   // Calls `then(finished)` once request `id` has ended or `timeout_ms` passed (or at shutdown).
   void when_finished(const std::string& id, int64_t timeout_ms, std::function<void(bool)> then);
+  // Several nodes (api_server.cpp): expired leases, this node's heartbeat, the known pools.
+  void maintenance_loop();
+  void refresh_live_pools();
+  // A server_id a request may name: configured, or the pool of a live worker.
+  bool pool_known(const std::string& id);
+  // Some worker (this node's or a live one elsewhere) serves pool `id` now.
+  bool pool_has_worker(const std::string& id);
 
   ServeOptions options;
   std::unique_ptr<Engine> engine;
@@ -71,7 +78,13 @@ struct ApiServer::Impl {
   std::unique_ptr<WebhookSender> sender;
   std::unique_ptr<WebhookOutbox> outbox;
   std::unique_ptr<JobRunner> runner;   // null without a model
-  std::set<std::string> server_ids;    // ids a request may name
+  std::set<std::string> server_ids;    // ids a request may name (configured)
+  bool every_node = false;             // the store is this process's alone (SQLite)
+  std::mutex pools_mu;
+  std::set<std::string> live_pools;    // pools with a live worker, refreshed by maintenance
+  std::thread maintenance;
+  std::mutex maintenance_mu;
+  std::condition_variable maintenance_cv;
   Waiters waiters;
   std::unique_ptr<http::HttpServer> http;
   std::vector<std::string> route_names;   // by route index, for metrics

@@ -40,7 +40,7 @@ bool plain_name(const std::string& s) {
 
 }  // namespace
 
-ImageStore::ImageStore(std::string root) : images_dir_(std::move(root) + "/images") { make_dir(images_dir_); }
+ImageStore::ImageStore(std::string dir) : images_dir_(std::move(dir)) { make_dir(images_dir_); }
 
 std::string ImageStore::path_for(const std::string& token, const std::string& name) const {
   if (token.empty() || token.find_first_not_of("0123456789abcdef") != std::string::npos || !plain_name(name)) {

@@ -32,7 +32,10 @@ JobRunner::JobRunner(Store& store, Engine& engine, ImageStore& images, Metrics& 
 
 JobRunner::~JobRunner() { stop(); }
 
-void JobRunner::start() { thread_ = std::thread([this] { loop(); }); }
+void JobRunner::start() {
+  thread_ = std::thread([this] { loop(); });
+  heartbeat_thread_ = std::thread([this] { heartbeat_loop(); });
+}
 
 void JobRunner::begin_stop() {
   {
@@ -40,11 +43,58 @@ void JobRunner::begin_stop() {
     stopping_ = true;   // the engine stops at its next step; the job goes back to the queue
   }
   wake_cv_.notify_all();
+  heartbeat_cv_.notify_all();
 }
 
 void JobRunner::stop() {
   begin_stop();
   if (thread_.joinable()) thread_.join();
+  if (heartbeat_thread_.joinable()) heartbeat_thread_.join();
+}
+
+void JobRunner::cancel_hint(const std::string& id) {
+  {
+    std::lock_guard lock(mu_);
+    if (id != running_id_) return;
+    cancel_hinted_ = true;
+  }
+  heartbeat_cv_.notify_all();
+}
+
+// While a job runs: renew its lease every heartbeat_ms (with the progress) and read its cancel
+// flag every cancel_poll_ms, off the engine's thread, so a long step neither lets the lease
+// expire nor delays the cancel.
+void JobRunner::heartbeat_loop() {
+  auto last_renew = std::chrono::steady_clock::now();
+  std::unique_lock lock(mu_);
+  while (!stopping_) {
+    heartbeat_cv_.wait_for(lock, std::chrono::milliseconds(options_.cancel_poll_ms),
+                           [this] { return stopping_ || cancel_hinted_; });
+    cancel_hinted_ = false;
+    if (running_id_.empty()) continue;
+    std::string id = running_id_, claim = running_claim_;
+    JobProgress progress = running_progress_;
+    auto now = std::chrono::steady_clock::now();
+    bool renew = now - last_renew >= std::chrono::milliseconds(options_.heartbeat_ms);
+    lock.unlock();
+    bool cancelled = false, lost = false;
+    try {
+      cancelled = store_.cancel_requested(id);
+      if (renew) {
+        lost = !store_.renew_lease(id, claim, now_ms(), options_.lease_ms, progress.done, progress.total);
+        last_renew = now;
+      }
+    } catch (const std::exception& e) {
+      // The store is away: the job goes on; if the lease expires meanwhile, the renewal after
+      // the store returns reports it lost.
+      log("warn", "job " + id + ": cannot renew its lease or read its cancel flag: " + e.what());
+    }
+    lock.lock();
+    if (running_id_ == id) {
+      running_cancelled_ = running_cancelled_ || cancelled;
+      running_lost_ = running_lost_ || lost;
+    }
+  }
 }
 
 void JobRunner::wake() {
@@ -79,16 +129,25 @@ bool JobRunner::run_once() {
     std::lock_guard lock(mu_);
     if (stopping_) return false;
   }
-  std::optional<RequestRecord> record = store_.claim_next(options_.server_id, now_ms());
+  ClaimSpec spec;
+  spec.pool = options_.server_id;
+  spec.node_id = options_.node_id;
+  spec.now_ms = now_ms();
+  spec.lease_ms = options_.lease_ms;
+  std::optional<RequestRecord> record = store_.claim_next(spec);
   if (!record) return false;
   run_job(*record);
   return true;
 }
 
-void JobRunner::record_end(const std::string& id, JobState state, const std::string& error, const std::string& warning) {
+void JobRunner::record_end(const RequestRecord& record, JobState state, const std::string& error,
+                           const std::string& warning) {
+  const std::string& id = record.id;
   for (int64_t delay_ms = 100;; delay_ms = std::min<int64_t>(delay_ms * 2, 5000)) {
     try {
-      store_.finish_request(id, state, error, now_ms(), warning);
+      if (!store_.finish_request(id, record.claim, state, error, now_ms(), warning)) {
+        log("warn", "job " + id + ": its claim was taken over (lease expired); the newer claim records the end");
+      }
       return;
     } catch (const std::exception& e) {
       metrics_.count_error("io");
@@ -115,7 +174,7 @@ void JobRunner::run_job(const RequestRecord& record) {
     if (job.seeds.empty() || job.seeds.size() != record.file_names.size()) throw InternalError("seeds and file names disagree");
   } catch (const std::exception& e) {
     log("error", "job " + record.id + ": its stored request cannot be read: " + e.what());
-    record_end(record.id, JobState::failed, std::string("the stored request cannot be read: ") + e.what(), "");
+    record_end(record, JobState::failed, std::string("the stored request cannot be read: ") + e.what(), "");
     metrics_.count_job("failed");
     if (on_finished_) on_finished_(record.id);
     return;
@@ -125,34 +184,43 @@ void JobRunner::run_job(const RequestRecord& record) {
   {
     std::lock_guard lock(mu_);
     running_id_ = record.id;
+    running_claim_ = record.claim;
     running_progress_ = {0, job.steps, now_ms()};
+    running_cancelled_ = false;
+    running_lost_ = false;
+    cancel_hinted_ = true;   // look at the cancel flag at once: a DELETE may have come during the claim
   }
+  heartbeat_cv_.notify_all();
   log("info", "job " + record.id + " started (attempt " + std::to_string(record.attempts) + ", " +
                   std::to_string(job.seeds.size()) + " images " + std::to_string(job.width) + "x" +
                   std::to_string(job.height) + ", " + std::to_string(job.steps) + " steps)");
 
-  // Why the step callback asked the engine to stop.
-  enum class Stop { none, client, shutdown, timeout } stop_reason = Stop::none;
-  auto last_cancel_check = std::chrono::steady_clock::now() - std::chrono::hours(1);
+  // Why the step callback asked the engine to stop. The flags come from the heartbeat thread.
+  enum class Stop { none, client, shutdown, timeout, lost } stop_reason = Stop::none;
   auto should_stop = [&]() {
     {
       std::lock_guard lock(mu_);
-      if (stopping_) stop_reason = Stop::shutdown;
+      if (running_lost_) stop_reason = Stop::lost;
+      else if (stopping_) stop_reason = Stop::shutdown;
+      else if (running_cancelled_) stop_reason = Stop::client;
     }
     auto now = std::chrono::steady_clock::now();
-    if (options_.job_timeout_ms > 0 && now - started > std::chrono::milliseconds(options_.job_timeout_ms)) {
+    if (stop_reason == Stop::none && options_.job_timeout_ms > 0 &&
+        now - started > std::chrono::milliseconds(options_.job_timeout_ms)) {
       stop_reason = Stop::timeout;
-    }
-    if (now - last_cancel_check >= std::chrono::milliseconds(options_.cancel_poll_ms)) {
-      last_cancel_check = now;
-      try {
-        if (store_.cancel_requested(record.id)) stop_reason = Stop::client;
-      } catch (const std::exception& e) {
-        log("warn", "job " + record.id + ": cannot read its cancel flag: " + e.what());
-      }
     }
     return stop_reason != Stop::none;
   };
+  // The first look at the cancel flag happens here, not only on the heartbeat thread, so a
+  // cancel recorded before the claim never lets the engine start.
+  try {
+    if (store_.cancel_requested(record.id)) {
+      std::lock_guard lock(mu_);
+      running_cancelled_ = true;
+    }
+  } catch (const std::exception& e) {
+    log("warn", "job " + record.id + ": cannot read its cancel flag: " + e.what());
+  }
 
   JobState final_state = JobState::succeeded;
   std::string error, warning;
@@ -172,6 +240,7 @@ void JobRunner::run_job(const RequestRecord& record) {
                           std::to_string(job.seeds.size()) + " seeds");
     }
   } catch (const Cancelled&) {
+    // (Stop::lost is handled below: nothing is recorded.)
     final_state = stop_reason == Stop::timeout ? JobState::failed : JobState::cancelled;
     error = stop_reason == Stop::timeout
                 ? "the job ran longer than the server's limit of " + std::to_string(options_.job_timeout_ms / 1000) + " s"
@@ -190,7 +259,11 @@ void JobRunner::run_job(const RequestRecord& record) {
     error = std::string("the engine failed: ") + e.what();
     metrics_.count_error("engine");
   }
-  if (final_state == JobState::succeeded) {
+  auto claim_lost = [&] {
+    std::lock_guard lock(mu_);
+    return running_lost_;
+  };
+  if (final_state == JobState::succeeded && !claim_lost()) {
     try {
       for (size_t i = 0; i < images.size(); ++i) {
         std::vector<uint8_t> png = encode_png(images[i], png_text_chunks(job, job.seeds[i], engine_.model_name()));
@@ -207,13 +280,22 @@ void JobRunner::run_job(const RequestRecord& record) {
       metrics_.count_error("io");
     }
   }
+  bool lost = false;
   {
     std::lock_guard lock(mu_);
+    lost = running_lost_;
     running_id_.clear();
+    running_claim_.clear();
+  }
+  if (lost) {
+    // Another node took the job over after this one's lease expired: it finishes it.
+    log("warn", "job " + record.id + ": abandoned, its lease was taken over by another claim");
+    metrics_.count_job("lost_lease");
+    return;
   }
   if (stop_reason == Stop::shutdown && final_state == JobState::cancelled) {
     try {
-      store_.release_running(record.id);
+      store_.release_running(record.id, record.claim);
       log("info", "job " + record.id + " interrupted by shutdown; it is queued again");
     } catch (const std::exception& e) {
       log("error", "job " + record.id + ": cannot queue it again (" + e.what() + "); the next start does");
@@ -221,7 +303,7 @@ void JobRunner::run_job(const RequestRecord& record) {
     return;
   }
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  record_end(record.id, final_state, error, warning);
+  record_end(record, final_state, error, warning);
   metrics_.count_job(to_string(final_state));
   metrics_.observe_job_seconds(seconds);
   {

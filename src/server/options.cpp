@@ -61,8 +61,31 @@ const std::vector<Option>& options() {
          if (o.listen_host.size() > 2 && o.listen_host.front() == '[') o.listen_host = o.listen_host.substr(1, o.listen_host.size() - 2);
          o.listen_port = to_int("--listen", v.substr(colon + 1), 0, 65535);
        }},
-      {"--data", "FLUXPIPE_DATA", "DIR", "data folder: database, images, webhook secret (required)",
+      {"--data", "FLUXPIPE_DATA", "DIR", "data folder: lock, default database and images, webhook secret (required)",
        [](ServeOptions& o, const std::string& v) { o.data_dir = v; }},
+      {"--store", "FLUXPIPE_STORE", "URL", "the queue: sqlite:PATH or postgresql://user@host/db (default <data>/fluxpipe.db)",
+       [](ServeOptions& o, const std::string& v) { o.store_location = v; }},
+      {"--images", "FLUXPIPE_IMAGES", "DIR", "image folder, shared by every node of one store (default <data>/images)",
+       [](ServeOptions& o, const std::string& v) {
+         if (v.rfind("s3://", 0) == 0 || v == "postgresql") {
+           throw UserError("[serve] --images " + v + ": only a folder is supported in this version (S3 and database "
+                           "image stores are not built yet); share one folder (NFS) between nodes");
+         }
+         o.images_dir = v;
+       }},
+      {"--role", "FLUXPIPE_ROLE", "all|api|worker", "api: HTTP only, loads no model; worker: runs jobs, serves health only (default all)",
+       [](ServeOptions& o, const std::string& v) {
+         if (v != "all" && v != "api" && v != "worker") {
+           throw UserError("[serve] --role: expected all, api or worker, got '" + v + "'");
+         }
+         o.role = v;
+       }},
+      {"--node-id", "FLUXPIPE_NODE_ID", "NAME", "this node's name in claims and logs (default HOST-PID)",
+       [](ServeOptions& o, const std::string& v) { o.node_id = v; }},
+      {"--max-queued-per-key", "FLUXPIPE_MAX_QUEUED_PER_KEY", "N", "queued+running requests of one key before 429 (default 50)",
+       [](ServeOptions& o, const std::string& v) { o.max_queued_per_key = to_int("--max-queued-per-key", v, 1, 1000000); }},
+      {"--lease-ms", "FLUXPIPE_LEASE_MS", "MS", "a worker's claim not renewed for this long goes to another worker (default 30000)",
+       [](ServeOptions& o, const std::string& v) { o.lease_ms = to_int("--lease-ms", v, 1000, 3600000); }},
       {"--model", "FLUXPIPE_MODEL", "PATH", "model folder or file; without it generation answers 503",
        [](ServeOptions& o, const std::string& v) { o.model_path = v; }},
       {"--memory-budget", "FLUXPIPE_MEMORY_BUDGET", "SIZE", "resident memory a job is planned within, e.g. 8G (default: the machine's)",
@@ -74,7 +97,7 @@ const std::vector<Option>& options() {
          o.public_url = v;
          while (!o.public_url.empty() && o.public_url.back() == '/') o.public_url.pop_back();
        }},
-      {"--server-id", "FLUXPIPE_SERVER_ID", "ID", "name of the pool this server runs jobs for (default local)",
+      {"--server-id", "FLUXPIPE_SERVER_ID", "ID", "the pool this worker serves: jobs naming it, none or `any` (default local)",
        [](ServeOptions& o, const std::string& v) { o.server_id = v; }},
       {"--known-server-ids", "FLUXPIPE_KNOWN_SERVER_IDS", "A,B", "other pools that requests may name in server_id",
        [](ServeOptions& o, const std::string& v) { o.known_server_ids = split_commas(v); }},

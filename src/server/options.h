@@ -15,7 +15,13 @@ namespace fluxpipe::server {
 struct ServeOptions {
   std::string listen_host = "127.0.0.1";
   int listen_port = 8080;
-  std::string data_dir;                  // required
+  std::string data_dir;                  // required: the lock, the default store and images
+  std::string store_location;            // --store: "" (<data>/fluxpipe.db), sqlite:PATH or postgresql://...
+  std::string images_dir;                // --images: "" (<data>/images) or a folder every node shares
+  std::string role = "all";              // all, api (HTTP only, no model) or worker (jobs, health only)
+  std::string node_id;                   // names this node's claims; "" = host name and process id
+  int max_queued_per_key = 50;           // queued+running requests of one key before 429
+  int64_t lease_ms = 30000;              // a worker's claim not renewed this long is taken over
   std::string model_path;                // empty: no model, generation answers 503
   EngineOptions engine;                  // memory budget, tiled decoding
   std::string public_url;                // base of download URLs; default http://<listen>
@@ -43,12 +49,14 @@ struct ServeOptions {
   RequestLimits limits;
   std::vector<std::string> env_api_keys; // FLUXPIPE_API_KEYS
   bool quiet = false;
-  bool secret_on_command_line = false;
-  int data_lock_fd = -1;                 // the data folder's lock, when the caller took it first   // set by the parser: serve warns (ps shows it to every user)
+  bool secret_on_command_line = false;   // set by the parser: serve warns (ps shows it to every user)
+  int data_lock_fd = -1;                 // the data folder's lock, when the caller took it first
 };
 
 // Parses `args` (after "serve") and the environment. Throws UserError naming the flag.
 ServeOptions parse_serve_options(const std::vector<std::string>& args);
+// True when this node runs jobs (role all or worker) and so loads a model.
+inline bool runs_jobs(const ServeOptions& o) { return o.role != "api"; }
 std::string serve_usage();
 
 }  // namespace fluxpipe::server

@@ -2,36 +2,20 @@
 // that returned survives kill -9 and power loss. Two connections, each behind its own
 // mutex: one writes (each commit waits for fsync), one reads, so that pollers never wait
 // behind a submission's fsync (WAL lets a reader run beside the writer).
+// One process owns it (the server's data-folder lock), so its events are delivered in-process,
+// after the commit, on the calling thread.
 #include <sqlite3.h>
 
 #include <mutex>
 
 #include <nlohmann/json.hpp>
 
+#include "server/store_common.h"
+
 #include "core/error.h"
 #include "server/store.h"
 
 namespace fluxpipe::server {
-
-const char* to_string(JobState s) {
-  switch (s) {
-    case JobState::queued: return "queued";
-    case JobState::running: return "running";
-    case JobState::succeeded: return "succeeded";
-    case JobState::failed: return "failed";
-    case JobState::cancelled: return "cancelled";
-  }
-  return "failed";
-}
-
-JobState job_state_from_string(const std::string& s) {
-  if (s == "queued") return JobState::queued;
-  if (s == "running") return JobState::running;
-  if (s == "succeeded") return JobState::succeeded;
-  if (s == "failed") return JobState::failed;
-  if (s == "cancelled") return JobState::cancelled;
-  throw InternalError("[store] unknown job state '" + s + "'");
-}
 
 namespace {
 
@@ -47,16 +31,31 @@ CREATE TABLE IF NOT EXISTS requests(
   created_ms INTEGER NOT NULL, started_ms INTEGER NOT NULL DEFAULT 0, finished_ms INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS requests_by_state ON requests(state, seq);
 CREATE INDEX IF NOT EXISTS requests_by_batch ON requests(key_id, batch_id);
+CREATE INDEX IF NOT EXISTS requests_by_key_started ON requests(key_id, started_ms);
 CREATE TABLE IF NOT EXISTS outbox(
   id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, url TEXT NOT NULL,
   attempts INTEGER NOT NULL DEFAULT 0, next_attempt_ms INTEGER NOT NULL,
   last_error TEXT NOT NULL DEFAULT '', done INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(done, next_attempt_ms);
+CREATE TABLE IF NOT EXISTS nodes(
+  node_id TEXT PRIMARY KEY, server_id TEXT NOT NULL, role TEXT NOT NULL, heartbeat_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS settings(name TEXT PRIMARY KEY, value TEXT NOT NULL);
 )sql";
+
+// The pool's queue in claim order (pg_store.cpp spells the same query in PostgreSQL's dialect):
+// q ranks each key's queued jobs (rn 1 = its oldest), served says when each key last had a job
+// started. Claims go by rn, then to the key served least recently, then oldest first: each
+// key's n-th job before any key's (n+1)-th, and keys take turns.
+const char* kFairQueue =
+    "q AS (SELECT seq AS qseq, key_id AS qkey, row_number() OVER (PARTITION BY key_id ORDER BY seq) AS rn "
+    "FROM requests WHERE state='queued' AND server_id IN ('', 'any', ?)), "
+    "served AS (SELECT key_id AS skey, MAX(started_ms) AS last FROM requests "
+    "WHERE key_id IN (SELECT qkey FROM q) GROUP BY key_id)";
 
 const char* kRequestColumns =
     "seq, id, key_id, download_token, params, seeds, file_names, server_id, batch_id, webhook, state, error, "
-    "attempts, created_ms, started_ms, finished_ms, warning";
+    "attempts, created_ms, started_ms, finished_ms, warning, node_id, claim, lease_until_ms, progress_done, "
+    "progress_total";
 
 // A prepared statement with positional binding; finalized on destruction.
 class Stmt {
@@ -119,6 +118,11 @@ RequestRecord read_request(Stmt& s) {
   r.started_ms = s.integer(14);
   r.finished_ms = s.integer(15);
   r.warning = s.text(16);
+  r.node_id = s.text(17);
+  r.claim = s.text(18);
+  r.lease_until_ms = s.integer(19);
+  r.progress_done = static_cast<int>(s.integer(20));
+  r.progress_total = static_cast<int>(s.integer(21));
   return r;
 }
 
@@ -147,8 +151,17 @@ class SqliteStore final : public Store {
     exec("PRAGMA journal_mode=WAL");
     exec("PRAGMA synchronous=FULL");
     exec(kSchema);
+    check_schema_version();
     add_column_if_missing("requests", "warning", "TEXT NOT NULL DEFAULT ''");
     add_column_if_missing("requests", "cancel_requested", "INTEGER NOT NULL DEFAULT 0");
+    // Schema 2: leases and progress, outbox claims.
+    add_column_if_missing("requests", "node_id", "TEXT NOT NULL DEFAULT ''");
+    add_column_if_missing("requests", "claim", "TEXT NOT NULL DEFAULT ''");
+    add_column_if_missing("requests", "lease_until_ms", "INTEGER NOT NULL DEFAULT 0");
+    add_column_if_missing("requests", "progress_done", "INTEGER NOT NULL DEFAULT 0");
+    add_column_if_missing("requests", "progress_total", "INTEGER NOT NULL DEFAULT 0");
+    add_column_if_missing("outbox", "claimed_by", "TEXT NOT NULL DEFAULT ''");
+    add_column_if_missing("outbox", "claimed_until_ms", "INTEGER NOT NULL DEFAULT 0");
     if (sqlite3_open_v2(path.c_str(), &rdb_, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
       std::string msg = rdb_ ? sqlite3_errmsg(rdb_) : "out of memory";
       sqlite3_close(rdb_);
@@ -184,15 +197,18 @@ class SqliteStore final : public Store {
   }
 
   void insert_request(RequestRecord& r) override {
-    std::lock_guard lock(mu_);
-    Stmt s(db_,
-           "INSERT INTO requests(id, key_id, download_token, params, seeds, file_names, server_id, batch_id, "
-           "webhook, state, error, attempts, created_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)");
-    s.bind(r.id).bind(r.key_id).bind(r.download_token).bind(r.params_json)
-        .bind(nlohmann::json(r.seeds).dump()).bind(nlohmann::json(r.file_names).dump())
-        .bind(r.server_id).bind(r.batch_id).bind(r.webhook).bind(std::string(to_string(r.state)))
-        .bind(r.error).bind(static_cast<int64_t>(r.attempts)).bind(r.created_ms).step();
-    r.seq = sqlite3_last_insert_rowid(db_);
+    {
+      std::lock_guard lock(mu_);
+      Stmt s(db_,
+             "INSERT INTO requests(id, key_id, download_token, params, seeds, file_names, server_id, batch_id, "
+             "webhook, state, error, attempts, created_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)");
+      s.bind(r.id).bind(r.key_id).bind(r.download_token).bind(r.params_json)
+          .bind(nlohmann::json(r.seeds).dump()).bind(nlohmann::json(r.file_names).dump())
+          .bind(r.server_id).bind(r.batch_id).bind(r.webhook).bind(std::string(to_string(r.state)))
+          .bind(r.error).bind(static_cast<int64_t>(r.attempts)).bind(r.created_ms).step();
+      r.seq = sqlite3_last_insert_rowid(db_);
+    }
+    emit({StoreEvent::queued, r.server_id});
   }
 
   std::optional<RequestRecord> get_request(const std::string& id) override {
@@ -214,68 +230,84 @@ class SqliteStore final : public Store {
     return out;
   }
 
-  std::optional<RequestRecord> claim_next(const std::string& server_id, int64_t now_ms) override {
+  std::optional<RequestRecord> claim_next(const ClaimSpec& spec) override {
     std::lock_guard lock(mu_);
     Transaction tx(this);
-    std::string sql = std::string("SELECT ") + kRequestColumns +
-                      " FROM requests WHERE state='queued' AND (server_id='' OR server_id=?) ORDER BY seq LIMIT 1";
+    std::string sql = std::string("WITH ") + kFairQueue + " SELECT " + kRequestColumns +
+                      " FROM requests JOIN q ON q.qseq=requests.seq LEFT JOIN served ON served.skey=q.qkey "
+                      "ORDER BY q.rn, COALESCE(served.last, 0), requests.seq LIMIT 1";
     Stmt s(db_, sql.c_str());
-    s.bind(server_id);
+    s.bind(spec.pool);
     if (!s.step()) return std::nullopt;
     RequestRecord r = read_request(s);
-    Stmt u(db_, "UPDATE requests SET state='running', attempts=attempts+1, started_ms=? WHERE seq=?");
-    u.bind(now_ms).bind(r.seq).step();
+    r.claim = new_claim_token();
+    Stmt u(db_,
+           "UPDATE requests SET state='running', attempts=attempts+1, started_ms=?, node_id=?, claim=?, "
+           "lease_until_ms=?, progress_done=0, progress_total=0 WHERE seq=?");
+    u.bind(spec.now_ms).bind(spec.node_id).bind(r.claim).bind(spec.now_ms + spec.lease_ms).bind(r.seq).step();
     tx.commit();
     r.state = JobState::running;
     r.attempts += 1;
-    r.started_ms = now_ms;
+    r.started_ms = spec.now_ms;
+    r.node_id = spec.node_id;
+    r.lease_until_ms = spec.now_ms + spec.lease_ms;
+    r.progress_done = r.progress_total = 0;
     return r;
   }
 
-  bool finish_request(const std::string& id, JobState final_state, const std::string& error, int64_t now_ms,
-                      const std::string& warning) override {
+  bool renew_lease(const std::string& id, const std::string& claim, int64_t now_ms, int64_t lease_ms, int done,
+                   int total) override {
+    int64_t lease_until_ms = now_ms + lease_ms;
     std::lock_guard lock(mu_);
-    Transaction tx(this);
-    Stmt u(db_, "UPDATE requests SET state=?, error=?, finished_ms=?, warning=? WHERE id=? AND state='running'");
-    u.bind(std::string(to_string(final_state))).bind(error).bind(now_ms).bind(warning).bind(id).step();
-    if (sqlite3_changes(db_) != 1) return false;
-    enqueue_webhook_locked(id, now_ms);
-    tx.commit();
-    return true;
+    Stmt u(db_,
+           "UPDATE requests SET lease_until_ms=?, progress_done=?, progress_total=? "
+           "WHERE id=? AND state='running' AND claim=?");
+    u.bind(lease_until_ms).bind(static_cast<int64_t>(done)).bind(static_cast<int64_t>(total)).bind(id).bind(claim).step();
+    return sqlite3_changes(db_) == 1;
   }
 
-  bool cancel_queued(const std::string& id, int64_t now_ms) override {
-    std::lock_guard lock(mu_);
-    Transaction tx(this);
-    Stmt u(db_, "UPDATE requests SET state='cancelled', error=?, finished_ms=? WHERE id=? AND state='queued'");
-    u.bind(std::string("cancelled before it started")).bind(now_ms).bind(id).step();
-    if (sqlite3_changes(db_) != 1) return false;
-    enqueue_webhook_locked(id, now_ms);
-    tx.commit();
+  bool finish_request(const std::string& id, const std::string& claim, JobState final_state,
+                      const std::string& error, int64_t now_ms, const std::string& warning) override {
+    {
+      std::lock_guard lock(mu_);
+      Transaction tx(this);
+      Stmt u(db_,
+             "UPDATE requests SET state=?, error=?, finished_ms=?, warning=?, lease_until_ms=0 "
+             "WHERE id=? AND state='running' AND claim=?");
+      u.bind(std::string(to_string(final_state))).bind(error).bind(now_ms).bind(warning).bind(id).bind(claim).step();
+      if (sqlite3_changes(db_) != 1) return false;
+      enqueue_webhook_locked(id, now_ms);
+      tx.commit();
+    }
+    emit({StoreEvent::finished, id});
     return true;
   }
 
   CancelOutcome request_cancel(const std::string& id, int64_t now_ms) override {
-    std::lock_guard lock(mu_);
-    Transaction tx(this);
-    Stmt s(db_, "SELECT state FROM requests WHERE id=?");
-    s.bind(id);
-    if (!s.step()) return CancelOutcome::not_found;
-    JobState state = job_state_from_string(s.text(0));
-    if (state == JobState::queued) {
-      Stmt u(db_, "UPDATE requests SET state='cancelled', error=?, finished_ms=? WHERE id=? AND state='queued'");
-      u.bind(std::string("cancelled before it started")).bind(now_ms).bind(id).step();
-      enqueue_webhook_locked(id, now_ms);
+    CancelOutcome outcome = CancelOutcome::already_final;
+    {
+      std::lock_guard lock(mu_);
+      Transaction tx(this);
+      Stmt s(db_, "SELECT state FROM requests WHERE id=?");
+      s.bind(id);
+      if (!s.step()) return CancelOutcome::not_found;
+      JobState state = job_state_from_string(s.text(0));
+      if (state == JobState::queued) {
+        Stmt u(db_, "UPDATE requests SET state='cancelled', error=?, finished_ms=? WHERE id=? AND state='queued'");
+        u.bind(std::string(kCancelledQueued)).bind(now_ms).bind(id).step();
+        enqueue_webhook_locked(id, now_ms);
+        outcome = CancelOutcome::cancelled;
+      } else if (state == JobState::running) {
+        Stmt u(db_, "UPDATE requests SET cancel_requested=1 WHERE id=?");
+        u.bind(id).step();
+        outcome = CancelOutcome::requested;
+      } else {
+        return CancelOutcome::already_final;
+      }
       tx.commit();
-      return CancelOutcome::cancelled;
     }
-    if (state == JobState::running) {
-      Stmt u(db_, "UPDATE requests SET cancel_requested=1 WHERE id=?");
-      u.bind(id).step();
-      tx.commit();
-      return CancelOutcome::requested;
-    }
-    return CancelOutcome::already_final;
+    emit({outcome == CancelOutcome::cancelled ? StoreEvent::finished : StoreEvent::cancel, id});
+    return outcome;
   }
 
   bool cancel_requested(const std::string& id) override {
@@ -285,10 +317,17 @@ class SqliteStore final : public Store {
     return s.step() && s.integer(0) != 0;
   }
 
-  void release_running(const std::string& id) override {
-    std::lock_guard lock(mu_);
-    Stmt u(db_, "UPDATE requests SET state='queued', attempts=MAX(attempts-1,0) WHERE id=? AND state='running'");
-    u.bind(id).step();
+  void release_running(const std::string& id, const std::string& claim) override {
+    {
+      std::lock_guard lock(mu_);
+      Stmt u(db_,
+             "UPDATE requests SET state='queued', attempts=MAX(attempts-1,0), node_id='', claim='', lease_until_ms=0 "
+             "WHERE id=? AND state='running' AND claim=?");
+      u.bind(id).bind(claim).step();
+      if (sqlite3_changes(db_) != 1) return;
+    }
+    std::optional<RequestRecord> r = get_request(id);
+    if (r) emit({StoreEvent::queued, r->server_id});
   }
 
   int64_t count_active() override {
@@ -298,54 +337,76 @@ class SqliteStore final : public Store {
     return s.integer(0);
   }
 
-  int64_t count_ahead(int64_t seq) override {
+  int64_t count_active_for_key(const std::string& key_id) override {
     std::lock_guard lock(rmu_);
-    Stmt s(rdb_,
-           "SELECT (SELECT COUNT(*) FROM requests WHERE state='queued' AND seq<?) + "
-           "(SELECT COUNT(*) FROM requests WHERE state='running')");
-    s.bind(seq).step();
+    Stmt s(rdb_, "SELECT COUNT(*) FROM requests WHERE key_id=? AND state IN ('queued','running')");
+    s.bind(key_id).step();
     return s.integer(0);
   }
 
-  RecoveryReport recover_interrupted(int max_attempts, int64_t now_ms) override {
-    std::lock_guard lock(mu_);
-    Transaction tx(this);
+  int64_t count_ahead(int64_t seq, const std::string& server_id) override {
+    std::lock_guard lock(rmu_);
+    Stmt s(rdb_,
+           "SELECT (SELECT COUNT(*) FROM requests WHERE state='queued' AND server_id=? AND seq<?) + "
+           "(SELECT COUNT(*) FROM requests WHERE state='running' AND server_id=?)");
+    s.bind(server_id).bind(seq).bind(server_id).step();
+    return s.integer(0);
+  }
+
+  RecoveryReport recover_interrupted(const RecoverSpec& spec) override {
     RecoveryReport report;
-    std::vector<std::string> to_fail;
+    std::vector<std::string> failed;
     {
-      Stmt s(db_, "SELECT id FROM requests WHERE state='running' AND attempts>=?");
-      s.bind(static_cast<int64_t>(max_attempts));
-      while (s.step()) to_fail.push_back(s.text(0));
+      std::lock_guard lock(mu_);
+      Transaction tx(this);
+      const char* gone = "state='running' AND (?=1 OR node_id=? OR lease_until_ms<?)";
+      {
+        Stmt s(db_, (std::string("SELECT id FROM requests WHERE ") + gone + " AND attempts>=?").c_str());
+        s.bind(int64_t{spec.every_node}).bind(spec.node_id).bind(spec.now_ms).bind(int64_t{spec.max_attempts});
+        while (s.step()) failed.push_back(s.text(0));
+      }
+      for (const std::string& id : failed) {
+        Stmt u(db_, "UPDATE requests SET state='failed', error=?, finished_ms=?, lease_until_ms=0 WHERE id=?");
+        u.bind(interrupted_error(spec.max_attempts)).bind(spec.now_ms).bind(id).step();
+        enqueue_webhook_locked(id, spec.now_ms);
+        ++report.failed;
+      }
+      Stmt u(db_, (std::string("UPDATE requests SET state='queued', node_id='', claim='', lease_until_ms=0 WHERE ") +
+                   gone).c_str());
+      u.bind(int64_t{spec.every_node}).bind(spec.node_id).bind(spec.now_ms).step();
+      report.requeued = sqlite3_changes(db_);
+      tx.commit();
     }
-    for (const std::string& id : to_fail) {
-      Stmt u(db_, "UPDATE requests SET state='failed', error=?, finished_ms=? WHERE id=?");
-      u.bind("the job was interrupted " + std::to_string(max_attempts) +
-             " times (server stopped or crashed while it ran); not retried again")
-          .bind(now_ms).bind(id).step();
-      enqueue_webhook_locked(id, now_ms);
-      ++report.failed;
-    }
-    Stmt u(db_, "UPDATE requests SET state='queued' WHERE state='running'");
-    u.step();
-    report.requeued = sqlite3_changes(db_);
-    tx.commit();
+    for (const std::string& id : failed) emit({StoreEvent::finished, id});
+    if (report.requeued) emit({StoreEvent::queued, ""});
     return report;
   }
 
-  std::vector<OutboxMessage> due_outbox(int64_t now_ms, int limit) override {
-    std::lock_guard lock(rmu_);
-    Stmt s(rdb_,
-           "SELECT id, request_id, url, attempts, next_attempt_ms, last_error, done FROM outbox "
-           "WHERE done=0 AND next_attempt_ms<=? ORDER BY next_attempt_ms, id LIMIT ?");
-    s.bind(now_ms).bind(static_cast<int64_t>(limit));
+  std::vector<OutboxMessage> claim_due_outbox(const std::string& node_id, int64_t now_ms, int64_t lease_ms,
+                                              int limit) override {
+    std::lock_guard lock(mu_);
+    Transaction tx(this);
     std::vector<OutboxMessage> out;
-    while (s.step()) out.push_back(read_outbox(s));
+    {
+      Stmt s(db_,
+             "SELECT id, request_id, url, attempts, next_attempt_ms, last_error, done FROM outbox "
+             "WHERE done=0 AND next_attempt_ms<=? AND claimed_until_ms<=? ORDER BY next_attempt_ms, id LIMIT ?");
+      s.bind(now_ms).bind(now_ms).bind(static_cast<int64_t>(limit));
+      while (s.step()) out.push_back(read_outbox(s));
+    }
+    for (const OutboxMessage& m : out) {
+      Stmt u(db_, "UPDATE outbox SET claimed_by=?, claimed_until_ms=? WHERE id=?");
+      u.bind(node_id).bind(now_ms + lease_ms).bind(m.id).step();
+    }
+    tx.commit();
     return out;
   }
 
   void update_outbox(const OutboxMessage& m) override {
     std::lock_guard lock(mu_);
-    Stmt u(db_, "UPDATE outbox SET attempts=?, next_attempt_ms=?, last_error=?, done=? WHERE id=?");
+    Stmt u(db_,
+           "UPDATE outbox SET attempts=?, next_attempt_ms=?, last_error=?, done=?, claimed_by='', claimed_until_ms=0 "
+           "WHERE id=?");
     u.bind(static_cast<int64_t>(m.attempts)).bind(m.next_attempt_ms).bind(m.last_error)
         .bind(static_cast<int64_t>(m.done ? 1 : 0)).bind(m.id).step();
   }
@@ -359,6 +420,55 @@ class SqliteStore final : public Store {
     if (!s.step()) return std::nullopt;
     return read_outbox(s);
   }
+
+  void node_heartbeat(const NodeRecord& n) override {
+    std::lock_guard lock(mu_);
+    Stmt u(db_,
+           "INSERT INTO nodes(node_id, server_id, role, heartbeat_ms) VALUES(?,?,?,?) "
+           "ON CONFLICT(node_id) DO UPDATE SET server_id=excluded.server_id, role=excluded.role, "
+           "heartbeat_ms=excluded.heartbeat_ms");
+    u.bind(n.node_id).bind(n.server_id).bind(n.role).bind(n.heartbeat_ms).step();
+  }
+
+  std::vector<NodeRecord> live_nodes(int64_t now_ms, int64_t window_ms) override {
+    int64_t since_ms = now_ms - window_ms;
+    std::lock_guard lock(rmu_);
+    Stmt s(rdb_, "SELECT node_id, server_id, role, heartbeat_ms FROM nodes WHERE heartbeat_ms>=? ORDER BY node_id");
+    s.bind(since_ms);
+    std::vector<NodeRecord> out;
+    while (s.step()) out.push_back({s.text(0), s.text(1), s.text(2), s.integer(3)});
+    return out;
+  }
+
+  void remove_node(const std::string& node_id) override {
+    std::lock_guard lock(mu_);
+    Stmt u(db_, "DELETE FROM nodes WHERE node_id=?");
+    u.bind(node_id).step();
+  }
+
+  std::string setting_or_insert(const std::string& name, const std::string& value) override {
+    std::lock_guard lock(mu_);
+    {
+      Stmt u(db_, "INSERT INTO settings(name, value) VALUES(?,?) ON CONFLICT(name) DO NOTHING");
+      u.bind(name).bind(value).step();
+    }
+    Stmt s(db_, "SELECT value FROM settings WHERE name=?");
+    s.bind(name);
+    if (!s.step()) throw IoError("[store] setting '" + name + "' vanished");
+    return s.text(0);
+  }
+
+  void listen(std::function<void(const StoreEvent&)> listener) override {
+    std::lock_guard lock(listener_mu_);
+    listener_ = std::move(listener);
+  }
+
+  int schema_version() override {
+    std::lock_guard lock(mu_);
+    return read_schema_version();
+  }
+
+  const char* kind() const override { return "sqlite"; }
 
   bool ping() override {
     try {
@@ -414,6 +524,32 @@ class SqliteStore final : public Store {
     return read_request(s);
   }
 
+  int read_schema_version() {
+    Stmt s(db_, "SELECT value FROM settings WHERE name='schema_version'");
+    return s.step() ? std::stoi(s.text(0)) : 0;
+  }
+
+  // Schema 1 had no version row; the columns above bring any database to kSchemaVersion.
+  void check_schema_version() {
+    int found = read_schema_version();
+    if (found > kSchemaVersion) {
+      throw UserError("[store] " + path_ + " has schema version " + std::to_string(found) +
+                      ", newer than this fluxpipe knows (" + std::to_string(kSchemaVersion) + "): upgrade fluxpipe");
+    }
+    Stmt u(db_, "INSERT INTO settings(name, value) VALUES('schema_version', ?) "
+                "ON CONFLICT(name) DO UPDATE SET value=excluded.value");
+    u.bind(std::to_string(kSchemaVersion)).step();
+  }
+
+  void emit(const StoreEvent& e) {
+    std::function<void(const StoreEvent&)> l;
+    {
+      std::lock_guard lock(listener_mu_);
+      l = listener_;
+    }
+    if (l) l(e);
+  }
+
   void enqueue_webhook_locked(const std::string& request_id, int64_t now_ms) {
     Stmt s(db_,
            "INSERT INTO outbox(request_id, url, next_attempt_ms) "
@@ -426,6 +562,8 @@ class SqliteStore final : public Store {
   std::mutex mu_;
   sqlite3* rdb_ = nullptr;   // plain reads
   std::mutex rmu_;
+  std::mutex listener_mu_;
+  std::function<void(const StoreEvent&)> listener_;
 };
 
 }  // namespace

@@ -1,18 +1,28 @@
-// fluxpipe server: the durable store behind the API — keys, requests (the job queue)
-// and the webhook outbox.
+// fluxpipe server: the durable store behind the API — keys, requests (the job queue),
+// the webhook outbox, the nodes that serve it, and a few shared settings.
 //
-// An interface because a PostgreSQL store for several machines comes next; the
-// embedded implementation is SQLite in WAL mode (sqlite_store.cpp).
+// Two implementations pass one test suite (tests/server/store_suite_test.cpp): SQLite in WAL
+// mode (sqlite_store.cpp), the embedded default for one process, and PostgreSQL
+// (pg_store.cpp), which several nodes share. Every behaviour below holds for both.
 // Durability contract: every mutating call has committed when it returns, so an id
 // handed to a client survives a crash or kill -9 right after.
+// Claims: a worker claims a job with a lease (node id, a random claim token, an expiry) and
+// renews it while the job runs; finishing, renewing and releasing are fenced on the token, so a
+// worker whose lease expired and whose job was claimed again cannot overwrite the newer claim.
+// Clocks: SQLite uses the now_ms it is given (one machine); PostgreSQL measures leases and node
+// heartbeats on the database server's clock, so the nodes' clocks need not agree.
 // Thread-safety: every method may be called from any thread.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "core/error.h"
 
 namespace fluxpipe::server {
 
@@ -48,6 +58,12 @@ struct RequestRecord {
   int64_t created_ms = 0;
   int64_t started_ms = 0;
   int64_t finished_ms = 0;
+  // While running: who holds it and until when, and how far it got (for status on any node).
+  std::string node_id;
+  std::string claim;           // the claim token; fences finish/renew/release
+  int64_t lease_until_ms = 0;
+  int progress_done = 0;
+  int progress_total = 0;
 };
 
 struct OutboxMessage {
@@ -58,6 +74,44 @@ struct OutboxMessage {
   int64_t next_attempt_ms = 0;
   std::string last_error;
   bool done = false;           // delivered, or given up after the last attempt
+};
+
+// A node (a `fluxpipe serve` process) as the store knows it: refreshed while it runs.
+struct NodeRecord {
+  std::string node_id;
+  std::string server_id;       // the pool its worker serves ("" for an api-only node)
+  std::string role;            // all, api or worker
+  int64_t heartbeat_ms = 0;
+};
+
+struct ClaimSpec {
+  std::string pool;            // claims requests whose server_id is this, "" or "any"
+  std::string node_id;
+  int64_t now_ms = 0;
+  int64_t lease_ms = 30000;
+};
+
+struct RecoverSpec {
+  int max_attempts = 3;
+  int64_t now_ms = 0;
+  std::string node_id;         // this node's own claims are recovered whatever their lease
+  bool every_node = false;     // true when this process owns the whole store (SQLite's folder lock)
+};
+
+// What other parts of the server learn from the store without polling. With PostgreSQL they
+// come from LISTEN/NOTIFY and cross processes; with SQLite they are delivered in-process.
+// Either way they can be lost (a dropped connection), so every user also polls, slowly.
+struct StoreEvent {
+  enum Kind { queued, finished, cancel } kind;
+  std::string value;           // queued: the request's server_id; finished, cancel: its id
+};
+
+// The schema this build knows. A store with a newer one is refused, naming both.
+constexpr int kSchemaVersion = 2;
+
+// The store cannot be reached (PostgreSQL down, connection refused): the API answers 503.
+struct StoreUnavailable : IoError {
+  using IoError::IoError;
 };
 
 // What Store::request_cancel did.
@@ -88,35 +142,64 @@ class Store {
   virtual std::optional<RequestRecord> get_request(const std::string& id) = 0;
   virtual std::optional<RequestRecord> get_request_by_token(const std::string& token) = 0;
   virtual std::vector<RequestRecord> list_batch(const std::string& key_id, const std::string& batch_id) = 0;
-  // Oldest queued request this server may run (server_id empty or == server_id),
-  // atomically moved to running with attempts + 1.
-  virtual std::optional<RequestRecord> claim_next(const std::string& server_id, int64_t now_ms) = 0;
-  // Moves a running request to its final state and, if it has a webhook, enqueues an
-  // outbox message in the same transaction (the webhook sender builds the body from the
-  // final record). Returns false if it was not running.
-  virtual bool finish_request(const std::string& id, JobState final_state, const std::string& error,
-                              int64_t now_ms, const std::string& warning = "") = 0;
-  // queued -> cancelled, with the outbox message as above. False if it was not queued.
-  virtual bool cancel_queued(const std::string& id, int64_t now_ms) = 0;
+  // The next queued request of spec.pool (server_id == pool, "" or "any"), atomically moved
+  // to running with attempts + 1 and a fresh lease held by spec.node_id. Fair across keys:
+  // each key's n-th queued job goes before any key's (n+1)-th, and among those the key whose
+  // last job started longest ago goes first (oldest job first among equals), so keys take
+  // turns and one key's burst does not starve the others.
+  // Concurrent claimers never receive the same request.
+  virtual std::optional<RequestRecord> claim_next(const ClaimSpec& spec) = 0;
+  // Extends the lease of a running request and records its progress. False when the claim is
+  // no longer this one (the lease expired and the job was taken again, or it ended).
+  virtual bool renew_lease(const std::string& id, const std::string& claim, int64_t now_ms, int64_t lease_ms,
+                           int progress_done, int progress_total) = 0;
+  // Moves a running request, still held by `claim`, to its final state and, if it has a
+  // webhook, enqueues an outbox message in the same transaction. False when it was not
+  // running under that claim (nothing is written then).
+  virtual bool finish_request(const std::string& id, const std::string& claim, JobState final_state,
+                              const std::string& error, int64_t now_ms, const std::string& warning = "") = 0;
   // A client's DELETE, in one transaction: a queued request is cancelled; a running one gets
   // its cancel flag, which the runner that claimed it reads at every step (so a cancel that
   // arrives between claiming and starting, or on another node, is never lost).
   virtual CancelOutcome request_cancel(const std::string& id, int64_t now_ms) = 0;
   virtual bool cancel_requested(const std::string& id) = 0;
-  // running -> queued without counting the attempt (a clean shutdown interrupted it).
-  virtual void release_running(const std::string& id) = 0;
-  // Number of queued or running requests.
+  // running -> queued without counting the attempt (a clean shutdown interrupted it); fenced.
+  virtual void release_running(const std::string& id, const std::string& claim) = 0;
+  // Number of queued or running requests: all of them, or one key's.
   virtual int64_t count_active() = 0;
-  // Queued requests ahead of seq, plus running ones.
-  virtual int64_t count_ahead(int64_t seq) = 0;
-  // After a crash: running requests go back to queued, or to failed once they have
-  // been started max_attempts times (the failing ones get their webhook message).
-  virtual RecoveryReport recover_interrupted(int max_attempts, int64_t now_ms) = 0;
+  virtual int64_t count_active_for_key(const std::string& key_id) = 0;
+  // Requests of the same server_id queued ahead of seq, plus the running ones of that server_id.
+  virtual int64_t count_ahead(int64_t seq, const std::string& server_id) = 0;
+  // Running requests whose claim is gone — this node's own (whatever their lease), every
+  // node's when spec.every_node, and any whose lease expired — go back to queued, or to
+  // failed once they have been started max_attempts times (with their webhook message).
+  // A live claim of another node is never touched.
+  virtual RecoveryReport recover_interrupted(const RecoverSpec& spec) = 0;
 
-  // Webhook outbox.
-  virtual std::vector<OutboxMessage> due_outbox(int64_t now_ms, int limit) = 0;
+  // Webhook outbox. Due messages are claimed like jobs: a message claimed by one node is not
+  // handed to another until `lease_ms` passed (the node may have died mid-delivery).
+  virtual std::vector<OutboxMessage> claim_due_outbox(const std::string& node_id, int64_t now_ms,
+                                                      int64_t lease_ms, int limit) = 0;
+  // Records a delivery attempt and releases the claim.
   virtual void update_outbox(const OutboxMessage& message) = 0;
   virtual std::optional<OutboxMessage> get_outbox_for_request(const std::string& request_id) = 0;
+
+  // Nodes: each refreshes its record; the live ones are those seen in the last `window_ms`.
+  virtual void node_heartbeat(const NodeRecord& node) = 0;
+  virtual std::vector<NodeRecord> live_nodes(int64_t now_ms, int64_t window_ms) = 0;
+  virtual void remove_node(const std::string& node_id) = 0;
+
+  // Shared settings (the webhook secret): the stored value, or `value` stored now if there was
+  // none. Two nodes racing get the same answer.
+  virtual std::string setting_or_insert(const std::string& name, const std::string& value) = 0;
+
+  // Delivers events (see StoreEvent) to `listener` from a store thread until the store is
+  // destroyed. One listener; call before any job is submitted.
+  virtual void listen(std::function<void(const StoreEvent&)> listener) = 0;
+
+  virtual int schema_version() = 0;
+  // "sqlite" or "postgresql".
+  virtual const char* kind() const = 0;
 
   // True when the store answers a trivial query.
   virtual bool ping() = 0;
@@ -124,5 +207,14 @@ class Store {
 
 // Opens (creating if needed) the SQLite store at `path`. Throws IoError naming the path.
 std::unique_ptr<Store> open_sqlite_store(const std::string& path);
+// Connects to PostgreSQL (any URI or key=value string libpq accepts) and applies the schema.
+// Throws StoreUnavailable when it cannot connect, UserError for a newer schema.
+std::unique_ptr<Store> open_pg_store(const std::string& conninfo);
+// `location` is "sqlite:PATH", a postgresql:// or postgres:// URI, or empty (the default
+// <data_dir>/fluxpipe.db). UserError for anything else.
+std::unique_ptr<Store> open_store(const std::string& location, const std::string& data_dir);
+bool is_pg_location(const std::string& location);
+// The location with any password replaced by "***" (for logs and errors).
+std::string redact_store_location(const std::string& location);
 
 }  // namespace fluxpipe::server

@@ -46,6 +46,17 @@ void Waiters::notify(const std::string& id) {
   cv_.notify_all();
 }
 
+void Waiters::poll_finished(const std::function<bool(const std::string&)>& finished) {
+  std::vector<std::string> ids;
+  {
+    std::lock_guard lock(mu_);
+    for (auto it = by_id_.begin(); it != by_id_.end(); it = by_id_.upper_bound(it->first)) ids.push_back(it->first);
+  }
+  for (const std::string& id : ids) {
+    if (finished(id)) notify(id);
+  }
+}
+
 void Waiters::shutdown() {
   {
     std::lock_guard lock(mu_);

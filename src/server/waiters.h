@@ -31,6 +31,9 @@ class Waiters {
   void add(const std::string& id, int64_t timeout_ms, std::function<void(bool finished)> done);
   // `id` ended: its waiters are answered with true.
   void notify(const std::string& id);
+  // Asks `finished(id)` for each id waited on, and notifies those it says ended: the fallback
+  // when the news of an end can be lost (another node's event). Called off the registry thread.
+  void poll_finished(const std::function<bool(const std::string&)>& finished);
   // Answers every waiter with false now, and every later add() at once. Idempotent.
   void shutdown();
   size_t waiting() const;

@@ -151,10 +151,18 @@ void WebhookOutbox::wake() {
 
 int WebhookOutbox::run_once() {
   int attempts = 0;
-  for (OutboxMessage& m : store_.due_outbox(now_ms(), 32)) {
+  // Claimed, so that with several nodes each message is sent by one of them per attempt; a node
+  // that dies mid-delivery leaves its messages to the others after claim_ms.
+  std::vector<OutboxMessage> due = store_.claim_due_outbox(policy_.node_id, now_ms(), policy_.claim_ms, policy_.batch);
+  for (OutboxMessage& m : due) {
+    bool stopping = false;
     {
       std::lock_guard lock(mu_);
-      if (stopping_) break;
+      stopping = stopping_;
+    }
+    if (stopping) {
+      store_.update_outbox(m);   // unchanged: releases the claim for the next start or node
+      continue;
     }
     std::string body = payload_(m.request_id);
     std::string message_id = "msg_" + m.request_id + "_" + std::to_string(m.id);
@@ -189,13 +197,16 @@ int WebhookOutbox::run_once() {
 
 void WebhookOutbox::loop() {
   while (true) {
+    int sent = 0;
     try {
-      run_once();
+      sent = run_once();
     } catch (const std::exception& e) {
       metrics_.count_error("io");
       log("error", std::string("webhook outbox: ") + e.what());
     }
     std::unique_lock lock(mu_);
+    if (stopping_) return;
+    if (sent >= policy_.batch) continue;   // more may be due
     cv_.wait_for(lock, std::chrono::milliseconds(policy_.poll_ms), [this] { return stopping_ || woken_; });
     if (stopping_) return;
     woken_ = false;

@@ -63,6 +63,9 @@ struct OutboxPolicy {
   int64_t base_delay_ms = 1000;     // delay after attempt n is base * 2^(n-1), capped
   int64_t max_delay_ms = 300000;
   int64_t poll_ms = 500;            // how often the worker looks for due messages
+  std::string node_id = "local";    // names this node's claims on messages
+  int64_t claim_ms = 120000;        // a claimed message not updated for this long goes to another node
+  int batch = 8;                    // messages claimed at once
 };
 
 class WebhookOutbox {

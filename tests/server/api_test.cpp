@@ -346,6 +346,7 @@ TEST(Api, ManyThreadsSubmittingAtOnceLoseNothing) {
   TestServer s([](server::ServeOptions& o) {
     o.sync_wait_ms = 0;
     o.max_queue = 10000;
+    o.max_queued_per_key = 10000;
     o.rate_limit_per_minute = 0;
   });
   constexpr int kThreads = 16, kEach = 15;

@@ -1,4 +1,4 @@
-// Limits: body size (413), queue depth and per-key rate (429 with Retry-After).
+// Limits: body size (413), queue depth, per-key queue cap and per-key rate (429 with Retry-After).
 #include <gtest/gtest.h>
 
 #include "test_util.h"
@@ -52,6 +52,23 @@ TEST(Limits, PerKeyRateLimitIs429AndOtherKeysAreUnaffected) {
   // Polling is not rate limited.
   auto [code, j] = s.submit(small(), s.other_key);
   for (int i = 0; i < 20; ++i) EXPECT_EQ(s.status(j["id"], s.other_key).first, 200);
+}
+
+TEST(Limits, PerKeyQueueCapIs429AndOtherKeysStillGetIn) {
+  TestServer s(
+      [](server::ServeOptions& o) {
+        o.max_queued_per_key = 2;
+        o.rate_limit_per_minute = 0;
+      },
+      /*step_ms=*/100);
+  EXPECT_EQ(s.submit(small(50)).first, 200);
+  EXPECT_EQ(s.submit(small(50)).first, 200);
+  auto res = s.client().Post("/generate/v3", s.auth(), small().dump(), "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 429);
+  EXPECT_GE(std::stoi(res->get_header_value("Retry-After")), 1);
+  EXPECT_NE(json::parse(res->body)["error"].get<std::string>().find("this key has 2"), std::string::npos) << res->body;
+  EXPECT_EQ(s.submit(small(), s.other_key).first, 200);
 }
 
 TEST(Limits, RateLimiterRefills) {

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# A throw-away PostgreSQL server for the tests: Debian's postgresql, a new cluster in a
+# temporary folder, listening only on a Unix socket in that folder (no TCP port at all),
+# trust authentication for the `postgres` role. Run as root (CI), the server runs as the
+# `postgres` user, since PostgreSQL refuses to run as root.
+#
+#   eval "$(bash scripts/pg_test_server.sh start)"   # exports FLUXPIPE_TEST_PG_HOST/_PORT/_DIR
+#   bash scripts/pg_test_server.sh stop "$FLUXPIPE_TEST_PG_DIR"
+set -euo pipefail
+
+bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+[ -x "$bindir/initdb" ] || { echo "pg_test_server: Debian's postgresql is not installed (scripts/deps.sh)" >&2; exit 1; }
+
+as_owner() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+case "${1:-}" in
+  start)
+    dir=$(mktemp -d /tmp/fluxpipe-pg-XXXXXX)
+    [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$dir"
+    chmod 700 "$dir"
+    port=54329
+    as_owner "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 ||
+      { cat "$dir/initdb.log" >&2; exit 1; }
+    as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+      -o "-c listen_addresses='' -k $dir -p $port -c fsync=off -c max_connections=300" start >/dev/null ||
+      { cat "$dir/server.log" >&2; exit 1; }
+    echo "export FLUXPIPE_TEST_PG_HOST=$dir FLUXPIPE_TEST_PG_PORT=$port FLUXPIPE_TEST_PG_DIR=$dir"
+    ;;
+  stop)
+    dir=${2:?usage: pg_test_server.sh stop DIR}
+    as_owner "$bindir/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$dir"
+    ;;
+  *)
+    echo "usage: pg_test_server.sh start | stop DIR" >&2
+    exit 2
+    ;;
+esac
