@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds fluxpipe and runs every test: the fuzz targets briefly, then the CTest suite
-# (whose summary is the last thing printed). Installs its Debian packages first.
+# (whose summary is the last thing printed) with a PostgreSQL server of its own.
+# Installs its Debian packages first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
@@ -18,5 +19,10 @@ for target in request weights; do
   ./build-fuzz/fuzz/${target}_fuzz -max_total_time="${FUZZ_SECONDS:-20}" -rss_limit_mb=4096 -print_final_stats=1 \
     "build-fuzz/corpus/$target" "fuzz/corpus/$target" 2>&1 | tail -n 3
 done
+
+# PostgreSQL for the shared-store tests (the store suite, the multi-node processes): a
+# throw-away server on a Unix socket in a temporary folder, stopped whatever happens.
+eval "$(bash scripts/pg_test_server.sh start)"
+trap 'bash scripts/pg_test_server.sh stop "$FLUXPIPE_TEST_PG_DIR"' EXIT
 
 ctest --test-dir build --output-on-failure -j2

@@ -1,0 +1,189 @@
+// Several nodes on one PostgreSQL store, as separate processes: API nodes and workers with
+// the test-double engine, one shared image folder. Any node answers any request; a worker
+// killed with SIGKILL loses its lease and another finishes its job; cancel crosses nodes;
+// pools are the configured ones plus those with a live worker.
+#include <signal.h>
+
+#include <chrono>
+#include <set>
+
+#include "pg_test_db.h"
+#include "process_util.h"
+#include "server/store.h"
+#include "test_util.h"
+
+namespace fluxpipe::testing {
+namespace {
+
+// One cluster: a database, a shared image folder, a data folder per node.
+struct Cluster {
+  Cluster() : store(server::open_store(db.uri(), "")) { key = add_key(*store, "alice"); }
+
+  // A node of the cluster; `role` all|api|worker. Leases are short so that takeover is quick.
+  std::unique_ptr<ServerProcess> node(const std::string& name, const std::string& role, int step_ms,
+                                      std::vector<std::string> extra = {}) {
+    std::string data = dir.path() + "/" + name;
+    std::filesystem::create_directories(data);
+    std::vector<std::string> args = {"--store", db.uri(), "--images", dir.path() + "/images", "--role", role,
+                                     "--node-id", name, "--lease-ms", "2000"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return std::make_unique<ServerProcess>(data, step_ms, args);
+  }
+
+  PgTestDb db;
+  TempDir dir;
+  std::unique_ptr<server::Store> store;
+  std::string key;
+};
+
+json post(const ServerProcess& s, const std::string& key, const json& body) {
+  auto res = s.client().Post("/generate/v3", {{"API-Key", key}}, body.dump(), "application/json");
+  if (!res) return json{{"transport_error", httplib::to_string(res.error())}};
+  json j = json::parse(res->body, nullptr, false);
+  j["http_status"] = res->status;
+  return j;
+}
+
+json job(int steps, int samples = 1) {
+  return {{"prompt", "p"}, {"width", 64}, {"height", 64}, {"samples", samples}, {"num_inference_steps", steps}};
+}
+
+TEST(MultiNode, AnyNodeAnswersAnyRequest) {
+  FLUXPIPE_REQUIRE_PG();
+  Cluster c;
+  auto api_a = c.node("api-a", "api", 0);
+  auto api_b = c.node("api-b", "api", 0, {"--sync-wait", "10000"});
+  auto worker = c.node("worker-1", "worker", 20);
+
+  // Submitted on A, finished by the worker, seen on B with the same answer.
+  json body = job(3, 2);
+  body["batch_id"] = "b-1";
+  json submitted = post(*api_a, c.key, body);
+  ASSERT_EQ(submitted["http_status"], 200) << submitted.dump();
+  std::string id = submitted["id"];
+  json done = wait_done(*api_b, c.key, id, 20000);
+  ASSERT_EQ(done["status"], "SUCCESS") << done.dump();
+  EXPECT_EQ(done["seeds"], submitted["seeds"]);
+  json batch = api_b->get("/generate/v3/batch/b-1", c.key);
+  ASSERT_TRUE(batch.is_array() || batch.contains("requests")) << batch.dump();
+  // Images written by the worker are served by either API node.
+  for (const auto* node : {api_a.get(), api_b.get()}) {
+    json status = node->get("/generate/v3/status/" + id, c.key);
+    ASSERT_EQ(status["download_urls"].size(), 2u);
+    std::string url = status["download_urls"][0];
+    std::string path = url.substr(url.find("/v3/images/"));
+    auto img = node->client().Get(path);
+    ASSERT_TRUE(img);
+    EXPECT_EQ(img->status, 200);
+    EXPECT_EQ(img->body.substr(1, 3), "PNG");
+  }
+  // The sync wait on B ends when the worker (another process) finishes: the store's event.
+  auto t0 = std::chrono::steady_clock::now();
+  json synced = post(*api_b, c.key, job(2));
+  double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(synced["status"], "SUCCESS") << synced.dump();
+  EXPECT_LT(waited, 5.0);
+  // The worker serves its health only; a client request there is a 404.
+  EXPECT_EQ(worker->client().Get("/healthz")->status, 200);
+  EXPECT_EQ(worker->client().Post("/generate/v3", {{"API-Key", c.key}}, job(1).dump(), "application/json")->status, 404);
+  // An api node is ready without a model.
+  EXPECT_EQ(api_a->client().Get("/readyz")->status, 200);
+}
+
+TEST(MultiNode, CancelOnOneNodeStopsTheJobOnAnother) {
+  FLUXPIPE_REQUIRE_PG();
+  Cluster c;
+  auto api_a = c.node("api-a", "api", 0);
+  auto api_b = c.node("api-b", "api", 0);
+  auto worker = c.node("worker-1", "worker", 100);
+  json submitted = post(*api_a, c.key, job(50));
+  std::string id = submitted["id"];
+  wait_running(*api_b, c.key, id, 1);   // progress crosses nodes through the worker's heartbeat
+  auto t0 = std::chrono::steady_clock::now();
+  auto res = api_b->client().Delete("/generate/v3/status/" + id, {{"API-Key", c.key}});
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  json done = wait_done(*api_a, c.key, id, 10000);
+  double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(done["status"], "FAILURE") << done.dump();
+  EXPECT_EQ(done["state"], "cancelled");
+  EXPECT_LT(took, 3.0);   // stopped at its next step, not after the remaining 5 s
+}
+
+TEST(MultiNode, KilledWorkerLosesItsLeaseAndAnotherFinishesTheJob) {
+  FLUXPIPE_REQUIRE_PG();
+  Cluster c;
+  auto api = c.node("api", "api", 0);
+  auto w1 = c.node("worker-1", "worker", 100);
+  auto w2 = c.node("worker-2", "worker", 100);
+  json submitted = post(*api, c.key, job(20));
+  std::string id = submitted["id"];
+  wait_running(*api, c.key, id, 2);
+  std::optional<server::RequestRecord> running = c.store->get_request(id);
+  ASSERT_TRUE(running);
+  ServerProcess& victim = running->node_id == "worker-1" ? *w1 : *w2;
+  std::string survivor = running->node_id == "worker-1" ? "worker-2" : "worker-1";
+  victim.stop(SIGKILL);
+  json done = wait_done(*api, c.key, id, 20000);
+  EXPECT_EQ(done["status"], "SUCCESS") << done.dump();
+  std::optional<server::RequestRecord> after = c.store->get_request(id);
+  EXPECT_EQ(after->attempts, 2);
+  EXPECT_EQ(after->node_id, survivor);
+}
+
+TEST(MultiNode, PoolsAreConfiguredOrLive) {
+  FLUXPIPE_REQUIRE_PG();
+  Cluster c;
+  auto api = c.node("api", "api", 0, {"--known-server-ids", "gpu-c"});
+  auto worker = c.node("worker-a", "worker", 10, {"--server-id", "gpu-a"});
+  // gpu-a is known because its worker is alive (the api node learns it from the heartbeats).
+  json to_a;
+  for (int i = 0; i < 100; ++i) {
+    json body = job(1);
+    body["server_id"] = "gpu-a";
+    to_a = post(*api, c.key, body);
+    if (to_a["http_status"] == 200) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(to_a["http_status"], 200) << to_a.dump();
+  EXPECT_EQ(wait_done(*api, c.key, to_a["id"], 10000)["status"], "SUCCESS");
+  // Neither configured nor seen: 400, as on one node.
+  json body = job(1);
+  body["server_id"] = "gpu-b";
+  EXPECT_EQ(post(*api, c.key, body)["http_status"], 400);
+  // Configured but no worker: accepted, and its status says what it waits for.
+  body["server_id"] = "gpu-c";
+  json waiting = post(*api, c.key, body);
+  ASSERT_EQ(waiting["http_status"], 200) << waiting.dump();
+  json status = api->get("/generate/v3/status/" + waiting["id"].get<std::string>(), c.key);
+  EXPECT_EQ(status["state"], "queued");
+  EXPECT_NE(status.value("waiting_for", "").find("gpu-c"), std::string::npos) << status.dump();
+  // A worker of gpu-c that starts later runs it.
+  auto late = c.node("worker-c", "worker", 10, {"--server-id", "gpu-c"});
+  EXPECT_EQ(wait_done(*api, c.key, waiting["id"], 15000)["status"], "SUCCESS");
+}
+
+TEST(MultiNode, ApiNodeKilledDuringTheSyncWaitKeepsTheRequestOnce) {
+  FLUXPIPE_REQUIRE_PG();
+  Cluster c;
+  auto api = c.node("api", "api", 0, {"--sync-wait", "10000"});
+  auto other = c.node("api-2", "api", 0);
+  // No worker yet: the submission is stored, then the node waits; kill it mid-wait.
+  std::string key_id = c.store->list_keys()[0].id;
+  std::thread client([&] { post(*api, c.key, job(1)); });
+  for (int i = 0; i < 200 && c.store->count_active_for_key(key_id) == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));   // the node is in its wait now
+  api->stop(SIGKILL);
+  client.join();
+  EXPECT_EQ(c.store->count_active_for_key(key_id), 1);   // stored once, not lost, not doubled
+  auto worker = c.node("worker", "worker", 10);
+  for (int i = 0; i < 200 && c.store->count_active_for_key(key_id) > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(c.store->count_active_for_key(key_id), 0);   // and it ran
+}
+
+}  // namespace
+}  // namespace fluxpipe::testing
