@@ -11,6 +11,7 @@
 #include "process_util.h"
 #include "server/store.h"
 #include "test_util.h"
+#include "webhook_receiver.h"
 
 namespace fluxpipe::testing {
 namespace {
@@ -183,6 +184,69 @@ TEST(MultiNode, ApiNodeKilledDuringTheSyncWaitKeepsTheRequestOnce) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   EXPECT_EQ(c.store->count_active_for_key(key_id), 0);   // and it ran
+}
+
+TEST(MultiNode, KeysSecretAndMigrateWorkOnTheSharedStore) {
+  FLUXPIPE_REQUIRE_PG();
+  Cluster c;
+  RunResult migrated = run({FLUXPIPE_BIN, "migrate", "--store", c.db.uri()});
+  EXPECT_EQ(migrated.exit_code, 0) << migrated.output;
+  EXPECT_NE(migrated.output.find("schema version " + std::to_string(server::kSchemaVersion)), std::string::npos)
+      << migrated.output;
+  // A key made with the CLI against the store is accepted by every node at once.
+  RunResult added = run({FLUXPIPE_BIN, "keys", "add", "--store", c.db.uri(), "--name", "cli"});
+  ASSERT_EQ(added.exit_code, 0) << added.output;
+  std::string key = last_line(added.output);
+  auto a = c.node("api-a", "api", 0);
+  auto b = c.node("api-b", "api", 0);
+  EXPECT_EQ(post(*a, key, job(1))["http_status"], 200);
+  EXPECT_EQ(post(*b, key, job(1))["http_status"], 200);
+  RunResult listed = run({FLUXPIPE_BIN, "keys", "list", "--store", c.db.uri()});
+  EXPECT_NE(listed.output.find("cli"), std::string::npos) << listed.output;
+  RunResult revoked = run({FLUXPIPE_BIN, "keys", "revoke", "--store", c.db.uri(), "cli"});
+  EXPECT_EQ(revoked.exit_code, 0) << revoked.output;
+  int status = 0;
+  for (int i = 0; i < 50; ++i) {   // nodes cache keys for up to 2 s
+    status = post(*b, key, job(1))["http_status"];
+    if (status == 401) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(status, 401);
+  // One webhook secret for the whole store, the same every time it is asked.
+  RunResult s1 = run({FLUXPIPE_BIN, "webhook-secret", "--store", c.db.uri()});
+  RunResult s2 = run({FLUXPIPE_BIN, "webhook-secret", "--store", c.db.uri()});
+  EXPECT_EQ(s1.exit_code, 0) << s1.output;
+  EXPECT_EQ(last_line(s1.output).rfind("whsec_", 0), 0u) << s1.output;
+  EXPECT_EQ(last_line(s1.output), last_line(s2.output));
+}
+
+TEST(MultiNode, WebhookIsSentOncePerAttemptBySomeNodeWithTheSharedSecret) {
+  FLUXPIPE_REQUIRE_PG();
+  Cluster c;
+  Receiver rx;
+  std::vector<std::string> hooks = {"--allow-private-webhooks"};
+  auto a = c.node("api-a", "api", 0, hooks);
+  auto b = c.node("api-b", "api", 0, hooks);
+  auto w = c.node("worker", "worker", 10, hooks);
+  std::string secret = last_line(run({FLUXPIPE_BIN, "webhook-secret", "--store", c.db.uri()}).output);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) {
+    json body = job(1);
+    body["webhook"] = rx.url();
+    json j = post(i % 2 ? *a : *b, c.key, body);
+    ASSERT_EQ(j["http_status"], 200) << j.dump();
+    ids.push_back(j["id"]);
+  }
+  std::vector<Delivery> got = rx.wait_for(5);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));   // room for a duplicate to arrive
+  got = rx.wait_for(5);
+  ASSERT_EQ(got.size(), 5u);   // three nodes poll the outbox; each message went out once
+  std::set<std::string> seen;
+  for (const Delivery& d : got) {
+    EXPECT_TRUE(signature_valid(secret, d));
+    seen.insert(json::parse(d.body)["id"].get<std::string>());
+  }
+  EXPECT_EQ(seen, std::set<std::string>(ids.begin(), ids.end()));
 }
 
 }  // namespace
