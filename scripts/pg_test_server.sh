@@ -6,6 +6,7 @@
 #
 #   eval "$(bash scripts/pg_test_server.sh start)"   # exports FLUXPIPE_TEST_PG_HOST/_PORT/_DIR
 #   bash scripts/pg_test_server.sh stop "$FLUXPIPE_TEST_PG_DIR"
+#   bash scripts/pg_test_server.sh halt DIR | resume DIR  # an outage: stop and start, data kept
 set -euo pipefail
 
 bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
@@ -23,10 +24,19 @@ case "${1:-}" in
     port=54329
     as_owner "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 ||
       { cat "$dir/initdb.log" >&2; exit 1; }
-    as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-      -o "-c listen_addresses='' -k $dir -p $port -c fsync=off -c max_connections=300" start >/dev/null ||
+    echo "-c listen_addresses='' -k $dir -p $port -c fsync=off -c max_connections=300" >"$dir/options"
+    as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -o "$(cat "$dir/options")" start >/dev/null ||
       { cat "$dir/server.log" >&2; exit 1; }
     echo "export FLUXPIPE_TEST_PG_HOST=$dir FLUXPIPE_TEST_PG_PORT=$port FLUXPIPE_TEST_PG_DIR=$dir"
+    ;;
+  halt)
+    dir=${2:?usage: pg_test_server.sh halt DIR}
+    as_owner "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+    ;;
+  resume)
+    dir=${2:?usage: pg_test_server.sh resume DIR}
+    as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -o "$(cat "$dir/options")" start >/dev/null ||
+      { cat "$dir/server.log" >&2; exit 1; }
     ;;
   stop)
     dir=${2:?usage: pg_test_server.sh stop DIR}
@@ -34,7 +44,7 @@ case "${1:-}" in
     rm -rf "$dir"
     ;;
   *)
-    echo "usage: pg_test_server.sh start | stop DIR" >&2
+    echo "usage: pg_test_server.sh start | stop DIR | halt DIR | resume DIR" >&2
     exit 2
     ;;
 esac

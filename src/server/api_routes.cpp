@@ -376,9 +376,13 @@ std::vector<http::Route> ApiServer::Impl::routes() {
   // its body read.
   auto keyed = [this](http::Route& r, bool openai_shape) {
     r.admit = [this, openai_shape](const http::Request& req) -> std::optional<http::Response> {
-      http::Response res;
-      if (!authenticate(req, res).empty()) return std::nullopt;
-      if (openai_shape) {
+      bool ok = false;
+      http::Response res = guarded(metrics, "auth", [&](http::Response& out) { ok = !authenticate(req, out).empty(); });
+      if (ok) return std::nullopt;
+      if (openai_shape && res.status != 401) {
+        std::string message = json::parse(res.body, nullptr, false).value("error", std::string("server error"));
+        openai_error(res, res.status, message, "server_error", "");
+      } else if (openai_shape) {
         std::string message = json::parse(res.body, nullptr, false).value("error", std::string("invalid API key"));
         openai_error(res, 401, message, "invalid_request_error", "invalid_api_key");
       }

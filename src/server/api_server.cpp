@@ -165,6 +165,7 @@ ApiServer::Impl::Impl(ServeOptions opts, std::unique_ptr<Engine> eng)
 void ApiServer::Impl::maintenance_loop() {
   int64_t period_ms = std::max<int64_t>(200, std::min<int64_t>(2000, options.lease_ms / 4));
   auto last_sweep = std::chrono::steady_clock::now() - std::chrono::hours(1);
+  OutageLog outage("node maintenance (heartbeat, lease takeover)");
   std::unique_lock lock(maintenance_mu);
   while (!stopped) {
     lock.unlock();
@@ -188,9 +189,10 @@ void ApiServer::Impl::maintenance_loop() {
         std::optional<RequestRecord> r = store->get_request(id);
         return !r || is_final(r->state);
       });
+      outage.ok();
     } catch (const std::exception& e) {
       metrics.count_error("io");
-      log("warn", std::string("maintenance: ") + e.what());
+      outage.failed(e.what());
     }
     lock.lock();
     maintenance_cv.wait_for(lock, std::chrono::milliseconds(period_ms), [this] { return stopped.load(); });

@@ -65,6 +65,7 @@ void JobRunner::cancel_hint(const std::string& id) {
 // flag every cancel_poll_ms, off the engine's thread, so a long step neither lets the lease
 // expire nor delays the cancel.
 void JobRunner::heartbeat_loop() {
+  OutageLog outage("job runner: renewing the running job's lease");
   auto last_renew = std::chrono::steady_clock::now();
   std::unique_lock lock(mu_);
   while (!stopping_) {
@@ -84,10 +85,11 @@ void JobRunner::heartbeat_loop() {
         lost = !store_.renew_lease(id, claim, now_ms(), options_.lease_ms, progress.done, progress.total);
         last_renew = now;
       }
+      outage.ok();
     } catch (const std::exception& e) {
       // The store is away: the job goes on; if the lease expires meanwhile, the renewal after
       // the store returns reports it lost.
-      log("warn", "job " + id + ": cannot renew its lease or read its cancel flag: " + e.what());
+      outage.failed(e.what());
     }
     lock.lock();
     if (running_id_ == id) {
@@ -106,14 +108,16 @@ void JobRunner::wake() {
 }
 
 void JobRunner::loop() {
+  OutageLog outage("job runner: claiming from the store");
   while (true) {
     bool ran = false;
     try {
       ran = run_once();
+      outage.ok();
     } catch (const std::exception& e) {
       // The store refused the claim (or the like): wait a poll period, then try again.
       metrics_.count_error("io");
-      log("error", std::string("job runner: ") + e.what());
+      outage.failed(e.what());
     }
     std::unique_lock lock(mu_);
     if (stopping_) return;

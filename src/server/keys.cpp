@@ -29,8 +29,16 @@ void KeyRing::refresh_locked() {
   auto now = std::chrono::steady_clock::now();
   if (loaded_ && now - loaded_at_ < refresh_) return;
   std::vector<Entry> fresh = env_entries_;
-  for (const ApiKeyRecord& k : store_.list_keys()) {
-    if (!k.revoked) fresh.push_back({k.id, k.hash_hex});
+  try {
+    for (const ApiKeyRecord& k : store_.list_keys()) {
+      if (!k.revoked) fresh.push_back({k.id, k.hash_hex});
+    }
+  } catch (const IoError&) {
+    // The store is away (a database restart): keep judging keys by the last list, which is
+    // at most `refresh_` old, and try again in a second. Without any list, refuse.
+    if (!loaded_) throw;
+    loaded_at_ = now - refresh_ + std::chrono::seconds(1);
+    return;
   }
   entries_ = std::move(fresh);
   loaded_at_ = now;

@@ -136,14 +136,26 @@ OutboxMessage read_outbox(const Result& r, int row) {
   return m;
 }
 
+// libpq's messages span lines ("...\n\tIs the server running...?\n"); a log record is one line.
+std::string one_line(std::string msg) {
+  for (char& ch : msg) {
+    if (ch == '\n' || ch == '\t' || ch == '\r') ch = ' ';
+  }
+  std::string out;
+  for (char ch : msg) {
+    if (!(ch == ' ' && !out.empty() && out.back() == ' ')) out += ch;
+  }
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+  return out;
+}
+
 PGconn* connect(const std::string& conninfo) {
   // connect_timeout first: the caller's string (expanded from "dbname") overrides it.
   const char* keys[] = {"connect_timeout", "application_name", "dbname", nullptr};
   const char* values[] = {"5", "fluxpipe", conninfo.c_str(), nullptr};
   PGconn* c = PQconnectdbParams(keys, values, 1);
   if (!c || PQstatus(c) != CONNECTION_OK) {
-    std::string msg = c ? PQerrorMessage(c) : "out of memory";
-    while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+    std::string msg = one_line(c ? PQerrorMessage(c) : "out of memory");
     PQfinish(c);
     throw StoreUnavailable("[store] cannot connect to PostgreSQL at " + redact_store_location(conninfo) + ": " + msg);
   }
@@ -449,11 +461,10 @@ class PgStore final : public Store {
                                    nullptr, nullptr, 0);
       ExecStatusType st = PQresultStatus(res);
       if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) return Result(res);
-      std::string msg = PQresultErrorMessage(res);
+      std::string msg = one_line(res ? PQresultErrorMessage(res) : PQerrorMessage(c_));
       const char* state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
       std::string sqlstate = state ? state : "";
       PQclear(res);
-      while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
       if (PQstatus(c_) != CONNECTION_OK || sqlstate.rfind("08", 0) == 0 || sqlstate.rfind("57P", 0) == 0) {
         throw StoreUnavailable("[store] PostgreSQL connection lost: " + msg);
       }
@@ -558,7 +569,7 @@ class PgStore final : public Store {
       int step = found <= 1 ? 0 : found - 1;
       PGresult* res = PQexec(c.raw(), kSteps[step]);   // several statements: the simple protocol
       bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-      std::string msg = ok ? "" : PQresultErrorMessage(res);
+      std::string msg = ok ? "" : one_line(PQresultErrorMessage(res));
       PQclear(res);
       if (!ok) throw IoError("[store] PostgreSQL schema step to version " + std::to_string(step + 2) + " failed: " + msg);
       c.exec("INSERT INTO fluxpipe_settings(name, value) VALUES('schema_version', $1) "
@@ -573,6 +584,7 @@ class PgStore final : public Store {
   // backoff when the connection drops (events meanwhile are lost; users also poll).
   void listen_loop() {
     int64_t backoff_ms = 200;
+    OutageLog outage("store listener (LISTEN/NOTIFY)");
     while (!stopping_) {
       PGconn* c = nullptr;
       try {
@@ -580,8 +592,9 @@ class PgStore final : public Store {
         PGresult* r = PQexec(c, (std::string("LISTEN ") + kChannel).c_str());
         bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
         PQclear(r);
-        if (!ok) throw StoreUnavailable(std::string("[store] LISTEN failed: ") + PQerrorMessage(c));
+        if (!ok) throw StoreUnavailable("[store] LISTEN failed: " + one_line(PQerrorMessage(c)));
         backoff_ms = 200;
+        outage.ok();
         // Anything may have happened while not listening: say so.
         deliver({StoreEvent::queued, "*"});
         while (!stopping_) {
@@ -601,7 +614,7 @@ class PgStore final : public Store {
           }
         }
       } catch (const std::exception& e) {
-        if (!stopping_) log("warn", std::string("store listener: ") + e.what());
+        if (!stopping_) outage.failed(e.what());
       }
       if (c) PQfinish(c);
       for (int64_t waited = 0; waited < backoff_ms && !stopping_; waited += 50) usleep(50 * 1000);

@@ -196,13 +196,15 @@ int WebhookOutbox::run_once() {
 }
 
 void WebhookOutbox::loop() {
+  OutageLog outage("webhook outbox");
   while (true) {
     int sent = 0;
     try {
       sent = run_once();
+      outage.ok();
     } catch (const std::exception& e) {
       metrics_.count_error("io");
-      log("error", std::string("webhook outbox: ") + e.what());
+      outage.failed(e.what());
     }
     std::unique_lock lock(mu_);
     if (stopping_) return;

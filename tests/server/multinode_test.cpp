@@ -249,5 +249,69 @@ TEST(MultiNode, WebhookIsSentOncePerAttemptBySomeNodeWithTheSharedSecret) {
   EXPECT_EQ(seen, std::set<std::string>(ids.begin(), ids.end()));
 }
 
+// The database goes away and comes back: clients get a clear 503 meanwhile, nothing accepted is
+// lost, and the nodes resume by themselves. A PostgreSQL server of the test's own (the shared
+// one serves the other tests meanwhile).
+TEST(MultiNode, DatabaseOutageIs503AndNodesResumeAfterIt) {
+  FLUXPIPE_REQUIRE_PG();
+  const std::string script = std::string(FLUXPIPE_SOURCE_DIR) + "/scripts/pg_test_server.sh";
+  RunResult started = run({"/bin/bash", script, "start"});
+  ASSERT_EQ(started.exit_code, 0) << started.output;
+  // "export FLUXPIPE_TEST_PG_HOST=DIR FLUXPIPE_TEST_PG_PORT=P FLUXPIPE_TEST_PG_DIR=DIR"
+  std::string line = last_line(started.output);
+  auto field = [&](const std::string& name) {
+    size_t at = line.find(name + "=") + name.size() + 1;
+    return line.substr(at, line.find(' ', at) - at);
+  };
+  std::string pg_dir = field("FLUXPIPE_TEST_PG_DIR"), port = field("FLUXPIPE_TEST_PG_PORT");
+  std::string uri = "postgresql://postgres@/postgres?host=" + pg_dir + "&port=" + port;
+  struct Cleanup {
+    std::string script, dir;
+    ~Cleanup() { run({"/bin/bash", script, "stop", dir}); }
+  } cleanup{script, pg_dir};
+
+  TempDir dir;
+  std::string key = add_key(*server::open_store(uri, ""), "alice");
+  auto node = [&](const std::string& name, const std::string& role) {
+    std::filesystem::create_directories(dir.path() + "/" + name);
+    return std::make_unique<ServerProcess>(dir.path() + "/" + name, 20,
+                                           std::vector<std::string>{"--store", uri, "--images", dir.path() + "/images",
+                                                                    "--role", role, "--node-id", name, "--lease-ms", "2000"});
+  };
+  auto api = node("api", "api");
+  auto worker = node("worker", "worker");
+  json before = post(*api, key, job(2));
+  ASSERT_EQ(before["http_status"], 200) << before.dump();
+  EXPECT_EQ(wait_done(*api, key, before["id"], 10000)["status"], "SUCCESS");
+
+  ASSERT_EQ(run({"/bin/bash", script, "halt", pg_dir}).exit_code, 0);
+  json during = post(*api, key, job(2));
+  EXPECT_EQ(during["http_status"], 503) << during.dump();
+  EXPECT_NE(during.value("error", "").find("database"), std::string::npos) << during.dump();
+  auto status_during = api->client().Get("/generate/v3/status/" + before["id"].get<std::string>(), {{"API-Key", key}});
+  ASSERT_TRUE(status_during);
+  EXPECT_EQ(status_during->status, 503);
+  EXPECT_EQ(api->client().Get("/healthz")->status, 200);   // the process lives
+  EXPECT_EQ(api->client().Get("/readyz")->status, 503);    // but is not ready
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+
+  ASSERT_EQ(run({"/bin/bash", script, "resume", pg_dir}).exit_code, 0);
+  json after;
+  for (int i = 0; i < 50; ++i) {
+    after = post(*api, key, job(2));
+    if (after["http_status"] == 200) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  ASSERT_EQ(after["http_status"], 200) << after.dump();
+  EXPECT_EQ(wait_done(*api, key, after["id"], 15000)["status"], "SUCCESS");   // the worker resumed
+  EXPECT_EQ(wait_done(*api, key, before["id"], 5000)["status"], "SUCCESS");   // nothing lost
+  if (HasFailure() || std::getenv("FLUXPIPE_TEST_SHOW_LOGS")) {
+    for (const char* name : {"api", "worker"}) {
+      std::ifstream in(dir.path() + "/" + name + "/server.log");
+      std::cerr << "--- " << name << " log ---\n" << in.rdbuf() << "\n";
+    }
+  }
+}
+
 }  // namespace
 }  // namespace fluxpipe::testing
