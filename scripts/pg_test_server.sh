@@ -24,7 +24,8 @@ case "${1:-}" in
     port=54329
     as_owner "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --no-sync >"$dir/initdb.log" 2>&1 ||
       { cat "$dir/initdb.log" >&2; exit 1; }
-    echo "-c listen_addresses='' -k $dir -p $port -c fsync=off -c max_connections=300" >"$dir/options"
+    # Tests need no durability (fsync off); benchmarks ask for it (FLUXPIPE_PG_FSYNC=on).
+    echo "-c listen_addresses='' -k $dir -p $port -c fsync=${FLUXPIPE_PG_FSYNC:-off} -c max_connections=300" >"$dir/options"
     as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 -o "$(cat "$dir/options")" start >/dev/null ||
       { cat "$dir/server.log" >&2; exit 1; }
     echo "export FLUXPIPE_TEST_PG_HOST=$dir FLUXPIPE_TEST_PG_PORT=$port FLUXPIPE_TEST_PG_DIR=$dir"

@@ -164,7 +164,6 @@ ApiServer::Impl::Impl(ServeOptions opts, std::unique_ptr<Engine> eng)
 // waiters of requests that ended on another node are answered here at the latest.
 void ApiServer::Impl::maintenance_loop() {
   int64_t period_ms = std::max<int64_t>(200, std::min<int64_t>(2000, options.lease_ms / 4));
-  auto last_sweep = std::chrono::steady_clock::now() - std::chrono::hours(1);
   OutageLog outage("node maintenance (heartbeat, lease takeover)");
   std::unique_lock lock(maintenance_mu);
   while (!stopped) {
@@ -172,18 +171,15 @@ void ApiServer::Impl::maintenance_loop() {
     try {
       if (runner) store->node_heartbeat({options.node_id, options.server_id, options.role, wall_ms()});
       refresh_live_pools();
-      auto now = std::chrono::steady_clock::now();
-      if (now - last_sweep >= std::chrono::milliseconds(options.lease_ms / 2)) {
-        last_sweep = now;
-        RecoverSpec spec;
-        spec.max_attempts = options.max_attempts;
-        spec.now_ms = wall_ms();
-        spec.node_id = "";   // only expired leases: this node's own claims are live
-        RecoveryReport rec = store->recover_interrupted(spec);
-        if (rec.requeued || rec.failed) {
-          log("warn", "took over " + std::to_string(rec.requeued + rec.failed) + " jobs whose worker's lease expired (" +
-                          std::to_string(rec.requeued) + " queued again, " + std::to_string(rec.failed) + " failed)");
-        }
+      // Claims whose lease expired go back to the queue within one period of expiring.
+      RecoverSpec spec;
+      spec.max_attempts = options.max_attempts;
+      spec.now_ms = wall_ms();
+      spec.node_id = "";   // only expired leases: this node's own claims are live
+      RecoveryReport rec = store->recover_interrupted(spec);
+      if (rec.requeued || rec.failed) {
+        log("warn", "took over " + std::to_string(rec.requeued + rec.failed) + " jobs whose worker's lease expired (" +
+                        std::to_string(rec.requeued) + " queued again, " + std::to_string(rec.failed) + " failed)");
       }
       if (!every_node) waiters.poll_finished([this](const std::string& id) {
         std::optional<RequestRecord> r = store->get_request(id);
