@@ -12,6 +12,10 @@ mkdir -p "$out"
 export FLUXPIPE_THREADS="${FLUXPIPE_THREADS:-2}"
 echo "== machine"; lscpu | grep -E "Model name|^CPU\(s\)" ; date -u
 echo "== load: 1,000 pollers"; ./build/bench/load_bench --pollers 1000 --seconds 10
+echo "== several nodes: SQLite vs PostgreSQL, takeover"
+eval "$(FLUXPIPE_PG_FSYNC=on bash scripts/pg_test_server.sh start)"
+./build/bench/cluster_bench --seconds 10 2>&1 | grep -v " info \| warn "
+bash scripts/pg_test_server.sh stop "$FLUXPIPE_TEST_PG_DIR"
 echo "== engine core: GEMM and attention"; ./build/bench/core_bench
 for dtype in bf16 q8_0 q4_0; do
   weights=$(./build/bench/flux_bench write --out "$out" --blocks 1,1 --dtype "$dtype")
