@@ -19,6 +19,7 @@ PACKAGES=(
   libgtest-dev                          # tests
   libdnnl-dev libopenblas-dev           # baselines in the engine benchmark (bench/core_bench)
   clang libclang-rt-14-dev              # libFuzzer targets (run briefly in the test command)
+  python3-botocore                      # the reference the S3 request signer is tested against
   curl                                  # smoke checks in scripts
 )
 missing=()
