@@ -17,6 +17,7 @@
 #include "core/error.h"
 #include "server/api_server_impl.h"
 #include "server/log.h"
+#include "server/s3_images.h"
 
 namespace fluxpipe::server {
 
@@ -101,7 +102,11 @@ ApiServer::Impl::Impl(ServeOptions opts, std::unique_ptr<Engine> eng)
   // is from an earlier life of this server. A shared store holds other nodes' live claims.
   every_node = std::string(store->kind()) == "sqlite";
   keys = std::make_unique<KeyRing>(*store, options.env_api_keys);
-  images = std::make_unique<ImageStore>(options.images_dir.empty() ? options.data_dir + "/images" : options.images_dir);
+  if (options.images_dir.rfind("s3://", 0) == 0) {
+    images = open_s3_image_store(s3_location_from(options.images_dir, options.s3_endpoint, options.s3_path_style));
+  } else {
+    images = open_folder_image_store(options.images_dir.empty() ? options.data_dir + "/images" : options.images_dir);
+  }
   signer = std::make_unique<WebhookSigner>(webhook_secret_for(*store, options.data_dir, options.webhook_secret));
   sender = make_curl_sender(options.allow_private_webhooks, options.webhook_timeout_ms, options.webhook_proxy);
   options.webhook_policy.node_id = options.node_id;
@@ -265,7 +270,7 @@ int ApiServer::start() {
   log("info", "fluxpipe serving on " + host + ":" + std::to_string(port) + " (node " + s.options.node_id + ", store " +
                   redact_store_location(s.options.store_location.empty() ? "sqlite:" + s.options.data_dir + "/fluxpipe.db"
                                                                           : s.options.store_location) +
-                  ", " + what + ")");
+                  ", images " + s.images->describe() + ", " + what + ")");
   return port;
 }
 

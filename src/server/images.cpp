@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "server/crypto.h"
 
 namespace fluxpipe::server {
 namespace {
@@ -40,46 +41,70 @@ bool plain_name(const std::string& s) {
 
 }  // namespace
 
-ImageStore::ImageStore(std::string dir) : images_dir_(std::move(dir)) { make_dir(images_dir_); }
-
-std::string ImageStore::path_for(const std::string& token, const std::string& name) const {
+void check_image_path(const std::string& token, const std::string& name) {
   if (token.empty() || token.find_first_not_of("0123456789abcdef") != std::string::npos || !plain_name(name)) {
     throw UserError("[images] invalid image path '" + token + "/" + name + "'");
   }
-  return images_dir_ + "/" + token + "/" + name;
 }
 
-void ImageStore::write(const std::string& token, const std::string& name, const std::vector<uint8_t>& bytes) {
-  std::string final_path = path_for(token, name);
-  std::string dir = images_dir_ + "/" + token;
-  make_dir(dir);
-  std::string tmp = final_path + ".tmp";
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) throw IoError("[images] cannot create '" + tmp + "': " + std::strerror(errno));
-  size_t off = 0;
-  while (off < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + off, bytes.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      std::string err = std::strerror(errno);
-      close(fd);
-      throw IoError("[images] write to '" + tmp + "' failed: " + err);
+namespace {
+
+class FolderImageStore final : public ImageStore {
+ public:
+  explicit FolderImageStore(std::string dir) : images_dir_(std::move(dir)) { make_dir(images_dir_); }
+
+  void write(const std::string& token, const std::string& name, const std::vector<uint8_t>& bytes) override {
+    check_image_path(token, name);
+    std::string dir = images_dir_ + "/" + token;
+    std::string final_path = dir + "/" + name;
+    make_dir(dir);
+    std::string tmp = final_path + "." + random_hex(6) + ".tmp";
+    int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) throw IoError("[images] cannot create '" + tmp + "': " + std::strerror(errno));
+    size_t off = 0;
+    while (off < bytes.size()) {
+      ssize_t n = ::write(fd, bytes.data() + off, bytes.size() - off);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        std::string err = std::strerror(errno);
+        close(fd);
+        unlink(tmp.c_str());
+        throw IoError("[images] write to '" + tmp + "' failed: " + err);
+      }
+      off += static_cast<size_t>(n);
     }
-    off += static_cast<size_t>(n);
+    if (fsync(fd) != 0 || close(fd) != 0) {
+      std::string err = std::strerror(errno);
+      unlink(tmp.c_str());
+      throw IoError("[images] flushing '" + tmp + "' failed: " + err);
+    }
+    if (rename(tmp.c_str(), final_path.c_str()) != 0) {
+      std::string err = std::strerror(errno);
+      unlink(tmp.c_str());
+      throw IoError("[images] rename to '" + final_path + "' failed: " + err);
+    }
+    fsync_path(dir, O_RDONLY | O_DIRECTORY);
   }
-  if (fsync(fd) != 0 || close(fd) != 0) throw IoError("[images] flushing '" + tmp + "' failed: " + std::strerror(errno));
-  if (rename(tmp.c_str(), final_path.c_str()) != 0) {
-    throw IoError("[images] rename to '" + final_path + "' failed: " + std::strerror(errno));
-  }
-  fsync_path(dir, O_RDONLY | O_DIRECTORY);
-}
 
-std::optional<std::string> ImageStore::read(const std::string& token, const std::string& name) const {
-  std::ifstream in(path_for(token, name), std::ios::binary);
-  if (!in) return std::nullopt;
-  std::ostringstream buf;
-  buf << in.rdbuf();
-  return buf.str();
+  std::optional<std::string> read(const std::string& token, const std::string& name) const override {
+    check_image_path(token, name);
+    std::ifstream in(images_dir_ + "/" + token + "/" + name, std::ios::binary);
+    if (!in) return std::nullopt;
+    std::ostringstream buf;
+    buf << in.rdbuf();
+    return buf.str();
+  }
+
+  std::string describe() const override { return "folder " + images_dir_; }
+
+ private:
+  std::string images_dir_;
+};
+
+}  // namespace
+
+std::unique_ptr<ImageStore> open_folder_image_store(const std::string& dir) {
+  return std::make_unique<FolderImageStore>(dir);
 }
 
 }  // namespace fluxpipe::server

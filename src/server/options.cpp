@@ -65,14 +65,18 @@ const std::vector<Option>& options() {
        [](ServeOptions& o, const std::string& v) { o.data_dir = v; }},
       {"--store", "FLUXPIPE_STORE", "URL", "the queue: sqlite:PATH or postgresql://user@host/db (default <data>/fluxpipe.db)",
        [](ServeOptions& o, const std::string& v) { o.store_location = v; }},
-      {"--images", "FLUXPIPE_IMAGES", "DIR", "image folder, shared by every node of one store (default <data>/images)",
+      {"--images", "FLUXPIPE_IMAGES", "DIR|s3://BUCKET/PREFIX", "where images go: a folder every node shares, or an S3 bucket (default <data>/images)",
        [](ServeOptions& o, const std::string& v) {
-         if (v.rfind("s3://", 0) == 0 || v == "postgresql") {
-           throw UserError("[serve] --images " + v + ": only a folder is supported in this version (S3 and database "
-                           "image stores are not built yet); share one folder (NFS) between nodes");
+         if (v == "postgresql") {
+           throw UserError("[serve] --images postgresql: images in the database are not built yet; use a shared "
+                           "folder or s3://bucket/prefix");
          }
          o.images_dir = v;
        }},
+      {"--s3-endpoint", "FLUXPIPE_S3_ENDPOINT", "URL", "S3-compatible endpoint, e.g. http://minio:9000 (default AWS for AWS_REGION)",
+       [](ServeOptions& o, const std::string& v) { o.s3_endpoint = v; }},
+      {"--s3-path-style", "FLUXPIPE_S3_PATH_STYLE", nullptr, "address objects as ENDPOINT/BUCKET/KEY (MinIO, s3rver) instead of BUCKET.ENDPOINT/KEY",
+       [](ServeOptions& o, const std::string& v) { o.s3_path_style = to_bool("--s3-path-style", v); }},
       {"--role", "FLUXPIPE_ROLE", "all|api|worker", "api: HTTP only, loads no model; worker: runs jobs, serves health only (default all)",
        [](ServeOptions& o, const std::string& v) {
          if (v != "all" && v != "api" && v != "worker") {

@@ -17,7 +17,9 @@ struct ServeOptions {
   int listen_port = 8080;
   std::string data_dir;                  // required: the lock, the default store and images
   std::string store_location;            // --store: "" (<data>/fluxpipe.db), sqlite:PATH or postgresql://...
-  std::string images_dir;                // --images: "" (<data>/images) or a folder every node shares
+  std::string images_dir;                // --images: "" (<data>/images), a folder every node shares, or s3://
+  std::string s3_endpoint;               // with s3://: "" = AWS for AWS_REGION
+  bool s3_path_style = false;
   std::string role = "all";              // all, api (HTTP only, no model) or worker (jobs, health only)
   std::string node_id;                   // names this node's claims; "" = host name and process id
   int max_queued_per_key = 50;           // queued+running requests of one key before 429
