@@ -51,12 +51,31 @@ std::string ApiServer::Impl::authenticate(const http::Request& req, http::Respon
 std::optional<RequestRecord> ApiServer::Impl::owned_request(const std::string& id, const std::string& key_id,
                                                             http::Response& res) {
   std::optional<RequestRecord> r = store->get_request(id);
+  if (!r && answer_if_expired(id, key_id, res)) return std::nullopt;
   // Another key's request answers exactly as an unknown one, so ids cannot be probed.
   if (!r || !constant_time_equal(r->key_id, key_id)) {
     send_failure(res, 404, "no request with id '" + id + "'");
     return std::nullopt;
   }
   return r;
+}
+
+namespace {
+
+std::string retention_text(int64_t ms) {
+  if (ms % 86400000 == 0) return std::to_string(ms / 86400000) + (ms == 86400000 ? " day" : " days");
+  if (ms % 3600000 == 0) return std::to_string(ms / 3600000) + " h";
+  return std::to_string(ms / 1000) + " s";
+}
+
+}  // namespace
+
+bool ApiServer::Impl::answer_if_expired(const std::string& id, const std::string& key_id, http::Response& res) {
+  std::optional<ExpiredRecord> gone = key_id.empty() ? store->get_expired_by_token(id) : store->get_expired(id);
+  if (!gone || (!key_id.empty() && !constant_time_equal(gone->key_id, key_id))) return false;
+  send_failure(res, 410, "this request and its images were deleted after the server's retention period (" +
+                             retention_text(options.retention_ms) + ")");
+  return true;
 }
 
 std::vector<std::string> ApiServer::Impl::download_urls(const RequestRecord& r, bool direct_link) {
@@ -125,7 +144,7 @@ json ApiServer::Impl::status_json(const RequestRecord& r) {
 }
 
 std::optional<RequestRecord> ApiServer::Impl::enqueue(GenerateRequest p, const std::string& key_id,
-                                                      http::Response& res) {
+                                                      http::Response& res, const std::optional<IdempotencyKey>& idem) {
   if (!p.server_id.empty() && !pool_known(p.server_id)) {
     throw UserError("[request] field 'server_id': unknown server '" + p.server_id + "'");
   }
@@ -178,8 +197,24 @@ std::optional<RequestRecord> ApiServer::Impl::enqueue(GenerateRequest p, const s
   r.batch_id = p.batch_id;
   r.webhook = p.webhook;
   r.created_ms = wall_ms();
-  store->insert_request(r);   // its event wakes this node's runner, or a worker of the pool
-  return r;
+  // Its event wakes this node's runner, or a worker of the pool.
+  if (!idem) {
+    store->insert_request(r);
+    return r;
+  }
+  switch (store->insert_request_once(r, *idem)) {
+    case IdempotentInsert::inserted:
+      return r;
+    case IdempotentInsert::existing:
+      // The same key and body again (a retry after a lost answer): the earlier request.
+      if (std::optional<RequestRecord> earlier = store->get_request(r.id)) return earlier;
+      send_failure(res, 410, "the request this Idempotency-Key names was deleted after the retention period");
+      return std::nullopt;
+    case IdempotentInsert::conflict:
+      break;
+  }
+  send_failure(res, 409, "Idempotency-Key '" + idem->key + "' was used with a different request body in the last 24 h");
+  return std::nullopt;
 }
 
 void ApiServer::Impl::when_finished(const std::string& id, int64_t timeout_ms, std::function<void(bool)> then) {
@@ -194,7 +229,15 @@ void ApiServer::Impl::handle_submit(const http::Request& req, http::Reply reply)
   http::Response res = guarded(metrics, "submit", [&](http::Response& out) {
     std::string key_id = authenticate(req, out);
     if (key_id.empty()) return;
-    r = enqueue(parse_generate_request(req.body, options.limits), key_id, out);
+    std::optional<IdempotencyKey> idem;
+    if (req.has_header("Idempotency-Key")) {
+      std::string k = req.header("Idempotency-Key");
+      bool printable = !k.empty() && k.size() <= 255 &&
+                       std::all_of(k.begin(), k.end(), [](char c) { return c >= 0x21 && c <= 0x7e; });
+      if (!printable) throw UserError("[request] header 'Idempotency-Key': 1 to 255 printable ASCII characters");
+      idem = IdempotencyKey{k, sha256_hex(req.body), wall_ms() - kIdempotencyWindowMs};
+    }
+    r = enqueue(parse_generate_request(req.body, options.limits), key_id, out, idem);
     if (r) send_json(out, 200, status_json(*r));
   });
   if (!r || options.sync_wait_ms <= 0) {
@@ -274,6 +317,7 @@ void ApiServer::Impl::handle_image(const http::Request& req, http::Response& res
   std::string token = req.matches.at(1);
   std::string name = req.matches.at(2);
   std::optional<RequestRecord> r = store->get_request_by_token(token);
+  if (!r && answer_if_expired(token, "", res)) return;   // the token is the capability: no key here
   size_t index = r ? r->file_names.size() : 0;
   if (r) {
     if (!name.empty() && name.find_first_not_of("0123456789") == std::string::npos && name.size() < 3) {

@@ -169,7 +169,8 @@ ApiServer::Impl::Impl(ServeOptions opts, std::unique_ptr<Engine> eng)
 // waiters of requests that ended on another node are answered here at the latest.
 void ApiServer::Impl::maintenance_loop() {
   int64_t period_ms = std::max<int64_t>(200, std::min<int64_t>(2000, options.lease_ms / 4));
-  OutageLog outage("node maintenance (heartbeat, lease takeover)");
+  OutageLog outage("node maintenance (heartbeat, lease takeover, retention)");
+  auto next_retention = std::chrono::steady_clock::now();
   std::unique_lock lock(maintenance_mu);
   while (!stopped) {
     lock.unlock();
@@ -186,6 +187,11 @@ void ApiServer::Impl::maintenance_loop() {
         log("warn", "took over " + std::to_string(rec.requeued + rec.failed) + " jobs whose worker's lease expired (" +
                         std::to_string(rec.requeued) + " queued again, " + std::to_string(rec.failed) + " failed)");
       }
+      if (options.retention_ms > 0 && std::chrono::steady_clock::now() >= next_retention) {
+        run_retention();
+        next_retention = std::chrono::steady_clock::now() +
+                         std::chrono::milliseconds(std::clamp<int64_t>(options.retention_ms / 4, 200, 60000));
+      }
       if (!every_node) waiters.poll_finished([this](const std::string& id) {
         std::optional<RequestRecord> r = store->get_request(id);
         return !r || is_final(r->state);
@@ -198,6 +204,33 @@ void ApiServer::Impl::maintenance_loop() {
     lock.lock();
     maintenance_cv.wait_for(lock, std::chrono::milliseconds(period_ms), [this] { return stopped.load(); });
   }
+}
+
+// Deletes what ended more than --retention ago: the images first, then the row (leaving a
+// tombstone so URLs answer 410). A crash between the two repeats the work next time; every step
+// is idempotent, so two nodes doing it at once is harmless.
+void ApiServer::Impl::run_retention() {
+  int64_t now = wall_ms();
+  for (int round = 0; round < 10; ++round) {
+    std::vector<RequestRecord> due = store->ended_before(now - options.retention_ms, 100);
+    int images_removed = 0;
+    for (const RequestRecord& r : due) {
+      if (r.state == JobState::succeeded) {
+        images->remove(r.download_token, r.file_names);
+        images_removed += static_cast<int>(r.file_names.size());
+      }
+      store->expire_request(r, now);
+    }
+    if (!due.empty()) {
+      metrics.count_expired(static_cast<int>(due.size()), images_removed);
+      log("info", "retention: deleted " + std::to_string(due.size()) + " requests and " +
+                      std::to_string(images_removed) + " images that ended over " +
+                      std::to_string(options.retention_ms / 1000) + " s ago");
+    }
+    if (due.size() < 100) break;
+  }
+  // Tombstones answer 410 for 30 days more; Idempotency-Keys are remembered for 24 hours.
+  store->prune(now - 30LL * 24 * 3600 * 1000, now - kIdempotencyWindowMs);
 }
 
 void ApiServer::Impl::refresh_live_pools() {

@@ -26,6 +26,9 @@
 
 namespace fluxpipe::server {
 
+// How long an Idempotency-Key is remembered.
+inline constexpr int64_t kIdempotencyWindowMs = 24LL * 3600 * 1000;
+
 struct ApiServer::Impl {
   Impl(ServeOptions options, std::unique_ptr<Engine> engine);
   ~Impl();
@@ -45,7 +48,10 @@ struct ApiServer::Impl {
 
   // Checks capacity (model, rate, queue), resolves the seeds, stores the request and wakes the
   // runner. Answers 503/429 itself and returns nullopt when the request cannot be taken.
-  std::optional<RequestRecord> enqueue(GenerateRequest p, const std::string& key_id, http::Response& res);
+  // With `idem`, a retry of an earlier submission (same key and body) answers that request, and
+  // the same key with another body a 409.
+  std::optional<RequestRecord> enqueue(GenerateRequest p, const std::string& key_id, http::Response& res,
+                                       const std::optional<IdempotencyKey>& idem = std::nullopt);
 
   // The key id of the request's API key; answers 401 and returns empty when there is none.
   std::string authenticate(const http::Request& req, http::Response& res);
@@ -61,6 +67,9 @@ struct ApiServer::Impl {
   // Several nodes (api_server.cpp): expired leases, this node's heartbeat, the known pools.
   void maintenance_loop();
   void refresh_live_pools();
+  void run_retention();
+  // 410 for a request deleted after the retention period (its tombstone, if `key_id` owns it).
+  bool answer_if_expired(const std::string& id, const std::string& key_id, http::Response& res);
   // A server_id a request may name: configured, or the pool of a live worker.
   bool pool_known(const std::string& id);
   // Some worker (this node's or a live one elsewhere) serves pool `id` now.

@@ -95,6 +95,20 @@ class FolderImageStore final : public ImageStore {
     return buf.str();
   }
 
+  void remove(const std::string& token, const std::vector<std::string>& names) override {
+    for (const std::string& name : names) {
+      check_image_path(token, name);
+      std::string path = images_dir_ + "/" + token + "/" + name;
+      if (unlink(path.c_str()) != 0 && errno != ENOENT) {
+        throw IoError("[images] cannot delete '" + path + "': " + std::strerror(errno));
+      }
+    }
+    std::string dir = images_dir_ + "/" + token;
+    if (rmdir(dir.c_str()) != 0 && errno != ENOENT && errno != ENOTEMPTY && errno != EEXIST) {
+      throw IoError("[images] cannot delete folder '" + dir + "': " + std::strerror(errno));
+    }
+  }
+
   std::string describe() const override { return "folder " + images_dir_; }
 
  private:

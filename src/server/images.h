@@ -19,6 +19,8 @@ class ImageStore {
   virtual void write(const std::string& token, const std::string& name, const std::vector<uint8_t>& bytes) = 0;
   // The image's bytes, or nullopt when it does not exist (yet).
   virtual std::optional<std::string> read(const std::string& token, const std::string& name) const = 0;
+  // Deletes a request's images (retention); names that do not exist are skipped.
+  virtual void remove(const std::string& token, const std::vector<std::string>& names) = 0;
   // For the start-up log line: "folder /x" or "s3://bucket/prefix at ENDPOINT".
   virtual std::string describe() const = 0;
 };

@@ -23,6 +23,12 @@ void Metrics::observe_job_seconds(double seconds) {
   job_seconds_sum_ += seconds;
   ++job_count_;
 }
+void Metrics::count_expired(int requests, int images) {
+  std::lock_guard lock(mu_);
+  expired_requests_ += static_cast<uint64_t>(requests);
+  expired_images_ += static_cast<uint64_t>(images);
+}
+
 void Metrics::count_images(int n) {
   std::lock_guard lock(mu_);
   images_ += static_cast<uint64_t>(n);
@@ -74,6 +80,12 @@ std::string Metrics::render() {
     << "fluxpipe_job_duration_seconds_count " << job_count_ << "\n";
   o << "# HELP fluxpipe_images_generated_total Images written.\n# TYPE fluxpipe_images_generated_total counter\n"
     << "fluxpipe_images_generated_total " << images_ << "\n";
+  o << "# HELP fluxpipe_retention_deleted_requests_total Requests deleted after the retention period.\n"
+    << "# TYPE fluxpipe_retention_deleted_requests_total counter\n"
+    << "fluxpipe_retention_deleted_requests_total " << expired_requests_ << "\n"
+    << "# HELP fluxpipe_retention_deleted_images_total Images deleted after the retention period.\n"
+    << "# TYPE fluxpipe_retention_deleted_images_total counter\n"
+    << "fluxpipe_retention_deleted_images_total " << expired_images_ << "\n";
   o << "# HELP fluxpipe_webhook_deliveries_total Webhook delivery attempts, by result.\n"
     << "# TYPE fluxpipe_webhook_deliveries_total counter\n";
   for (const char* r : {"delivered", "retry", "gave_up"}) {

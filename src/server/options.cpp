@@ -1,5 +1,6 @@
 #include "server/options.h"
 
+#include <cctype>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
@@ -40,6 +41,20 @@ std::vector<std::string> split_commas(const std::string& v) {
     start = comma + 1;
   }
   return out;
+}
+
+// "7d", "36h", "90m", "45s", "1500ms" or "0" (never).
+int64_t parse_duration_ms(const std::string& flag, const std::string& v) {
+  if (v == "0") return 0;
+  size_t digits = 0;
+  while (digits < v.size() && std::isdigit(static_cast<unsigned char>(v[digits]))) ++digits;
+  std::string unit = v.substr(digits);
+  int64_t per = unit == "d" ? 86400000 : unit == "h" ? 3600000 : unit == "m" ? 60000 : unit == "s" ? 1000
+                : unit == "ms" ? 1 : 0;
+  if (digits == 0 || digits > 9 || per == 0) {
+    throw UserError("[serve] " + flag + ": '" + v + "' is not a duration (a number with d, h, m, s or ms; 0 = never)");
+  }
+  return std::stoll(v.substr(0, digits)) * per;
 }
 
 std::string read_secret_file(const char* flag, const std::string& path) {
@@ -88,6 +103,8 @@ const std::vector<Option>& options() {
        [](ServeOptions& o, const std::string& v) { o.node_id = v; }},
       {"--max-queued-per-key", "FLUXPIPE_MAX_QUEUED_PER_KEY", "N", "queued+running requests of one key before 429 (default 50)",
        [](ServeOptions& o, const std::string& v) { o.max_queued_per_key = to_int("--max-queued-per-key", v, 1, 1000000); }},
+      {"--retention", "FLUXPIPE_RETENTION", "DURATION", "delete ended requests and their images after this: 7d, 36h, 90m, 0 = never (default 7d)",
+       [](ServeOptions& o, const std::string& v) { o.retention_ms = parse_duration_ms("--retention", v); }},
       {"--lease-ms", "FLUXPIPE_LEASE_MS", "MS", "a worker's claim not renewed for this long goes to another worker (default 30000)",
        [](ServeOptions& o, const std::string& v) { o.lease_ms = to_int("--lease-ms", v, 1000, 3600000); }},
       {"--model", "FLUXPIPE_MODEL", "PATH", "model folder or file; without it generation answers 503",

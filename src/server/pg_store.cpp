@@ -41,7 +41,7 @@ const char* kRequestColumns =
     "progress_total";
 
 // Schema steps: kSteps[i] brings version i+1 to i+2 (version 1 was SQLite-only, so a new
-// PostgreSQL database goes from 0 straight to 2 with the first step).
+// PostgreSQL database goes from 0 to 2 with the first step, then on).
 const char* kSchemaV2 = R"sql(
 CREATE TABLE IF NOT EXISTS api_keys(
   id TEXT PRIMARY KEY, name TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
@@ -70,7 +70,18 @@ CREATE INDEX IF NOT EXISTS outbox_by_request ON outbox(request_id);
 CREATE TABLE IF NOT EXISTS nodes(
   node_id TEXT PRIMARY KEY, server_id TEXT NOT NULL, role TEXT NOT NULL, heartbeat_ms BIGINT NOT NULL);
 )sql";
-const char* const kSteps[] = {kSchemaV2};
+// Version 3: retention tombstones and Idempotency-Keys.
+const char* kSchemaV3 = R"sql(
+CREATE TABLE IF NOT EXISTS expired(
+  id TEXT PRIMARY KEY, key_id TEXT NOT NULL, download_token TEXT NOT NULL UNIQUE, expired_ms BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency(
+  key_id TEXT NOT NULL, idem_key TEXT NOT NULL, body_sha256 TEXT NOT NULL, request_id TEXT NOT NULL,
+  created_ms BIGINT NOT NULL, PRIMARY KEY(key_id, idem_key));
+CREATE INDEX IF NOT EXISTS idempotency_by_request ON idempotency(request_id);
+CREATE INDEX IF NOT EXISTS requests_by_finished ON requests(finished_ms)
+  WHERE state IN ('succeeded','failed','cancelled');
+)sql";
+const char* const kSteps[] = {kSchemaV2, kSchemaV3};
 
 // libpq's text-format parameters.
 using Params = std::vector<std::string>;
@@ -202,15 +213,32 @@ class PgStore final : public Store {
   void insert_request(RequestRecord& q) override {
     Conn c(this);
     Tx tx(c);
-    Result r = c.exec(
-        "INSERT INTO requests(id, key_id, download_token, params, seeds, file_names, server_id, batch_id, webhook, "
-        "state, error, attempts, created_ms) VALUES($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) RETURNING seq",
-        {q.id, q.key_id, q.download_token, q.params_json, nlohmann::json(q.seeds).dump(),
-         nlohmann::json(q.file_names).dump(), q.server_id, q.batch_id, q.webhook, to_string(q.state), q.error,
-         std::to_string(q.attempts), std::to_string(q.created_ms)});
-    notify(c, "q:" + q.server_id);
+    insert(c, q);
     tx.commit();
-    q.seq = r.integer(0, 0);
+  }
+
+  IdempotentInsert insert_request_once(RequestRecord& q, const IdempotencyKey& key) override {
+    Conn c(this);
+    Tx tx(c);
+    // Claim the key first: a concurrent submission with the same key waits on this row's lock
+    // and then sees it, so one request is stored.
+    Result claimed = c.exec(
+        "INSERT INTO idempotency(key_id, idem_key, body_sha256, request_id, created_ms) VALUES($1,$2,$3,$4,$5) "
+        "ON CONFLICT(key_id, idem_key) DO UPDATE SET body_sha256=excluded.body_sha256, "
+        "request_id=excluded.request_id, created_ms=excluded.created_ms WHERE idempotency.created_ms<$6 "
+        "RETURNING request_id",
+        {q.key_id, key.key, key.body_sha256, q.id, std::to_string(q.created_ms), std::to_string(key.since_ms)});
+    if (claimed.rows() == 0) {
+      Result seen = c.exec("SELECT body_sha256, request_id FROM idempotency WHERE key_id=$1 AND idem_key=$2",
+                           {q.key_id, key.key});
+      if (seen.rows() == 0) throw IoError("[store] idempotency key vanished during the insert");
+      if (seen.text(0, 0) != key.body_sha256) return IdempotentInsert::conflict;
+      q.id = seen.text(0, 1);
+      return IdempotentInsert::existing;
+    }
+    insert(c, q);
+    tx.commit();
+    return IdempotentInsert::inserted;
   }
 
   std::optional<RequestRecord> get_request(const std::string& id) override { return get_one("id", id); }
@@ -356,6 +384,43 @@ class PgStore final : public Store {
     if (report.requeued) notify(c, "q:*");
     tx.commit();
     return report;
+  }
+
+  std::vector<RequestRecord> ended_before(int64_t before_ms, int limit) override {
+    Conn c(this);
+    Result r = c.exec(std::string("SELECT ") + kRequestColumns +
+                          " FROM requests WHERE state IN ('succeeded','failed','cancelled') AND finished_ms<$1 "
+                          "ORDER BY finished_ms LIMIT $2",
+                      {std::to_string(before_ms), std::to_string(limit)});
+    std::vector<RequestRecord> out;
+    for (int i = 0; i < r.rows(); ++i) out.push_back(read_request(r, i));
+    return out;
+  }
+
+  void expire_request(const RequestRecord& q, int64_t now_ms) override {
+    Conn c(this);
+    Tx tx(c);
+    c.exec("INSERT INTO expired(id, key_id, download_token, expired_ms) VALUES($1,$2,$3,$4) ON CONFLICT DO NOTHING",
+           {q.id, q.key_id, q.download_token, std::to_string(now_ms)});
+    c.exec("DELETE FROM outbox WHERE request_id=$1", {q.id});
+    c.exec("DELETE FROM idempotency WHERE request_id=$1", {q.id});
+    c.exec("DELETE FROM requests WHERE id=$1", {q.id});
+    tx.commit();
+  }
+
+  std::optional<ExpiredRecord> get_expired(const std::string& id) override { return expired_where("id", id); }
+
+  std::optional<ExpiredRecord> get_expired_by_token(const std::string& token) override {
+    return expired_where("download_token", token);
+  }
+
+  int prune(int64_t before_ms, int64_t idempotency_before_ms) override {
+    Conn c(this);
+    Tx tx(c);
+    int n = static_cast<int>(c.exec("DELETE FROM expired WHERE expired_ms<$1", {std::to_string(before_ms)}).affected());
+    c.exec("DELETE FROM idempotency WHERE created_ms<$1", {std::to_string(idempotency_before_ms)});
+    tx.commit();
+    return n;
   }
 
   std::vector<OutboxMessage> claim_due_outbox(const std::string& node_id, int64_t now_ms, int64_t lease_ms,
@@ -524,6 +589,25 @@ class PgStore final : public Store {
       --open_;
     }
     pool_cv_.notify_one();
+  }
+
+  static void insert(Conn& c, RequestRecord& q) {
+    Result r = c.exec(
+        "INSERT INTO requests(id, key_id, download_token, params, seeds, file_names, server_id, batch_id, webhook, "
+        "state, error, attempts, created_ms) VALUES($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) RETURNING seq",
+        {q.id, q.key_id, q.download_token, q.params_json, nlohmann::json(q.seeds).dump(),
+         nlohmann::json(q.file_names).dump(), q.server_id, q.batch_id, q.webhook, to_string(q.state), q.error,
+         std::to_string(q.attempts), std::to_string(q.created_ms)});
+    notify(c, "q:" + q.server_id);
+    q.seq = r.integer(0, 0);
+  }
+
+  std::optional<ExpiredRecord> expired_where(const char* column, const std::string& value) {
+    Conn c(this);
+    Result r = c.exec(std::string("SELECT id, key_id, download_token, expired_ms FROM expired WHERE ") + column + "=$1",
+                      {value});
+    if (r.rows() == 0) return std::nullopt;
+    return ExpiredRecord{r.text(0, 0), r.text(0, 1), r.text(0, 2), r.integer(0, 3)};
   }
 
   static void notify(Conn& c, const std::string& payload) {

@@ -67,6 +67,16 @@ class S3ImageStore final : public ImageStore {
     throw IoError("[images] " + describe_failure("GET", token, name, r));
   }
 
+  void remove(const std::string& token, const std::vector<std::string>& names) override {
+    for (const std::string& name : names) {
+      check_image_path(token, name);
+      Reply r = send("DELETE", object_path(token, name), "", "");
+      if (r.status != 204 && r.status != 200 && r.status != 404) {
+        throw IoError("[images] " + describe_failure("DELETE", token, name, r));
+      }
+    }
+  }
+
   std::string describe() const override {
     return "s3://" + loc_.bucket + (loc_.prefix.empty() ? "" : "/" + loc_.prefix) + " at " + loc_.endpoint +
            (loc_.path_style ? " (path-style)" : "");

@@ -40,6 +40,13 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox(done, next_attempt_ms);
 CREATE TABLE IF NOT EXISTS nodes(
   node_id TEXT PRIMARY KEY, server_id TEXT NOT NULL, role TEXT NOT NULL, heartbeat_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS settings(name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS expired(
+  id TEXT PRIMARY KEY, key_id TEXT NOT NULL, download_token TEXT NOT NULL UNIQUE, expired_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency(
+  key_id TEXT NOT NULL, idem_key TEXT NOT NULL, body_sha256 TEXT NOT NULL, request_id TEXT NOT NULL,
+  created_ms INTEGER NOT NULL, PRIMARY KEY(key_id, idem_key));
+CREATE INDEX IF NOT EXISTS requests_by_finished ON requests(finished_ms)
+  WHERE state IN ('succeeded','failed','cancelled');
 )sql";
 
 // The pool's queue in claim order (pg_store.cpp spells the same query in PostgreSQL's dialect):
@@ -199,16 +206,32 @@ class SqliteStore final : public Store {
   void insert_request(RequestRecord& r) override {
     {
       std::lock_guard lock(mu_);
-      Stmt s(db_,
-             "INSERT INTO requests(id, key_id, download_token, params, seeds, file_names, server_id, batch_id, "
-             "webhook, state, error, attempts, created_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)");
-      s.bind(r.id).bind(r.key_id).bind(r.download_token).bind(r.params_json)
-          .bind(nlohmann::json(r.seeds).dump()).bind(nlohmann::json(r.file_names).dump())
-          .bind(r.server_id).bind(r.batch_id).bind(r.webhook).bind(std::string(to_string(r.state)))
-          .bind(r.error).bind(static_cast<int64_t>(r.attempts)).bind(r.created_ms).step();
-      r.seq = sqlite3_last_insert_rowid(db_);
+      insert_locked(r);
     }
     emit({StoreEvent::queued, r.server_id});
+  }
+
+  IdempotentInsert insert_request_once(RequestRecord& r, const IdempotencyKey& key) override {
+    {
+      std::lock_guard lock(mu_);
+      Transaction tx(this);
+      Stmt s(db_, "SELECT body_sha256, request_id, created_ms FROM idempotency WHERE key_id=? AND idem_key=?");
+      s.bind(r.key_id).bind(key.key);
+      if (s.step() && s.integer(2) >= key.since_ms) {
+        if (s.text(0) != key.body_sha256) return IdempotentInsert::conflict;
+        r.id = s.text(1);
+        return IdempotentInsert::existing;
+      }
+      insert_locked(r);
+      Stmt u(db_,
+             "INSERT INTO idempotency(key_id, idem_key, body_sha256, request_id, created_ms) VALUES(?,?,?,?,?) "
+             "ON CONFLICT(key_id, idem_key) DO UPDATE SET body_sha256=excluded.body_sha256, "
+             "request_id=excluded.request_id, created_ms=excluded.created_ms");
+      u.bind(r.key_id).bind(key.key).bind(key.body_sha256).bind(r.id).bind(r.created_ms).step();
+      tx.commit();
+    }
+    emit({StoreEvent::queued, r.server_id});
+    return IdempotentInsert::inserted;
   }
 
   std::optional<RequestRecord> get_request(const std::string& id) override {
@@ -382,6 +405,50 @@ class SqliteStore final : public Store {
     return report;
   }
 
+  std::vector<RequestRecord> ended_before(int64_t before_ms, int limit) override {
+    std::lock_guard lock(rmu_);
+    std::string sql = std::string("SELECT ") + kRequestColumns +
+                      " FROM requests WHERE state IN ('succeeded','failed','cancelled') AND finished_ms<? "
+                      "ORDER BY finished_ms LIMIT ?";
+    Stmt s(rdb_, sql.c_str());
+    s.bind(before_ms).bind(static_cast<int64_t>(limit));
+    std::vector<RequestRecord> out;
+    while (s.step()) out.push_back(read_request(s));
+    return out;
+  }
+
+  void expire_request(const RequestRecord& r, int64_t now_ms) override {
+    std::lock_guard lock(mu_);
+    Transaction tx(this);
+    Stmt t(db_, "INSERT INTO expired(id, key_id, download_token, expired_ms) VALUES(?,?,?,?) ON CONFLICT DO NOTHING");
+    t.bind(r.id).bind(r.key_id).bind(r.download_token).bind(now_ms).step();
+    Stmt o(db_, "DELETE FROM outbox WHERE request_id=?");
+    o.bind(r.id).step();
+    Stmt i(db_, "DELETE FROM idempotency WHERE request_id=?");
+    i.bind(r.id).step();
+    Stmt d(db_, "DELETE FROM requests WHERE id=?");
+    d.bind(r.id).step();
+    tx.commit();
+  }
+
+  std::optional<ExpiredRecord> get_expired(const std::string& id) override { return expired_where("id", id); }
+
+  std::optional<ExpiredRecord> get_expired_by_token(const std::string& token) override {
+    return expired_where("download_token", token);
+  }
+
+  int prune(int64_t before_ms, int64_t idempotency_before_ms) override {
+    std::lock_guard lock(mu_);
+    Transaction tx(this);
+    Stmt e(db_, "DELETE FROM expired WHERE expired_ms<?");
+    e.bind(before_ms).step();
+    int n = sqlite3_changes(db_);
+    Stmt i(db_, "DELETE FROM idempotency WHERE created_ms<?");
+    i.bind(idempotency_before_ms).step();
+    tx.commit();
+    return n;
+  }
+
   std::vector<OutboxMessage> claim_due_outbox(const std::string& node_id, int64_t now_ms, int64_t lease_ms,
                                               int limit) override {
     std::lock_guard lock(mu_);
@@ -548,6 +615,26 @@ class SqliteStore final : public Store {
       l = listener_;
     }
     if (l) l(e);
+  }
+
+  void insert_locked(RequestRecord& r) {
+    Stmt s(db_,
+           "INSERT INTO requests(id, key_id, download_token, params, seeds, file_names, server_id, batch_id, "
+           "webhook, state, error, attempts, created_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)");
+    s.bind(r.id).bind(r.key_id).bind(r.download_token).bind(r.params_json)
+        .bind(nlohmann::json(r.seeds).dump()).bind(nlohmann::json(r.file_names).dump())
+        .bind(r.server_id).bind(r.batch_id).bind(r.webhook).bind(std::string(to_string(r.state)))
+        .bind(r.error).bind(static_cast<int64_t>(r.attempts)).bind(r.created_ms).step();
+    r.seq = sqlite3_last_insert_rowid(db_);
+  }
+
+  std::optional<ExpiredRecord> expired_where(const char* column, const std::string& value) {
+    std::lock_guard lock(rmu_);
+    std::string sql = std::string("SELECT id, key_id, download_token, expired_ms FROM expired WHERE ") + column + "=?";
+    Stmt s(rdb_, sql.c_str());
+    s.bind(value);
+    if (!s.step()) return std::nullopt;
+    return ExpiredRecord{s.text(0), s.text(1), s.text(2), s.integer(3)};
   }
 
   void enqueue_webhook_locked(const std::string& request_id, int64_t now_ms) {

@@ -106,8 +106,28 @@ struct StoreEvent {
   std::string value;           // queued: the request's server_id; finished, cancel: its id
 };
 
+// What is left of a request deleted after the retention period: enough to answer 410.
+struct ExpiredRecord {
+  std::string id;
+  std::string key_id;
+  std::string download_token;
+  int64_t expired_ms = 0;
+};
+
+// An Idempotency-Key on a submission, and what insert_request_once did with it.
+struct IdempotencyKey {
+  std::string key;             // the client's header value
+  std::string body_sha256;     // of the submitted body
+  int64_t since_ms = 0;        // keys used before this are forgotten (24 h)
+};
+enum class IdempotentInsert {
+  inserted,   // a new request, the key remembered with it
+  existing,   // the same key and body within the window: record.id is the earlier request's
+  conflict,   // the same key with another body: nothing stored
+};
+
 // The schema this build knows. A store with a newer one is refused, naming both.
-constexpr int kSchemaVersion = 2;
+constexpr int kSchemaVersion = 3;
 
 // The store cannot be reached (PostgreSQL down, connection refused): the API answers 503.
 struct StoreUnavailable : IoError {
@@ -139,6 +159,9 @@ class Store {
 
   // Requests. insert_request assigns seq and commits before returning.
   virtual void insert_request(RequestRecord& record) = 0;
+  // insert_request under the calling key's Idempotency-Key, in one transaction: concurrent
+  // submissions with one key (on any nodes) store one request.
+  virtual IdempotentInsert insert_request_once(RequestRecord& record, const IdempotencyKey& key) = 0;
   virtual std::optional<RequestRecord> get_request(const std::string& id) = 0;
   virtual std::optional<RequestRecord> get_request_by_token(const std::string& token) = 0;
   virtual std::vector<RequestRecord> list_batch(const std::string& key_id, const std::string& batch_id) = 0;
@@ -175,6 +198,17 @@ class Store {
   // failed once they have been started max_attempts times (with their webhook message).
   // A live claim of another node is never touched.
   virtual RecoveryReport recover_interrupted(const RecoverSpec& spec) = 0;
+
+  // Retention. Requests that ended before `before_ms`, oldest first.
+  virtual std::vector<RequestRecord> ended_before(int64_t before_ms, int limit) = 0;
+  // Deletes the request row, its outbox messages and its idempotency key, leaving a tombstone
+  // (id, owner, token) so that its status and image URLs answer 410. Idempotent.
+  virtual void expire_request(const RequestRecord& record, int64_t now_ms) = 0;
+  virtual std::optional<ExpiredRecord> get_expired(const std::string& id) = 0;
+  virtual std::optional<ExpiredRecord> get_expired_by_token(const std::string& token) = 0;
+  // Drops tombstones expired before `before_ms` and idempotency keys used before
+  // `idempotency_before_ms`; returns how many tombstones went.
+  virtual int prune(int64_t before_ms, int64_t idempotency_before_ms) = 0;
 
   // Webhook outbox. Due messages are claimed like jobs: a message claimed by one node is not
   // handed to another until `lease_ms` passed (the node may have died mid-delivery).

@@ -74,6 +74,8 @@ TEST(S3Images, WriteReadAndMissingAgainstS3rver) {
   EXPECT_EQ(*back, std::string(bytes.begin(), bytes.end()));
   EXPECT_FALSE(store->read("0123abcd", "img-1.png"));
   EXPECT_THROW(store->write("../x", "a.png", bytes), UserError);
+  store->remove("0123abcd", {"img-0.png", "never-written.png"});   // retention: objects go
+  EXPECT_FALSE(store->read("0123abcd", "img-0.png"));
 }
 
 TEST(S3Images, AMissingBucketOrServerIsAClearError) {

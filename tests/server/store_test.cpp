@@ -424,6 +424,72 @@ TEST_P(StoreSuite, NewerSchemaIsRefusedNamingBothVersions) {
   }
 }
 
+TEST_P(StoreSuite, RetentionExpiresEndedRequestsLeavingTombstones) {
+  RequestRecord old_one = make_record("old", "", "http://example.com/h");
+  RequestRecord young = make_record("young");
+  RequestRecord waiting = make_record("waiting");
+  store->insert_request(old_one);
+  store->insert_request(young);
+  store->insert_request(waiting);
+  auto c1 = store->claim_next(claim_spec("local", 1));
+  store->finish_request(c1->id, c1->claim, JobState::succeeded, "", 100);
+  auto c2 = store->claim_next(claim_spec("local", 1));
+  store->finish_request(c2->id, c2->claim, JobState::failed, "x", 5000);
+  std::vector<RequestRecord> due = store->ended_before(1000, 10);
+  ASSERT_EQ(due.size(), 1u);   // "young" ended later, "waiting" has not ended
+  EXPECT_EQ(due[0].id, "old");
+  store->expire_request(due[0], 2000);
+  store->expire_request(due[0], 2001);   // a second node doing the same: harmless
+  EXPECT_FALSE(store->get_request("old"));
+  EXPECT_FALSE(store->get_outbox_for_request("old"));
+  auto tomb = store->get_expired("old");
+  ASSERT_TRUE(tomb);
+  EXPECT_EQ(tomb->key_id, "key_a");
+  EXPECT_EQ(tomb->expired_ms, 2000);
+  EXPECT_EQ(store->get_expired_by_token("oldtok")->id, "old");
+  EXPECT_FALSE(store->get_expired("young"));
+  EXPECT_TRUE(store->ended_before(1000, 10).empty());
+  EXPECT_EQ(store->prune(1999, 0), 0);
+  EXPECT_EQ(store->prune(2001, 0), 1);
+  EXPECT_FALSE(store->get_expired("old"));
+}
+
+TEST_P(StoreSuite, IdempotencyKeyStoresOneRequest) {
+  IdempotencyKey k{"order-42", "hash-a", 0};
+  RequestRecord first = make_record("first");
+  EXPECT_EQ(store->insert_request_once(first, k), IdempotentInsert::inserted);
+  RequestRecord again = make_record("again");
+  EXPECT_EQ(store->insert_request_once(again, k), IdempotentInsert::existing);
+  EXPECT_EQ(again.id, "first");
+  RequestRecord other_body = make_record("other");
+  EXPECT_EQ(store->insert_request_once(other_body, {"order-42", "hash-b", 0}), IdempotentInsert::conflict);
+  EXPECT_FALSE(store->get_request("other"));
+  // Another key may use the same Idempotency-Key value.
+  RequestRecord bobs = make_record("bobs", "", "", "key_b");
+  EXPECT_EQ(store->insert_request_once(bobs, k), IdempotentInsert::inserted);
+  // After the window (since_ms past the first use) the key starts afresh.
+  RequestRecord later = make_record("later");
+  later.created_ms = 100;
+  EXPECT_EQ(store->insert_request_once(later, {"order-42", "hash-b", 50}), IdempotentInsert::inserted);
+  EXPECT_EQ(store->count_active(), 3);
+}
+
+TEST_P(StoreSuite, ConcurrentSubmissionsWithOneIdempotencyKeyStoreOne) {
+  std::vector<std::unique_ptr<Store>> nodes;
+  for (int t = 0; t < 4; ++t) nodes.push_back(reopen());
+  std::atomic<int> inserted{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      RequestRecord r = make_record("r" + std::to_string(t));
+      if (nodes[t]->insert_request_once(r, {"same", "h", 0}) == IdempotentInsert::inserted) ++inserted;
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(inserted.load(), 1);
+  EXPECT_EQ(store->count_active(), 1);
+}
+
 INSTANTIATE_TEST_SUITE_P(Stores, StoreSuite, ::testing::Values("sqlite", "postgresql"),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 
