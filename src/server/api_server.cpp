@@ -102,7 +102,9 @@ ApiServer::Impl::Impl(ServeOptions opts, std::unique_ptr<Engine> eng)
   // is from an earlier life of this server. A shared store holds other nodes' live claims.
   every_node = std::string(store->kind()) == "sqlite";
   keys = std::make_unique<KeyRing>(*store, options.env_api_keys);
-  if (options.images_dir.rfind("s3://", 0) == 0) {
+  if (options.images_dir == "postgresql") {
+    images = open_database_image_store(*store);
+  } else if (options.images_dir.rfind("s3://", 0) == 0) {
     images = open_s3_image_store(s3_location_from(options.images_dir, options.s3_endpoint, options.s3_path_style));
   } else {
     images = open_folder_image_store(options.images_dir.empty() ? options.data_dir + "/images" : options.images_dir);

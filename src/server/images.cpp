@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "server/crypto.h"
+#include "server/store.h"
 
 namespace fluxpipe::server {
 namespace {
@@ -115,7 +116,30 @@ class FolderImageStore final : public ImageStore {
   std::string images_dir_;
 };
 
+class DatabaseImageStore final : public ImageStore {
+ public:
+  explicit DatabaseImageStore(Store& store) : store_(store) {}
+
+  void write(const std::string& token, const std::string& name, const std::vector<uint8_t>& bytes) override {
+    check_image_path(token, name);
+    store_.put_image(token, name, std::string(bytes.begin(), bytes.end()));
+  }
+  std::optional<std::string> read(const std::string& token, const std::string& name) const override {
+    check_image_path(token, name);
+    return store_.get_image(token, name);
+  }
+  void remove(const std::string& token, const std::vector<std::string>&) override { store_.delete_images(token); }
+  std::string describe() const override { return std::string("in the ") + store_.kind() + " database"; }
+
+ private:
+  Store& store_;
+};
+
 }  // namespace
+
+std::unique_ptr<ImageStore> open_database_image_store(Store& store) {
+  return std::make_unique<DatabaseImageStore>(store);
+}
 
 std::unique_ptr<ImageStore> open_folder_image_store(const std::string& dir) {
   return std::make_unique<FolderImageStore>(dir);

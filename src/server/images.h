@@ -9,6 +9,8 @@
 
 namespace fluxpipe::server {
 
+class Store;
+
 // Where a request's images live, by its download token and file name. Implementations: a folder
 // (below) and an S3-compatible bucket (s3_images.cpp). Both write an image whole or not at all.
 class ImageStore {
@@ -34,5 +36,8 @@ void check_image_path(const std::string& token, const std::string& name);
 // never sees half an image. `dir` may be shared by every node of one store (NFS).
 // Creates `dir` if needed (not its parents). Throws IoError naming the path.
 std::unique_ptr<ImageStore> open_folder_image_store(const std::string& dir);
+
+// Images in the database of `store` (which must outlive it).
+std::unique_ptr<ImageStore> open_database_image_store(Store& store);
 
 }  // namespace fluxpipe::server

@@ -80,14 +80,8 @@ const std::vector<Option>& options() {
        [](ServeOptions& o, const std::string& v) { o.data_dir = v; }},
       {"--store", "FLUXPIPE_STORE", "URL", "the queue: sqlite:PATH or postgresql://user@host/db (default <data>/fluxpipe.db)",
        [](ServeOptions& o, const std::string& v) { o.store_location = v; }},
-      {"--images", "FLUXPIPE_IMAGES", "DIR|s3://BUCKET/PREFIX", "where images go: a folder every node shares, or an S3 bucket (default <data>/images)",
-       [](ServeOptions& o, const std::string& v) {
-         if (v == "postgresql") {
-           throw UserError("[serve] --images postgresql: images in the database are not built yet; use a shared "
-                           "folder or s3://bucket/prefix");
-         }
-         o.images_dir = v;
-       }},
+      {"--images", "FLUXPIPE_IMAGES", "DIR|s3://BUCKET/PREFIX|postgresql", "where images go: a folder every node shares, an S3 bucket, or the PostgreSQL store itself (default <data>/images)",
+       [](ServeOptions& o, const std::string& v) { o.images_dir = v; }},
       {"--s3-endpoint", "FLUXPIPE_S3_ENDPOINT", "URL", "S3-compatible endpoint, e.g. http://minio:9000 (default AWS for AWS_REGION)",
        [](ServeOptions& o, const std::string& v) { o.s3_endpoint = v; }},
       {"--s3-path-style", "FLUXPIPE_S3_PATH_STYLE", nullptr, "address objects as ENDPOINT/BUCKET/KEY (MinIO, s3rver) instead of BUCKET.ENDPOINT/KEY",
@@ -217,6 +211,9 @@ ServeOptions parse_serve_options(const std::vector<std::string>& args) {
     match->set(o, value);
   }
   if (o.data_dir.empty()) throw UserError("[serve] --data DIR is required (or FLUXPIPE_DATA)");
+  if (o.images_dir == "postgresql" && o.store_location.rfind("postgres", 0) != 0) {
+    throw UserError("[serve] --images postgresql keeps images in the PostgreSQL store: it needs --store postgresql://...");
+  }
   if (o.limits.default_steps > o.limits.max_steps) {
     throw UserError("[serve] --default-steps " + std::to_string(o.limits.default_steps) + " exceeds --max-steps " +
                     std::to_string(o.limits.max_steps));

@@ -70,7 +70,7 @@ CREATE INDEX IF NOT EXISTS outbox_by_request ON outbox(request_id);
 CREATE TABLE IF NOT EXISTS nodes(
   node_id TEXT PRIMARY KEY, server_id TEXT NOT NULL, role TEXT NOT NULL, heartbeat_ms BIGINT NOT NULL);
 )sql";
-// Version 3: retention tombstones and Idempotency-Keys.
+// Version 3: retention tombstones, Idempotency-Keys, images in the database.
 const char* kSchemaV3 = R"sql(
 CREATE TABLE IF NOT EXISTS expired(
   id TEXT PRIMARY KEY, key_id TEXT NOT NULL, download_token TEXT NOT NULL UNIQUE, expired_ms BIGINT NOT NULL);
@@ -78,6 +78,8 @@ CREATE TABLE IF NOT EXISTS idempotency(
   key_id TEXT NOT NULL, idem_key TEXT NOT NULL, body_sha256 TEXT NOT NULL, request_id TEXT NOT NULL,
   created_ms BIGINT NOT NULL, PRIMARY KEY(key_id, idem_key));
 CREATE INDEX IF NOT EXISTS idempotency_by_request ON idempotency(request_id);
+CREATE TABLE IF NOT EXISTS images(
+  token TEXT NOT NULL, name TEXT NOT NULL, bytes BYTEA NOT NULL, PRIMARY KEY(token, name));
 CREATE INDEX IF NOT EXISTS requests_by_finished ON requests(finished_ms)
   WHERE state IN ('succeeded','failed','cancelled');
 )sql";
@@ -423,6 +425,25 @@ class PgStore final : public Store {
     return n;
   }
 
+  void put_image(const std::string& token, const std::string& name, const std::string& bytes) override {
+    Conn c(this);
+    c.exec("INSERT INTO images(token, name, bytes) VALUES($1,$2,$3) ON CONFLICT(token, name) DO UPDATE SET "
+           "bytes=excluded.bytes",
+           {token, name, bytes}, {false, false, true});
+  }
+
+  std::optional<std::string> get_image(const std::string& token, const std::string& name) override {
+    Conn c(this);
+    Result r = c.exec("SELECT bytes FROM images WHERE token=$1 AND name=$2", {token, name}, {}, true);
+    if (r.rows() == 0) return std::nullopt;
+    return r.text(0, 0);
+  }
+
+  void delete_images(const std::string& token) override {
+    Conn c(this);
+    c.exec("DELETE FROM images WHERE token=$1", {token});
+  }
+
   std::vector<OutboxMessage> claim_due_outbox(const std::string& node_id, int64_t now_ms, int64_t lease_ms,
                                               int limit) override {
     Conn c(this);
@@ -519,11 +540,19 @@ class PgStore final : public Store {
     Conn(const Conn&) = delete;
     Conn& operator=(const Conn&) = delete;
 
-    Result exec(const std::string& sql, const Params& params) {
+    // Text parameters and results; `binary` marks parameters sent as raw bytes (bytea), and
+    // `binary_result` asks for raw bytes back.
+    Result exec(const std::string& sql, const Params& params, const std::vector<bool>& binary = {},
+                bool binary_result = false) {
       std::vector<const char*> values;
-      for (const std::string& p : params) values.push_back(p.c_str());
+      std::vector<int> lengths, formats;
+      for (size_t i = 0; i < params.size(); ++i) {
+        values.push_back(params[i].c_str());
+        lengths.push_back(static_cast<int>(params[i].size()));
+        formats.push_back(i < binary.size() && binary[i] ? 1 : 0);
+      }
       PGresult* res = PQexecParams(c_, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(),
-                                   nullptr, nullptr, 0);
+                                   lengths.data(), formats.data(), binary_result ? 1 : 0);
       ExecStatusType st = PQresultStatus(res);
       if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) return Result(res);
       std::string msg = one_line(res ? PQresultErrorMessage(res) : PQerrorMessage(c_));

@@ -45,6 +45,8 @@ CREATE TABLE IF NOT EXISTS expired(
 CREATE TABLE IF NOT EXISTS idempotency(
   key_id TEXT NOT NULL, idem_key TEXT NOT NULL, body_sha256 TEXT NOT NULL, request_id TEXT NOT NULL,
   created_ms INTEGER NOT NULL, PRIMARY KEY(key_id, idem_key));
+CREATE TABLE IF NOT EXISTS images(
+  token TEXT NOT NULL, name TEXT NOT NULL, bytes BLOB NOT NULL, PRIMARY KEY(token, name));
 CREATE INDEX IF NOT EXISTS requests_by_finished ON requests(finished_ms)
   WHERE state IN ('succeeded','failed','cancelled');
 )sql";
@@ -80,6 +82,10 @@ class Stmt {
     check(sqlite3_bind_text(stmt_, ++arg_, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
     return *this;
   }
+  Stmt& bind_blob(const std::string& v) {
+    check(sqlite3_bind_blob(stmt_, ++arg_, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
+    return *this;
+  }
   Stmt& bind(int64_t v) {
     check(sqlite3_bind_int64(stmt_, ++arg_, v));
     return *this;
@@ -90,6 +96,10 @@ class Stmt {
     if (rc == SQLITE_ROW) return true;
     if (rc == SQLITE_DONE) return false;
     throw IoError(std::string("[store] ") + sqlite3_errmsg(db_));
+  }
+  std::string blob(int col) {
+    const void* p = sqlite3_column_blob(stmt_, col);
+    return p ? std::string(static_cast<const char*>(p), sqlite3_column_bytes(stmt_, col)) : std::string();
   }
   std::string text(int col) {
     const unsigned char* p = sqlite3_column_text(stmt_, col);
@@ -447,6 +457,27 @@ class SqliteStore final : public Store {
     i.bind(idempotency_before_ms).step();
     tx.commit();
     return n;
+  }
+
+  void put_image(const std::string& token, const std::string& name, const std::string& bytes) override {
+    std::lock_guard lock(mu_);
+    Stmt u(db_, "INSERT INTO images(token, name, bytes) VALUES(?,?,?) ON CONFLICT(token, name) DO UPDATE SET "
+                "bytes=excluded.bytes");
+    u.bind(token).bind(name).bind_blob(bytes).step();
+  }
+
+  std::optional<std::string> get_image(const std::string& token, const std::string& name) override {
+    std::lock_guard lock(rmu_);
+    Stmt s(rdb_, "SELECT bytes FROM images WHERE token=? AND name=?");
+    s.bind(token).bind(name);
+    if (!s.step()) return std::nullopt;
+    return s.blob(0);
+  }
+
+  void delete_images(const std::string& token) override {
+    std::lock_guard lock(mu_);
+    Stmt u(db_, "DELETE FROM images WHERE token=?");
+    u.bind(token).step();
   }
 
   std::vector<OutboxMessage> claim_due_outbox(const std::string& node_id, int64_t now_ms, int64_t lease_ms,

@@ -210,6 +210,12 @@ class Store {
   // `idempotency_before_ms`; returns how many tombstones went.
   virtual int prune(int64_t before_ms, int64_t idempotency_before_ms) = 0;
 
+  // Images kept in the database itself (--images postgresql, for small deployments): written
+  // whole in one statement, so a reader never sees half of one.
+  virtual void put_image(const std::string& token, const std::string& name, const std::string& bytes) = 0;
+  virtual std::optional<std::string> get_image(const std::string& token, const std::string& name) = 0;
+  virtual void delete_images(const std::string& token) = 0;
+
   // Webhook outbox. Due messages are claimed like jobs: a message claimed by one node is not
   // handed to another until `lease_ms` passed (the node may have died mid-delivery).
   virtual std::vector<OutboxMessage> claim_due_outbox(const std::string& node_id, int64_t now_ms,

@@ -25,7 +25,8 @@ struct Cluster {
                                       std::vector<std::string> extra = {}) {
     std::string data = dir.path() + "/" + name;
     std::filesystem::create_directories(data);
-    std::vector<std::string> args = {"--store", db.uri(), "--images", dir.path() + "/images", "--role", role,
+    std::vector<std::string> args = {"--store", db.uri(), "--images", images.empty() ? dir.path() + "/images" : images,
+                                     "--role", role,
                                      "--node-id", name, "--lease-ms", "2000"};
     args.insert(args.end(), extra.begin(), extra.end());
     return std::make_unique<ServerProcess>(data, step_ms, args);
@@ -35,6 +36,7 @@ struct Cluster {
   TempDir dir;
   std::unique_ptr<server::Store> store;
   std::string key;
+  std::string images;   // "" = a folder all nodes share; "postgresql" = in the database
 };
 
 json post(const ServerProcess& s, const std::string& key, const json& body) {
@@ -89,6 +91,27 @@ TEST(MultiNode, AnyNodeAnswersAnyRequest) {
   EXPECT_EQ(worker->client().Post("/generate/v3", {{"API-Key", c.key}}, job(1).dump(), "application/json")->status, 404);
   // An api node is ready without a model.
   EXPECT_EQ(api_a->client().Get("/readyz")->status, 200);
+}
+
+TEST(MultiNode, ImagesInTheDatabaseAreServedByEveryNode) {
+  FLUXPIPE_REQUIRE_PG();
+  Cluster c;
+  c.images = "postgresql";
+  auto api_a = c.node("api-a", "api", 0);
+  auto api_b = c.node("api-b", "api", 0);
+  auto worker = c.node("worker-1", "worker", 10);
+  json submitted = post(*api_a, c.key, job(1, 2));
+  json done = wait_done(*api_b, c.key, submitted["id"], 20000);
+  ASSERT_EQ(done["status"], "SUCCESS") << done.dump();
+  std::string url = done["download_urls"][1];
+  std::string path = url.substr(url.find("/v3/images/"));
+  auto from_a = api_a->client().Get(path);
+  auto from_b = api_b->client().Get(path);
+  ASSERT_TRUE(from_a && from_b);
+  EXPECT_EQ(from_a->status, 200);
+  EXPECT_EQ(from_a->body.substr(1, 3), "PNG");
+  EXPECT_EQ(from_a->body, from_b->body);
+  EXPECT_FALSE(std::filesystem::exists(c.dir.path() + "/images"));   // nothing on disk
 }
 
 TEST(MultiNode, CancelOnOneNodeStopsTheJobOnAnother) {

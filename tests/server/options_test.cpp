@@ -31,5 +31,29 @@ TEST(ServeOptions, MemoryBudgetAndTilingFromFlagsAndEnvironment) {
   EXPECT_THROW(parse_serve_options({"--data", "/tmp/x", "--vae-tiling", "maybe"}), UserError);
 }
 
+TEST(ServeOptions, SeveralNodeOptionsAndTheirTwins) {
+  setenv("FLUXPIPE_STORE", "postgresql://u@h/db", 1);
+  setenv("FLUXPIPE_ROLE", "worker", 1);
+  ServeOptions o = parse_serve_options({"--data", "/tmp/x", "--server-id", "gpu-a", "--node-id", "n1", "--images",
+                                        "postgresql", "--lease-ms", "5000", "--max-queued-per-key", "7"});
+  EXPECT_EQ(o.store_location, "postgresql://u@h/db");
+  EXPECT_EQ(o.role, "worker");
+  EXPECT_FALSE(runs_jobs(parse_serve_options({"--data", "/tmp/x", "--role", "api"})));
+  EXPECT_EQ(o.server_id, "gpu-a");
+  EXPECT_EQ(o.node_id, "n1");
+  EXPECT_EQ(o.images_dir, "postgresql");
+  EXPECT_EQ(o.lease_ms, 5000);
+  EXPECT_EQ(o.max_queued_per_key, 7);
+  unsetenv("FLUXPIPE_STORE");
+  unsetenv("FLUXPIPE_ROLE");
+  EXPECT_THROW(parse_serve_options({"--data", "/tmp/x", "--role", "boss"}), UserError);
+  try {
+    parse_serve_options({"--data", "/tmp/x", "--images", "postgresql"});   // with the SQLite store
+    FAIL() << "expected a UserError";
+  } catch (const UserError& err) {
+    EXPECT_NE(std::string(err.what()).find("--store postgresql"), std::string::npos) << err.what();
+  }
+}
+
 }  // namespace
 }  // namespace fluxpipe::server
