@@ -18,6 +18,7 @@
 #include <map>
 #include <mutex>
 
+#include "latency.h"
 #include "pg_test_db.h"
 #include "process_util.h"
 #include "server/store.h"
@@ -25,24 +26,10 @@
 
 using namespace fluxpipe;
 using namespace fluxpipe::testing;
+using fluxpipe::bench::percentile;
+using fluxpipe::bench::Samples;
 
 namespace {
-
-struct Samples {
-  std::mutex mu;
-  std::vector<double> ms;
-  std::atomic<int64_t> errors{0};
-  void add(const std::vector<double>& local) {
-    std::lock_guard lock(mu);
-    ms.insert(ms.end(), local.begin(), local.end());
-  }
-  double pct(double p) {
-    if (ms.empty()) return 0;
-    size_t k = std::min(ms.size() - 1, static_cast<size_t>(p * static_cast<double>(ms.size())));
-    std::nth_element(ms.begin(), ms.begin() + static_cast<long>(k), ms.end());
-    return ms[k];
-  }
-};
 
 struct Load {
   int pollers = 1000, submitters = 8, seconds = 10, interval_ms = 500;
@@ -114,9 +101,9 @@ void run_load(const char* label, const std::vector<int>& ports, const std::strin
   double elapsed = since(t0) / 1000.0;
   std::printf("  %-34s submits %6.0f/s (p50 %6.2f ms, p99 %7.2f ms, errors %lld)   polls %6.0f/s (p50 %6.2f ms, "
               "p99 %7.2f ms, errors %lld)\n",
-              label, static_cast<double>(submits.ms.size()) / elapsed, submits.pct(0.5), submits.pct(0.99),
-              static_cast<long long>(submits.errors), static_cast<double>(n_polls) / elapsed, polls.pct(0.5),
-              polls.pct(0.99), static_cast<long long>(polls.errors));
+              label, static_cast<double>(submits.ms.size()) / elapsed, percentile(submits.ms, 0.5), percentile(submits.ms, 0.99),
+              static_cast<long long>(submits.errors), static_cast<double>(n_polls) / elapsed, percentile(polls.ms, 0.5),
+              percentile(polls.ms, 0.99), static_cast<long long>(polls.errors));
 }
 
 std::vector<std::string> common_flags() {

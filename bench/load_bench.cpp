@@ -19,32 +19,15 @@
 #include <mutex>
 
 #include "pipeline/memory_plan.h"
+#include "latency.h"
 #include "test_util.h"
 #include <dirent.h>
 
 using namespace fluxpipe;
 using namespace fluxpipe::testing;
 
-namespace {
-
-struct Samples {
-  std::mutex mu;
-  std::vector<double> ms;
-  std::atomic<int64_t> errors{0};
-  void add(const std::vector<double>& local) {
-    std::lock_guard lock(mu);
-    ms.insert(ms.end(), local.begin(), local.end());
-  }
-};
-
-double percentile(std::vector<double>& v, double p) {
-  if (v.empty()) return 0;
-  size_t k = std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())));
-  std::nth_element(v.begin(), v.begin() + static_cast<long>(k), v.end());
-  return v[k];
-}
-
-}  // namespace
+using fluxpipe::bench::percentile;
+using fluxpipe::bench::Samples;
 
 int main(int argc, char** argv) {
   int pollers = 1000, submitters = 4, seconds = 10, interval_ms = 500, http_threads = 2, idle = 0;
