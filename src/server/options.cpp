@@ -160,6 +160,10 @@ const std::vector<Option>& options() {
        [](ServeOptions& o, const std::string& v) { o.webhook_policy.max_attempts = to_int("--webhook-attempts", v, 1, 100); }},
       {"--webhook-retry-ms", "FLUXPIPE_WEBHOOK_RETRY_MS", "MS", "first retry delay, doubled each time (default 1000)",
        [](ServeOptions& o, const std::string& v) { o.webhook_policy.base_delay_ms = to_int("--webhook-retry-ms", v, 1, 3600000); }},
+      {"--webhook-workers", "FLUXPIPE_WEBHOOK_WORKERS", "N", "webhook deliveries in flight at once (default 8)",
+       [](ServeOptions& o, const std::string& v) { o.webhook_policy.workers = to_int("--webhook-workers", v, 1, 256); }},
+      {"--webhook-per-host", "FLUXPIPE_WEBHOOK_PER_HOST", "N", "of which at most N to one receiving host (default 2)",
+       [](ServeOptions& o, const std::string& v) { o.webhook_policy.per_host = to_int("--webhook-per-host", v, 1, 256); }},
       {"--quiet", "FLUXPIPE_QUIET", nullptr, "log warnings and errors only",
        [](ServeOptions& o, const std::string& v) { o.quiet = to_bool("--quiet", v); }},
   };

@@ -109,13 +109,26 @@ std::map<std::string, std::string> WebhookSigner::sign(const std::string& id, in
   return {{"webhook-id", id}, {"webhook-timestamp", ts}, {"webhook-signature", signature}};
 }
 
-std::string redact_url(const std::string& url) {
+namespace {
+
+// The host[:port] a URL names, without user information (what logs show and the per-host limit
+// counts); the whole text when it is not a URL.
+std::string host_of(const std::string& url) {
   size_t scheme = url.find("://");
-  if (scheme == std::string::npos) return "(not a URL)";
+  if (scheme == std::string::npos) return url;
   size_t end = url.find_first_of("/?#", scheme + 3);
   std::string authority = url.substr(scheme + 3, end == std::string::npos ? std::string::npos : end - scheme - 3);
   if (size_t at = authority.rfind('@'); at != std::string::npos) authority = authority.substr(at + 1);
-  return url.substr(0, scheme + 3) + authority + (end == std::string::npos ? "" : "/...");
+  return authority;
+}
+
+}  // namespace
+
+std::string redact_url(const std::string& url) {
+  size_t scheme = url.find("://");
+  if (scheme == std::string::npos) return "(not a URL)";
+  bool more = url.find_first_of("/?#", scheme + 3) != std::string::npos;
+  return url.substr(0, scheme + 3) + host_of(url) + (more ? "/..." : "");
 }
 
 std::unique_ptr<WebhookSender> make_curl_sender(bool allow_private, int timeout_ms, const std::string& proxy) {
@@ -130,7 +143,10 @@ WebhookOutbox::WebhookOutbox(Store& store, WebhookSender& sender, const WebhookS
 
 WebhookOutbox::~WebhookOutbox() { stop(); }
 
-void WebhookOutbox::start() { thread_ = std::thread([this] { loop(); }); }
+void WebhookOutbox::start() {
+  thread_ = std::thread([this] { dispatch_loop(); });
+  for (int i = 0; i < std::max(1, policy_.workers); ++i) workers_.emplace_back([this] { worker_loop(); });
+}
 
 void WebhookOutbox::stop() {
   {
@@ -138,7 +154,26 @@ void WebhookOutbox::stop() {
     stopping_ = true;
   }
   cv_.notify_all();
+  work_cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+  for (std::thread& t : workers_) {
+    if (t.joinable()) t.join();
+  }
+  workers_.clear();
+  // Messages claimed but not sent: release them for the next start or another node.
+  std::deque<OutboxMessage> left;
+  {
+    std::lock_guard lock(mu_);
+    left.swap(queue_);
+  }
+  for (const OutboxMessage& m : left) {
+    try {
+      store_.update_outbox(m);
+    } catch (const std::exception& e) {
+      log("warn", std::string("webhook outbox: cannot release a claimed message at stop (another node takes it "
+                              "after the claim lapses): ") + e.what());
+    }
+  }
 }
 
 void WebhookOutbox::wake() {
@@ -149,58 +184,47 @@ void WebhookOutbox::wake() {
   cv_.notify_all();
 }
 
-int WebhookOutbox::run_once() {
-  int attempts = 0;
+int WebhookOutbox::dispatch_once() {
+  int idle = 0;
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) return 0;
+    idle = std::max(1, policy_.workers) - busy_ - static_cast<int>(queue_.size());
+  }
+  if (idle <= 0) return 0;
   // Claimed, so that with several nodes each message is sent by one of them per attempt; a node
   // that dies mid-delivery leaves its messages to the others after claim_ms.
-  std::vector<OutboxMessage> due = store_.claim_due_outbox(policy_.node_id, now_ms(), policy_.claim_ms, policy_.batch);
-  for (OutboxMessage& m : due) {
-    bool stopping = false;
-    {
-      std::lock_guard lock(mu_);
-      stopping = stopping_;
+  std::vector<OutboxMessage> due = store_.claim_due_outbox(policy_.node_id, now_ms(), policy_.claim_ms, idle);
+  int queued = 0;
+  std::vector<OutboxMessage> deferred;
+  {
+    std::lock_guard lock(mu_);
+    for (OutboxMessage& m : due) {
+      int& n = in_flight_[host_of(m.url)];
+      if (n >= policy_.per_host) {
+        deferred.push_back(std::move(m));
+        continue;
+      }
+      ++n;
+      queue_.push_back(std::move(m));
+      ++queued;
     }
-    if (stopping) {
-      store_.update_outbox(m);   // unchanged: releases the claim for the next start or node
-      continue;
-    }
-    std::string body = payload_(m.request_id);
-    std::string message_id = "msg_" + m.request_id + "_" + std::to_string(m.id);
-    DeliveryResult r = sender_.post(m.url, body, signer_.sign(message_id, now_ms() / 1000, body));
-    ++attempts;
-    m.attempts += 1;
-    if (r.ok) {
-      m.done = true;
-      m.last_error.clear();
-      metrics_.count_webhook("delivered");
-      log("info", "webhook " + message_id + " delivered to " + redact_url(m.url) + " (attempt " + std::to_string(m.attempts) +
-                      ", HTTP " + std::to_string(r.http_status) + ")");
-    } else if (m.attempts >= policy_.max_attempts) {
-      m.done = true;
-      m.last_error = r.error;
-      metrics_.count_webhook("gave_up");
-      log("warn", "webhook " + message_id + " to " + redact_url(m.url) + " failed (attempt " + std::to_string(m.attempts) +
-                      "): " + r.error + "; giving up after " + std::to_string(policy_.max_attempts) + " attempts");
-    } else {
-      int64_t delay = policy_.base_delay_ms << std::min(m.attempts - 1, 30);
-      if (delay > policy_.max_delay_ms || delay <= 0) delay = policy_.max_delay_ms;
-      m.next_attempt_ms = now_ms() + delay;
-      m.last_error = r.error;
-      metrics_.count_webhook("retry");
-      log("warn", "webhook " + message_id + " to " + redact_url(m.url) + " failed (attempt " + std::to_string(m.attempts) +
-                      "): " + r.error + "; retrying in " + std::to_string(delay) + " ms");
-    }
+  }
+  work_cv_.notify_all();
+  for (OutboxMessage& m : deferred) {
+    // Its host has per_host deliveries in flight: later, without spending an attempt.
+    m.next_attempt_ms = now_ms() + policy_.host_busy_delay_ms;
     store_.update_outbox(m);
   }
-  return attempts;
+  return queued;
 }
 
-void WebhookOutbox::loop() {
+void WebhookOutbox::dispatch_loop() {
   OutageLog outage("webhook outbox");
   while (true) {
-    int sent = 0;
+    int queued = 0;
     try {
-      sent = run_once();
+      queued = dispatch_once();
       outage.ok();
     } catch (const std::exception& e) {
       metrics_.count_error("io");
@@ -208,11 +232,70 @@ void WebhookOutbox::loop() {
     }
     std::unique_lock lock(mu_);
     if (stopping_) return;
-    if (sent >= policy_.batch) continue;   // more may be due
+    bool room = busy_ + static_cast<int>(queue_.size()) < std::max(1, policy_.workers);
+    if (queued > 0 && room) continue;   // more may be due
     cv_.wait_for(lock, std::chrono::milliseconds(policy_.poll_ms), [this] { return stopping_ || woken_; });
     if (stopping_) return;
     woken_ = false;
   }
+}
+
+void WebhookOutbox::worker_loop() {
+  while (true) {
+    OutboxMessage m;
+    {
+      std::unique_lock lock(mu_);
+      work_cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (stopping_) return;
+      m = std::move(queue_.front());
+      queue_.pop_front();
+      ++busy_;
+    }
+    std::string host = host_of(m.url);
+    try {
+      deliver(std::move(m));
+    } catch (const std::exception& e) {
+      // Recording the attempt failed (the store is away): the claim lapses and it is sent again.
+      metrics_.count_error("io");
+      log("error", std::string("webhook outbox: cannot record a delivery attempt: ") + e.what());
+    }
+    {
+      std::lock_guard lock(mu_);
+      --busy_;
+      if (--in_flight_[host] <= 0) in_flight_.erase(host);
+      woken_ = true;   // a worker is free: the dispatcher may claim more now
+    }
+    cv_.notify_all();
+  }
+}
+
+void WebhookOutbox::deliver(OutboxMessage m) {
+  std::string body = payload_(m.request_id);
+  std::string message_id = "msg_" + m.request_id + "_" + std::to_string(m.id);
+  DeliveryResult r = sender_.post(m.url, body, signer_.sign(message_id, now_ms() / 1000, body));
+  m.attempts += 1;
+  if (r.ok) {
+    m.done = true;
+    m.last_error.clear();
+    metrics_.count_webhook("delivered");
+    log("info", "webhook " + message_id + " delivered to " + redact_url(m.url) + " (attempt " + std::to_string(m.attempts) +
+                    ", HTTP " + std::to_string(r.http_status) + ")");
+  } else if (m.attempts >= policy_.max_attempts) {
+    m.done = true;
+    m.last_error = r.error;
+    metrics_.count_webhook("gave_up");
+    log("warn", "webhook " + message_id + " to " + redact_url(m.url) + " failed (attempt " + std::to_string(m.attempts) +
+                    "): " + r.error + "; giving up after " + std::to_string(policy_.max_attempts) + " attempts");
+  } else {
+    int64_t delay = policy_.base_delay_ms << std::min(m.attempts - 1, 30);
+    if (delay > policy_.max_delay_ms || delay <= 0) delay = policy_.max_delay_ms;
+    m.next_attempt_ms = now_ms() + delay;
+    m.last_error = r.error;
+    metrics_.count_webhook("retry");
+    log("warn", "webhook " + message_id + " to " + redact_url(m.url) + " failed (attempt " + std::to_string(m.attempts) +
+                    "): " + r.error + "; retrying in " + std::to_string(delay) + " ms");
+  }
+  store_.update_outbox(m);
 }
 
 }  // namespace fluxpipe::server

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -65,9 +66,14 @@ struct OutboxPolicy {
   int64_t poll_ms = 500;            // how often the worker looks for due messages
   std::string node_id = "local";    // names this node's claims on messages
   int64_t claim_ms = 120000;        // a claimed message not updated for this long goes to another node
-  int batch = 8;                    // messages claimed at once
+  int workers = 8;                  // deliveries in flight at once
+  int per_host = 2;                 // of which at most this many to one host
+  int64_t host_busy_delay_ms = 500; // a message whose host is at its limit waits this long (not an attempt)
 };
 
+// Delivers the outbox: one dispatcher claims due messages (as many as there are idle workers) and
+// hands them to `workers` delivery threads, at most `per_host` to any one host, so one slow
+// receiver holds at most that many threads and never delays the others' webhooks.
 class WebhookOutbox {
  public:
   // `payload(request_id)` builds the JSON body: the request's status object.
@@ -76,13 +82,16 @@ class WebhookOutbox {
   ~WebhookOutbox();
   void start();
   void stop();
-  // Wakes the worker (a request just ended).
+  // Wakes the dispatcher (a request just ended).
   void wake();
-  // Delivers every due message once; returns how many attempts were made.
-  int run_once();
 
  private:
-  void loop();
+  void dispatch_loop();
+  void worker_loop();
+  // Claims what the idle workers can take and queues it; returns how many were queued.
+  int dispatch_once();
+  // One delivery attempt, recorded in the store.
+  void deliver(OutboxMessage m);
 
   Store& store_;
   WebhookSender& sender_;
@@ -91,8 +100,13 @@ class WebhookOutbox {
   OutboxPolicy policy_;
   Metrics& metrics_;
   std::thread thread_;
+  std::vector<std::thread> workers_;
   std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable cv_;          // the dispatcher: woken, a worker went idle, stop
+  std::condition_variable work_cv_;     // the workers: a message is queued, stop
+  std::deque<OutboxMessage> queue_;
+  std::map<std::string, int> in_flight_;   // by host: queued or being delivered
+  int busy_ = 0;                        // workers delivering now
   bool stopping_ = false;
   bool woken_ = false;
 };

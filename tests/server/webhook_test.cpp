@@ -128,6 +128,35 @@ TEST(Webhook, UndeliveredMessagesSurviveARestart) {
   EXPECT_TRUE(signature_valid(kSecret, got[0]));
 }
 
+TEST(Webhook, ASlowReceiverHoldsAtMostItsShareAndDelaysNoOneElse) {
+  Receiver slow(0, 0, /*delay_ms=*/1500);
+  Receiver fast;
+  TestServer s([](server::ServeOptions& o) {
+    allow_private()(o);
+    o.rate_limit_per_minute = 0;
+    o.webhook_policy.workers = 4;
+    o.webhook_policy.per_host = 2;
+    o.webhook_policy.host_busy_delay_ms = 100;
+  });
+  auto submit_to = [&](const Receiver& rx) {
+    auto [code, j] = s.submit({{"prompt", "p"}, {"width", 64}, {"height", 64}, {"samples", 1},
+                               {"num_inference_steps", 1}, {"webhook", rx.url()}});
+    EXPECT_EQ(code, 200) << j.dump();
+    return j["id"].get<std::string>();
+  };
+  std::vector<std::string> slow_ids;
+  for (int i = 0; i < 6; ++i) slow_ids.push_back(submit_to(slow));
+  for (const std::string& id : slow_ids) s.wait_done(id);
+  auto t0 = std::chrono::steady_clock::now();
+  std::string a = submit_to(fast), b = submit_to(fast);
+  EXPECT_EQ(fast.wait_for(2, 5000).size(), 2u);
+  double fast_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(fast_s, 1.4) << "the fast receiver waited behind the slow one";
+  EXPECT_EQ(slow.wait_for(6, 15000).size(), 6u);   // every slow one arrives too, in the end
+  EXPECT_LE(slow.max_concurrent(), 2);
+  EXPECT_EQ(slow.max_concurrent(), 2);             // and two at a time, not one after another
+}
+
 TEST(Webhook, InternalTargetsAreRefusedAtSubmission) {
   TestServer s;   // private targets not allowed
   json body = {{"prompt", "p"}, {"width", 64}, {"height", 64}, {"samples", 1}, {"num_inference_steps", 1}};

@@ -23,9 +23,17 @@ struct Delivery {
 // An HTTP listener on 127.0.0.1 that records POSTs and answers `fail_first` of them with 500.
 class Receiver {
  public:
-  explicit Receiver(int fail_first = 0, int port = 0) : fail_first_(fail_first) {
-    http_.Post("/hook", [this](const httplib::Request& req, httplib::Response& res) {
+  // `delay_ms`: each answer waits that long (a slow receiver); max_concurrent() says how many
+  // deliveries it held at once.
+  explicit Receiver(int fail_first = 0, int port = 0, int delay_ms = 0) : fail_first_(fail_first) {
+    http_.Post("/hook", [this, delay_ms](const httplib::Request& req, httplib::Response& res) {
+      {
+        std::lock_guard lock(mu_);
+        max_concurrent_ = std::max(max_concurrent_, ++concurrent_);
+      }
+      if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
       std::lock_guard lock(mu_);
+      --concurrent_;
       deliveries_.push_back({req.headers, req.body});
       res.status = static_cast<int>(deliveries_.size()) <= fail_first_ ? 500 : 204;
     });
@@ -35,6 +43,10 @@ class Receiver {
   ~Receiver() {
     http_.stop();
     thread_.join();
+  }
+  int max_concurrent() {
+    std::lock_guard lock(mu_);
+    return max_concurrent_;
   }
   std::string url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/hook"; }
   int port() const { return port_; }
@@ -58,6 +70,8 @@ class Receiver {
   std::thread thread_;
   std::mutex mu_;
   std::vector<Delivery> deliveries_;
+  int concurrent_ = 0;
+  int max_concurrent_ = 0;
 };
 
 inline std::string header(const httplib::Headers& h, const std::string& name) {
