@@ -18,9 +18,6 @@
 #include "core/clock.h"
 #include "core/error.h"
 #include "core/parse.h"
-#include "pipeline/components.h"
-#include "pipeline/test_model.h"
-#include "tokenizer/tokenizers.h"
 #include "pipeline/pipeline.h"
 #include "server/api_server.h"
 #include "server/keys.h"
@@ -441,17 +438,7 @@ int cmd_tokenize(const std::vector<std::string>& args) {
   bool clip = positional[0] == "clip";
   text = positional[1];
   if (length == 0) length = clip ? 77 : 256;
-  std::string base = tokenizer::shipped_tokenizer_dir();
-  tokenizer::Encoding e;
-  if (clip) {
-    // A tokenizer folder (vocab.json + merges.txt); a model folder's tokenizer/ works too.
-    std::string dir = path.empty() ? base + "/clip" : path;
-    e = tokenizer::ClipTokenizer(dir).encode(text, length);
-  } else {
-    std::string file = path.empty() ? base + "/t5-v1_1-xxl/spiece.model" : path;
-    if (std::filesystem::is_directory(file)) file += "/spiece.model";
-    e = tokenizer::T5Tokenizer(file).encode(text, length);
-  }
+  TokenizedText e = tokenize_text(positional[0], path, text, length);
   std::string outs = "[";
   for (size_t i = 0; i < e.ids.size(); ++i) outs += (i ? ", " : "") + std::to_string(e.ids[i]);
   std::cout << outs << "]" << std::endl;

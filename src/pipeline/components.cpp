@@ -1,14 +1,16 @@
-#include "pipeline/components.h"
+#include "pipeline/pipeline.h"
 
 #include <cctype>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "io/name_maps.h"
+#include "tokenizer/tokenizers.h"
 #include "io/weights.h"
 #include "models/flux/flux.h"
 #include "models/text/encoders.h"
@@ -169,6 +171,26 @@ ComponentReport run_component(const ComponentRun& r) {
   rep.peak_rss_bytes = peak_rss_bytes();
   rep.arena_peak_bytes = arena.peak();
   return rep;
+}
+
+}  // namespace fluxpipe
+
+namespace fluxpipe {
+
+TokenizedText tokenize_text(const std::string& which, const std::string& path, const std::string& text, int length) {
+  std::string base = tokenizer::shipped_tokenizer_dir();
+  tokenizer::Encoding e;
+  if (which == "clip") {
+    // A tokenizer folder (vocab.json + merges.txt); a model folder's tokenizer/ works too.
+    e = tokenizer::ClipTokenizer(path.empty() ? base + "/clip" : path).encode(text, length);
+  } else if (which == "t5") {
+    std::string file = path.empty() ? base + "/t5-v1_1-xxl/spiece.model" : path;
+    if (std::filesystem::is_directory(file)) file += "/spiece.model";
+    e = tokenizer::T5Tokenizer(file).encode(text, length);
+  } else {
+    throw UserError("[tokenize] unknown tokenizer '" + which + "' (expected clip or t5)");
+  }
+  return {e.ids, e.truncated};
 }
 
 }  // namespace fluxpipe

@@ -100,4 +100,81 @@ std::vector<uint8_t> encode_png(const Image& image,
 std::vector<uint8_t> encode_jpeg(const Image& image, int quality, const std::string& comment);
 std::vector<uint8_t> encode_webp(const Image& image, int quality);
 
+
+// ---- Tools: the engine's other entry points for the CLI (`run`, `quantize`, `make-test-model`,
+// `tokenize`), here so that the CLI, like the server, needs no header but this one.
+
+// fluxpipe pipeline: running one model component on named tensors from a safetensors file
+// and writing named tensors back (`fluxpipe run ...`), so that anyone can compare any
+// component with a reference without writing code. Tensor names follow the test data in
+// ../shared/testdata/flux-tiny.
+// Thread-safety: one call at a time.
+struct ComponentRun {
+  std::string component;     // transformer | vae-decode | vae-encode | sample | randn | clip | t5
+  std::string weights;       // transformer or autoencoder weights (file or folder)
+  std::string ae;            // sample: autoencoder weights
+  std::string config;        // BFL parameters JSON for `weights` (FluxParams / AutoEncoderParams)
+  std::string ae_config;     // sample: AutoEncoderParams JSON
+  std::string inputs;        // safetensors with the named inputs
+  std::string output;        // safetensors to write
+  std::string compute = "f32";   // f32 | bf16
+  int steps = 4;             // sample
+  float guidance = 3.5f;     // sample with a dev model, when the inputs carry no `guidance`
+  uint64_t seed = 0;         // randn
+  std::vector<int64_t> shape;    // randn
+  std::string dtype = "f32";     // randn: f32 | bf16
+  bool mask = false;             // t5: use `attention_mask` (Flux does not)
+};
+
+struct ComponentReport {
+  std::vector<std::string> written;   // tensor names
+  double seconds = 0;
+  size_t peak_rss_bytes = 0;          // VmHWM of the process
+  size_t arena_peak_bytes = 0;        // activations
+};
+
+// `fluxpipe quantize`: reads weights (any layout; a FLUX transformer is renamed to BFL names),
+// writes GGUF with every matrix whose rows fit the block size in `type` (Q8_0, Q4_0, Q4_1,
+// Q5_0, Q5_1, Q4_K, Q6_K) and the rest as they were (fp8 widened to F16, which GGUF holds).
+// Returns the number of tensors quantized. Throws UserError for unknown types or files.
+int quantize_file(const std::string& input, const std::string& output, const std::string& type);
+
+// The process's peak resident memory (VmHWM), in bytes.
+size_t peak_rss_bytes();
+
+// Throws UserError naming the missing input, file or option.
+ComponentReport run_component(const ComponentRun& run);
+
+// fluxpipe pipeline: tiny random-weight FLUX.1-shaped models for tests and smoke checks
+// (`fluxpipe make-test-model`). Every part has the real architecture at toy widths and the real
+// tokenizers' vocabularies; files are marked as test models in their metadata and in
+// fluxpipe.json, and every image they make says so in its parameters. They draw noise, not
+// pictures.
+struct TestModelOptions {
+  bool real_width = false;   // FLUX.1's real widths (hidden 3072, CLIP-L 768, T5-XXL 4096), BF16 matrices
+  int depth = 1;             // double-stream blocks
+  int single = 1;            // single-stream blocks
+  int text_layers = 1;       // layers of each text encoder
+  uint64_t seed = 1;
+  std::string quant = "q8_0";   // gguf layout: the transformer's matrices in this block type
+  std::string text_quant;       // gguf layout: the T5 encoder as GGUF in this type too (empty: safetensors)
+  std::string layout = "bfl";   // bfl: four files; diffusers: the published folder layout with configs;
+                                // comfyui: one all-in-one file with ComfyUI's prefixes;
+                                // gguf: the transformer as GGUF (`quant`), the rest as bfl
+                                // (T5 as GGUF too with `text_quant`)
+};
+
+// Writes the four parts into `dir` (created if needed) in the chosen layout, plus fluxpipe.json
+// (the sizes the weights cannot tell, and the test-model mark).
+void write_test_model(const std::string& dir, const TestModelOptions& options = {});
+
+// `fluxpipe tokenize`: the ids of `text` under FLUX.1's CLIP-L ("clip") or T5 ("t5") tokenizer,
+// padded or truncated to `length`. `path`: a tokenizer folder or file; empty: fluxpipe's own
+// copies (share/tokenizers). UserError for an unknown tokenizer or unreadable files.
+struct TokenizedText {
+  std::vector<int64_t> ids;
+  bool truncated = false;
+};
+TokenizedText tokenize_text(const std::string& which, const std::string& path, const std::string& text, int length);
+
 }  // namespace fluxpipe

@@ -1,4 +1,4 @@
-#include "pipeline/test_model.h"
+#include "pipeline/pipeline.h"
 
 #include <sys/stat.h>
 

@@ -13,7 +13,7 @@
 #include "models/vae/vae.h"
 #include "pipeline/memory_plan.h"
 #include "pipeline/pipeline.h"
-#include "pipeline/test_model.h"
+#include "pipeline/pipeline.h"
 #include "test_util.h"
 
 namespace fluxpipe::testing {

@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/weights.h"
+#include "models/common.h"
 #include "ops/ops.h"
 
 namespace fluxpipe::flux {
@@ -45,14 +46,8 @@ struct Config {
   static Config from_weights(const io::WeightSet& w, const nlohmann::json* params);
 };
 
-// Called with each named intermediate ("double_blocks.0.img", ...) when set.
-using Trace = std::function<void(const std::string& name, const Tensor& value)>;
-
-struct Linear {
-  Tensor w;       // [out, in]
-  Tensor b;       // [out] (may be undefined)
-  Tensor scale;   // one value (ComfyUI's scaled fp8 files: w * scale is the weight), or undefined
-};
+using models::Linear;
+using models::Trace;
 
 class Model {
  public:

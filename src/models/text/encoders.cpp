@@ -15,7 +15,7 @@ const Tensor& need(const io::WeightSet& w, const std::string& name, const Shape&
 
 Tensor f32(Ctx& c, const Tensor& t) { return t.dtype() == DType::F32 ? t : ops::to_dtype(c, t, DType::F32); }
 
-Tensor lin(Ctx& c, const Tensor& x, const flux::Linear& l) {
+Tensor lin(Ctx& c, const Tensor& x, const models::Linear& l) {
   Tensor b = l.b.defined() ? f32(c, l.b) : Tensor();
   return ops::linear(c, x, l.w, l.b.defined() ? &b : nullptr);
 }
@@ -65,7 +65,7 @@ ClipTextModel::ClipTextModel(ClipConfig cfg, const io::WeightSet& w) : cfg_(cfg)
   final_w_ = need(w, "text_model.final_layer_norm.weight", {H});
   final_b_ = need(w, "text_model.final_layer_norm.bias", {H});
   auto linear = [&](const std::string& p, int64_t out, int64_t in) {
-    return flux::Linear{need(w, p + ".weight", {out, in}), need(w, p + ".bias", {out}), Tensor()};
+    return models::Linear{need(w, p + ".weight", {out, in}), need(w, p + ".bias", {out}), Tensor()};
   };
   for (int i = 0; i < cfg_.layers; ++i) {
     std::string p = "text_model.encoder.layers." + std::to_string(i);

@@ -18,7 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/weights.h"
-#include "models/flux/flux.h"
+#include "models/common.h"
 #include "ops/ops.h"
 
 namespace fluxpipe::text {
@@ -45,7 +45,7 @@ class ClipTextModel {
 
  private:
   struct Layer {
-    flux::Linear q, k, v, out, fc1, fc2;
+    models::Linear q, k, v, out, fc1, fc2;
     Tensor ln1_w, ln1_b, ln2_w, ln2_b;
   };
   ClipConfig cfg_;

@@ -110,7 +110,7 @@ Tensor Model::attention(Ctx& c, const Tensor& x, const Attn& a) const {
   return ops::add(c, x, conv(c, back, a.proj));
 }
 
-Tensor Model::middle(Ctx& c, Tensor h, const Tower& t, const flux::Trace& trace) const {
+Tensor Model::middle(Ctx& c, Tensor h, const Tower& t, const models::Trace& trace) const {
   h = resnet(c, h, t.mid1);
   if (trace) trace("mid.block_1", h);
   h = attention(c, h, t.mid_attn);
@@ -120,7 +120,7 @@ Tensor Model::middle(Ctx& c, Tensor h, const Tower& t, const flux::Trace& trace)
   return h;
 }
 
-Tensor Model::decode(Ctx& c, const Tensor& z, const flux::Trace& trace) const {
+Tensor Model::decode(Ctx& c, const Tensor& z, const models::Trace& trace) const {
   auto emit = [&](const std::string& n, const Tensor& t) {
     if (trace) trace(n, t);
   };
@@ -242,7 +242,7 @@ Tensor decode_in_tiles(Ctx& c, const Tensor& z, int64_t f, int64_t tile, int64_t
   return out;
 }
 
-Tensor Model::encode(Ctx& c, const Tensor& x, const flux::Trace& trace) const {
+Tensor Model::encode(Ctx& c, const Tensor& x, const models::Trace& trace) const {
   auto emit = [&](const std::string& n, const Tensor& t) {
     if (trace) trace(n, t);
   };

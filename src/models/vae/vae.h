@@ -16,7 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/weights.h"
-#include "models/flux/flux.h"
+#include "models/common.h"
 #include "ops/ops.h"
 
 namespace fluxpipe::vae {
@@ -54,7 +54,7 @@ class Model {
   int64_t spatial_factor() const;
 
   // z [B, z_channels, h, w] in the transformer's (scaled) space -> image [B, 3, Hi, Wi] in [-1, 1].
-  Tensor decode(Ctx& c, const Tensor& z, const flux::Trace& trace = {}) const;
+  Tensor decode(Ctx& c, const Tensor& z, const models::Trace& trace = {}) const;
   // The same, tile by tile, for large images in bounded memory: the latent is cut into tiles of
   // at most `tile` x `tile` latent pixels overlapping by `overlap`, each tile decoded on its own
   // and the overlaps blended with linear ramps. Not identical to decode(): the group norms and
@@ -63,7 +63,7 @@ class Model {
   Tensor decode_tiled(Ctx& c, const Tensor& z, int64_t tile, int64_t overlap) const;
 
   // image [B, 3, Hi, Wi] -> scale * (posterior mean - shift) [B, z_channels, h, w].
-  Tensor encode(Ctx& c, const Tensor& x, const flux::Trace& trace = {}) const;
+  Tensor encode(Ctx& c, const Tensor& x, const models::Trace& trace = {}) const;
 
  private:
   struct Conv {
@@ -97,7 +97,7 @@ class Model {
   Tensor resnet(Ctx& c, const Tensor& x, const Resnet& r) const;
   Tensor attention(Ctx& c, const Tensor& x, const Attn& a) const;
   // The middle of either tower: ResNet, single-head attention, ResNet (traced as mid.*).
-  Tensor middle(Ctx& c, Tensor h, const Tower& t, const flux::Trace& trace) const;
+  Tensor middle(Ctx& c, Tensor h, const Tower& t, const models::Trace& trace) const;
   Tensor conv(Ctx& c, const Tensor& x, const Conv& k, int stride = 1, bool asymmetric_pad = false) const;
   Tensor norm(Ctx& c, const Tensor& x, const Norm& n, bool silu = false) const;   // GroupNorm(32), SiLU after
 
