@@ -51,7 +51,11 @@ std::string ApiServer::Impl::authenticate(const http::Request& req, http::Respon
 std::optional<RequestRecord> ApiServer::Impl::owned_request(const std::string& id, const std::string& key_id,
                                                             http::Response& res) {
   std::optional<RequestRecord> r = store->get_request(id);
-  if (!r && answer_if_expired(id, key_id, res)) return std::nullopt;
+  if (!r) {
+    // Deleted by retention: 410 for its owner; another key learns nothing, as for any id.
+    std::optional<ExpiredRecord> gone = store->get_expired(id);
+    if (gone && constant_time_equal(gone->key_id, key_id) && answer_if_expired(gone, res)) return std::nullopt;
+  }
   // Another key's request answers exactly as an unknown one, so ids cannot be probed.
   if (!r || !constant_time_equal(r->key_id, key_id)) {
     send_failure(res, 404, "no request with id '" + id + "'");
@@ -70,9 +74,8 @@ std::string retention_text(int64_t ms) {
 
 }  // namespace
 
-bool ApiServer::Impl::answer_if_expired(const std::string& id, const std::string& key_id, http::Response& res) {
-  std::optional<ExpiredRecord> gone = key_id.empty() ? store->get_expired_by_token(id) : store->get_expired(id);
-  if (!gone || (!key_id.empty() && !constant_time_equal(gone->key_id, key_id))) return false;
+bool ApiServer::Impl::answer_if_expired(const std::optional<ExpiredRecord>& gone, http::Response& res) {
+  if (!gone) return false;
   send_failure(res, 410, "this request and its images were deleted after the server's retention period (" +
                              retention_text(options.retention_ms) + ")");
   return true;
@@ -317,7 +320,7 @@ void ApiServer::Impl::handle_image(const http::Request& req, http::Response& res
   std::string token = req.matches.at(1);
   std::string name = req.matches.at(2);
   std::optional<RequestRecord> r = store->get_request_by_token(token);
-  if (!r && answer_if_expired(token, "", res)) return;   // the token is the capability: no key here
+  if (!r && answer_if_expired(store->get_expired_by_token(token), res)) return;   // the token is the capability
   size_t index = r ? r->file_names.size() : 0;
   if (r) {
     if (!name.empty() && name.find_first_not_of("0123456789") == std::string::npos && name.size() < 3) {

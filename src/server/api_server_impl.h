@@ -68,8 +68,8 @@ struct ApiServer::Impl {
   void maintenance_loop();
   void refresh_live_pools();
   void run_retention();
-  // 410 for a request deleted after the retention period (its tombstone, if `key_id` owns it).
-  bool answer_if_expired(const std::string& id, const std::string& key_id, http::Response& res);
+  // Answers 410 when `gone` is the tombstone of a request deleted after the retention period.
+  bool answer_if_expired(const std::optional<ExpiredRecord>& gone, http::Response& res);
   // A server_id a request may name: configured, or the pool of a live worker.
   bool pool_known(const std::string& id);
   // Some worker (this node's or a live one elsewhere) serves pool `id` now.

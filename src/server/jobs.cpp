@@ -192,9 +192,7 @@ void JobRunner::run_job(const RequestRecord& record) {
     running_progress_ = {0, job.steps, now_ms()};
     running_cancelled_ = false;
     running_lost_ = false;
-    cancel_hinted_ = true;   // look at the cancel flag at once: a DELETE may have come during the claim
   }
-  heartbeat_cv_.notify_all();
   log("info", "job " + record.id + " started (attempt " + std::to_string(record.attempts) + ", " +
                   std::to_string(job.seeds.size()) + " images " + std::to_string(job.width) + "x" +
                   std::to_string(job.height) + ", " + std::to_string(job.steps) + " steps)");
