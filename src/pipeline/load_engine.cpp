@@ -1,7 +1,9 @@
 // The FLUX.1 text-to-image engine behind pipeline.h: tokenize -> CLIP pooled vector + T5
 // tokens -> noise (PyTorch's CPU float32 draw, one seed per image) -> schnell/dev sampling
 // (true CFG with a negative prompt) -> autoencoder decode -> 8-bit RGB.
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 
 #include "core/block_cache.h"
 #include "core/error.h"
@@ -42,7 +44,8 @@ class FluxEngine final : public Engine {
     size_t budget = options_.memory_budget ? options_.memory_budget : machine_memory_bytes();
     // What the process holds already (code, libraries, tokenizers; the weights are mapped but not
     // yet read) plus room for kernel scratch and the JIT code oneDNN makes.
-    planner_ = std::make_unique<MemoryPlanner>(budget, resident_bytes() + (size_t{256} << 20));
+    size_t held = options_.held_bytes ? options_.held_bytes : resident_bytes() + (size_t{256} << 20);
+    planner_ = std::make_unique<MemoryPlanner>(budget, held);
     auto part = [&](const char* name, const io::WeightSet& w) {
       return planner_->add_part(name, io::total_bytes(w), [&w] { io::release_resident_pages(w); });
     };
@@ -56,70 +59,110 @@ class FluxEngine final : public Engine {
     return files_.name + (files_.test_model ? " (random-weight test model, not FLUX.1)" : "");
   }
 
+  JobFit check_fit(const GenerateJob& job) const override {
+    const int64_t count = std::max<int64_t>(1, static_cast<int64_t>(job.seeds.size()));
+    const int64_t m = cfg_run(job) ? 2 : 1;   // true CFG runs the model on both conditionings
+    const size_t budget = planner_->budget(), held = planner_->reserved();
+    const size_t room = budget > held ? budget - held : 0;
+    const size_t weights = planner_->part_bytes(part_transformer_);
+    auto act_at = [&](int64_t width, int64_t height) {
+      int64_t tokens = image_tokens(width, height);
+      return [=, this](int64_t b) { return denoise_activation_bytes(b * m, tokens, t5_len(), flux_.config().hidden); };
+    };
+    // Only the denoising's working memory grows with the image and the batch: text encoding's is
+    // fixed and small, and decoding is tiled to what is left (automatic tiling).
+    int64_t batch = batch_that_fits(count, weights, room, act_at(job.width, job.height));
+    if (batch > 0) return {true, static_cast<int>(batch), ""};
+
+    auto gib = [](size_t b) {
+      char s[32];
+      if (b < (size_t{1} << 30)) std::snprintf(s, sizeof s, "%zu MiB", (b + (size_t{1} << 19)) >> 20);
+      else std::snprintf(s, sizeof s, "%.1f GiB", static_cast<double>(b) / static_cast<double>(size_t{1} << 30));
+      return std::string(s);
+    };
+    std::string budget_text = "the engine plans each job within a memory budget of " + gib(budget) + ", " + gib(held) +
+                              " of which the process itself holds";
+    int64_t side = 0;
+    for (int64_t s = 16; s <= 16384 && act_at(s, s)(1) <= room; s += 16) side = s;
+    std::string reason = "a " + std::to_string(job.width) + "x" + std::to_string(job.height) + " image needs about " +
+                         gib(act_at(job.width, job.height)(1)) + " of working memory while denoising" +
+                         (m == 2 ? " (a negative prompt doubles it)" : "") + ", and " + budget_text + "; ";
+    reason += side > 0 ? "the largest square image that fits is " + std::to_string(side) + "x" + std::to_string(side) +
+                             " (or as many pixels in another shape)"
+                       : "no image size fits" + std::string(m == 2 ? " with a negative prompt" : "");
+    return {false, 0, reason};
+  }
+
   std::vector<Image> generate(const GenerateJob& job, const StepCallback& on_step) override {
+    JobFit fit = check_fit(job);
+    if (!fit.fits) throw UserError(fit.reason);
     Ctx c;
     c.compute = Compute::BF16;
     const int64_t B = static_cast<int64_t>(job.seeds.size());
-    const int t5_len = flux_.config().guidance_embed ? 512 : 256;   // dev reads 512 tokens, schnell 256
+    const int64_t batch = std::clamp<int64_t>(fit.batch, 1, B);
+    const int batches = static_cast<int>((B + batch - 1) / batch);
+    // The prompt's conditioning, once: [1, Lt, ctx] tokens and the [1, vec_in] pooled vector.
     auto encode = [&](const std::string& prompt, Tensor* txt, Tensor* vec) {
       tokenizer::Encoding ce = clip_tok_.encode(prompt, static_cast<int>(std::min<int64_t>(77, clip_.config().positions)));
-      tokenizer::Encoding te = t5_tok_.encode(prompt, t5_len);
+      tokenizer::Encoding te = t5_tok_.encode(prompt, t5_len());
       std::vector<float> cid(ce.ids.begin(), ce.ids.end()), tid(te.ids.begin(), te.ids.end());
-      Tensor pooled = clip_.forward(c, Tensor::from_floats({1, static_cast<int64_t>(cid.size())}, cid)).pooler_output;
-      Tensor tokens = t5_.forward(c, Tensor::from_floats({1, static_cast<int64_t>(tid.size())}, tid));
-      // The same conditioning for every image of the job: [B, ...].
-      std::vector<Tensor> v(static_cast<size_t>(B), pooled), t(static_cast<size_t>(B), tokens);
-      *vec = B == 1 ? pooled : ops::concat(c, v, 0);
-      *txt = B == 1 ? tokens : ops::concat(c, t, 0);
+      *vec = clip_.forward(c, Tensor::from_floats({1, static_cast<int64_t>(cid.size())}, cid)).pooler_output;
+      *txt = t5_.forward(c, Tensor::from_floats({1, static_cast<int64_t>(tid.size())}, tid));
       truncated_ = truncated_ || ce.truncated || te.truncated;
+    };
+    // The same conditioning for every image of a batch: [n, ...].
+    auto repeat = [&](const Tensor& t, int64_t n) {
+      if (!t.defined() || n == 1) return t;
+      return ops::concat(c, std::vector<Tensor>(static_cast<size_t>(n), t), 0);
     };
     truncated_ = false;
     stages_.clear();
     auto mark = std::chrono::steady_clock::now();
-    auto stage = [&](const char* name) {
-      auto now = std::chrono::steady_clock::now();
-      stages_.push_back({name, std::chrono::duration<double>(now - mark).count()});
-      mark = now;
+    auto seconds_since = [](std::chrono::steady_clock::time_point t) {
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
     };
     plan_.clear();
-    auto note_released = [&](const std::vector<std::string>& names, const char* before) {
-      for (const std::string& n : names) plan_.push_back("released the " + n + " before " + before);
-    };
-    const bool cfg_run = !job.negative_prompt.empty() && job.true_cfg_scale > 1.0f;
-    note_released(planner_->enter({part_clip_, part_t5_}, size_t{512} << 20), "text encoding");
+    const bool cfg = cfg_run(job);
+    note_released(planner_->enter({part_clip_, part_t5_}, text_activation_bytes(t5_.config().d_model)), "text encoding");
     Tensor txt, vec, neg_txt, neg_vec;
     encode(job.prompt, &txt, &vec);
-    if (cfg_run) encode(job.negative_prompt, &neg_txt, &neg_vec);
+    if (cfg) encode(job.negative_prompt, &neg_txt, &neg_vec);
     block_cache::trim();   // each phase starts with no kept activation blocks (see core/block_cache.h)
-    stage("text encoders");
-
-    sampling::RenderRequest rr{txt, vec, neg_txt, neg_vec, job.true_cfg_scale, job.seeds, job.width, job.height, job.steps, 3.5f};
-    const int64_t f = ae_.spatial_factor();
-    const int64_t lat_h = 2 * ((job.height + 2 * f - 1) / (2 * f)), lat_w = 2 * ((job.width + 2 * f - 1) / (2 * f));
-    note_released(planner_->enter({part_transformer_}, denoise_activation_bytes(cfg_run ? 2 * B : B, (lat_h / 2) * (lat_w / 2),
-                                                                                 txt.size(1), flux_.config().hidden)),
-                  "denoising");
-    // The two phases of render() are timed together here; the split comes from the step hook.
-    double denoise_end = 0;
-    auto hook = [&](int done, int total) {
-      if (done == total) denoise_end = std::chrono::duration<double>(std::chrono::steady_clock::now() - mark).count();
-      return on_step(done, total);
-    };
-    Tensor z = sampling::render_latents(c, flux_, ae_, rr, hook);   // [B, z, h, w]
-    block_cache::trim();
-    Tensor u8 = sampling::to_u8(decode(c, z));                      // [B, H, W, 3]
-    block_cache::trim();   // the job's activation blocks go back to the system
-    double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - mark).count();
-    stages_.push_back({"denoising", denoise_end});
-    stages_.push_back({"decoding", total_s - denoise_end});
-    std::vector<Image> out;
-    int64_t H = u8.size(1), W = u8.size(2);
-    for (int64_t b = 0; b < B; ++b) {
-      Image img{static_cast<int>(W), static_cast<int>(H), {}};
-      const uint8_t* p = u8.data<uint8_t>() + b * H * W * 3;
-      img.rgb.assign(p, p + H * W * 3);
-      out.push_back(crop(img, job.width, job.height));
+    stages_.push_back({"text encoders", seconds_since(mark)});
+    if (batches > 1) {
+      plan_.push_back("denoised in " + std::to_string(batches) + " batches of at most " + std::to_string(batch) +
+                      " images (the budget does not hold all " + std::to_string(B) + " at once)");
     }
+
+    std::vector<Image> out;
+    double denoise_s = 0, decode_s = 0;
+    for (int k = 0; k < batches; ++k) {
+      const int64_t first = k * batch, n = std::min<int64_t>(batch, B - first);
+      std::vector<int64_t> seeds(job.seeds.begin() + first, job.seeds.begin() + first + n);
+      sampling::RenderRequest rr{repeat(txt, n), repeat(vec, n), repeat(neg_txt, n), repeat(neg_vec, n),
+                                 job.true_cfg_scale, seeds, job.width, job.height, job.steps, 3.5f};
+      note_released(planner_->enter({part_transformer_}, denoise_activation_bytes(cfg ? 2 * n : n, image_tokens(job.width, job.height),
+                                                                                   t5_len(), flux_.config().hidden)),
+                    "denoising");
+      auto start = std::chrono::steady_clock::now();
+      auto hook = [&](int done, int total) { return on_step(k * total + done, batches * total); };
+      Tensor z = sampling::render_latents(c, flux_, ae_, rr, hook);   // [n, z, h, w]
+      block_cache::trim();
+      denoise_s += seconds_since(start);
+      start = std::chrono::steady_clock::now();
+      Tensor u8 = sampling::to_u8(decode(c, z));                      // [n, H, W, 3]
+      block_cache::trim();   // the batch's activation blocks go back to the system
+      decode_s += seconds_since(start);
+      int64_t H = u8.size(1), W = u8.size(2);
+      for (int64_t b = 0; b < n; ++b) {
+        Image img{static_cast<int>(W), static_cast<int>(H), {}};
+        const uint8_t* p = u8.data<uint8_t>() + b * H * W * 3;
+        img.rgb.assign(p, p + H * W * 3);
+        out.push_back(crop(img, job.width, job.height));
+      }
+    }
+    stages_.push_back({"denoising", denoise_s});
+    stages_.push_back({"decoding", decode_s});
     return out;
   }
 
@@ -132,6 +175,21 @@ class FluxEngine final : public Engine {
   std::vector<std::pair<std::string, double>> last_stage_seconds() const override { return stages_; }
 
  private:
+  int t5_len() const { return flux_.config().guidance_embed ? 512 : 256; }   // dev reads 512 tokens, schnell 256
+  static bool cfg_run(const GenerateJob& job) { return !job.negative_prompt.empty() && job.true_cfg_scale > 1.0f; }
+  // Packed image tokens of a width x height image: (latent h / 2) * (latent w / 2).
+  int64_t image_tokens(int64_t width, int64_t height) const {
+    const int64_t f = ae_.spatial_factor();
+    return ((height + 2 * f - 1) / (2 * f)) * ((width + 2 * f - 1) / (2 * f));
+  }
+  // Records the parts a phase released (once each, however many batches).
+  void note_released(const std::vector<std::string>& names, const char* before) {
+    for (const std::string& n : names) {
+      std::string line = "released the " + n + " before " + before;
+      if (std::find(plan_.begin(), plan_.end(), line) == plan_.end()) plan_.push_back(line);
+    }
+  }
+
   // Decodes whole when that fits the budget (releasing other parts first if that is what it
   // takes), in tiles otherwise, or as the options force.
   Tensor decode(Ctx& c, const Tensor& z) {
@@ -142,7 +200,7 @@ class FluxEngine final : public Engine {
       tiled = whole > planner_->room_with_only({part_ae_});
     }
     if (!tiled) {
-      for (const std::string& n : planner_->enter({part_ae_}, whole)) plan_.push_back("released the " + n + " before decoding");
+      note_released(planner_->enter({part_ae_}, whole), "decoding");
       return ae_.decode(c, z);
     }
     // Tiles sized to what is left once everything but the autoencoder is released (if needed).
@@ -150,12 +208,11 @@ class FluxEngine final : public Engine {
     int64_t tile = decode_tile_for(room, f);
     if (options_.vae_tiling == Tiling::on) tile = std::min<int64_t>(tile, 64);   // forced: 512-pixel tiles at most
     const int64_t overlap = std::max<int64_t>(4, tile / 4);
-    for (const std::string& n : planner_->enter({part_ae_}, decode_activation_bytes(1, tile * tile * f * f))) {
-      plan_.push_back("released the " + n + " before decoding");
-    }
+    note_released(planner_->enter({part_ae_}, decode_activation_bytes(1, tile * tile * f * f)), "decoding");
     size_t tiles = vae::tile_spans(z.size(2), tile, overlap).size() * vae::tile_spans(z.size(3), tile, overlap).size();
-    if (tiles > 1) plan_.push_back("decoded in " + std::to_string(tiles * static_cast<size_t>(B)) + " tiles of " + std::to_string(tile * f) +
-                    " pixels (overlap " + std::to_string(overlap * f) + ")");
+    std::string line = "decoded in " + std::to_string(tiles * static_cast<size_t>(B)) + " tiles of " + std::to_string(tile * f) +
+                       " pixels (overlap " + std::to_string(overlap * f) + ")";
+    if (tiles > 1 && std::find(plan_.begin(), plan_.end(), line) == plan_.end()) plan_.push_back(line);
     return ae_.decode_tiled(c, z, tile, overlap);
   }
 

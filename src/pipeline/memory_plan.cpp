@@ -102,8 +102,13 @@ std::vector<std::string> MemoryPlanner::enter(const std::vector<int>& needs, siz
 // states, the single blocks' 21504-wide first projection, attention tiles), with margin.
 size_t denoise_activation_bytes(int64_t batch, int64_t image_tokens, int64_t text_tokens, int64_t hidden) {
   const double per_token = 100.0 * static_cast<double>(hidden);   // ~300 KiB at hidden 3072
-  return static_cast<size_t>(per_token * static_cast<double>(batch * (image_tokens + text_tokens))) + (size_t{256} << 20);
+  const size_t fixed = (size_t{256} << 20) / 3072 * static_cast<size_t>(hidden);   // 256 MiB at hidden 3072
+  return static_cast<size_t>(per_token * static_cast<double>(batch * (image_tokens + text_tokens))) + fixed;
 }
+
+// Both prompts through CLIP-L and T5-XXL (the T5 layers' 10240-wide feed-forward, the attention
+// scores of 256-512 tokens), with margin: 512 MiB at T5-XXL's width of 4096.
+size_t text_activation_bytes(int64_t t5_width) { return (size_t{128} << 10) * static_cast<size_t>(t5_width); }
 
 // The autoencoder's decoder holds a handful of 128- and 256-channel F32 maps at full size at
 // once (the peak is at the last upsampling); measured ~3.7 KB per output pixel at 1024².
@@ -111,6 +116,14 @@ constexpr double kDecodeBytesPerPixel = 4096.0;
 
 size_t decode_activation_bytes(int64_t batch, int64_t pixels) {
   return static_cast<size_t>(kDecodeBytesPerPixel * static_cast<double>(batch * pixels)) + (size_t{64} << 20);
+}
+
+int64_t batch_that_fits(int64_t count, size_t weights, size_t room, const std::function<size_t(int64_t)>& act) {
+  if (act(1) > room) return 0;
+  if (weights + act(1) > room) return 1;
+  int64_t b = 1;
+  while (b < count && weights + act(b + 1) <= room) ++b;
+  return b;
 }
 
 int64_t decode_tile_for(size_t room, int64_t factor) {

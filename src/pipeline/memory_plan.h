@@ -47,6 +47,8 @@ class MemoryPlanner {
   size_t room_keeping(const std::vector<int>& needs) const;
 
   size_t budget() const { return budget_; }
+  size_t reserved() const { return reserved_; }
+  size_t part_bytes(int part) const { return parts_.at(static_cast<size_t>(part)).bytes; }
   bool resident(int part) const { return parts_.at(static_cast<size_t>(part)).resident; }
 
  private:
@@ -62,9 +64,19 @@ class MemoryPlanner {
   std::vector<Part> parts_;
 };
 
-// Activation estimates (bytes) for the phases of a FLUX.1 job.
+// Activation estimates (bytes) for the phases of a FLUX.1 job. Fixed overheads scale with the
+// model's width (measured at the real widths), so a toy test model is not charged a real one's.
+size_t text_activation_bytes(int64_t t5_width);
 size_t denoise_activation_bytes(int64_t batch, int64_t image_tokens, int64_t text_tokens, int64_t hidden);
 size_t decode_activation_bytes(int64_t batch, int64_t pixels);
+// How many images of one job to denoise at once. `act(b)` is the activation estimate for b
+// images; `weights` the bytes of the part the phase reads; `room` the budget less what the
+// process holds. The largest b <= count whose activations fit beside the weights; when even
+// b = 1 does not fit beside them (the weights are memory-mapped, so the system can evict and
+// re-read their pages; activations cannot be), 1 if its activations fit `room` alone, else 0 —
+// the job does not fit at all.
+int64_t batch_that_fits(int64_t count, size_t weights, size_t room, const std::function<size_t(int64_t)>& act);
+
 // The largest square tile side (in latent pixels, a multiple of 8, at least 32) whose decoding
 // fits `room` bytes; `factor` is image pixels per latent pixel.
 int64_t decode_tile_for(size_t room, int64_t factor);

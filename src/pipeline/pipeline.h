@@ -40,7 +40,17 @@ struct Image {
 
 // Called after each step with (steps done, steps total). Returning false asks the
 // engine to stop; it then throws Cancelled at the next step boundary.
+// With several batches (see JobFit) the count runs over all of them: total = steps x batches.
 using StepCallback = std::function<bool(int done, int total)>;
+
+// Whether a job fits the engine's memory budget, judged before any work: its images are denoised
+// in batches of `batch` (all at once when they fit); a job whose single image does not fit is
+// refused, and `reason` says what it needs, the budget, and the largest size that would fit.
+struct JobFit {
+  bool fits = true;
+  int batch = 1;            // images denoised at once (<= the job's count)
+  std::string reason;       // when !fits; a client-facing sentence (no file names)
+};
 
 struct Cancelled : std::runtime_error {
   Cancelled() : std::runtime_error("cancelled") {}
@@ -54,7 +64,12 @@ class Engine {
   // REQUIRES: job validated (width/height multiples of 16, steps >= 1, seeds non-empty).
   // Throws Cancelled when on_step returned false; UserError for requests the model
   // cannot serve; IoError/InternalError otherwise.
+  // Throws UserError with JobFit::reason when check_fit(job) says it does not fit.
   virtual std::vector<Image> generate(const GenerateJob& job, const StepCallback& on_step) = 0;
+  // Cheap (no work, no allocation of note): the server asks it at submission.
+  virtual JobFit check_fit(const GenerateJob& job) const {
+    return {true, static_cast<int>(job.seeds.size()), ""};
+  }
   // Whether the last generate() had to cut the prompt (or negative prompt) to the text
   // encoders' limits (77 CLIP tokens, 256/512 T5 tokens).
   virtual bool last_prompt_truncated() const { return false; }
@@ -74,6 +89,11 @@ struct EngineOptions {
   size_t memory_budget = 0;
   // Tiled decoding: automatic when a whole decode would not fit the budget, always, or never.
   Tiling vae_tiling = Tiling::automatic;
+  // Memory the process holds besides the model and a job's activations, counted against the
+  // budget; 0: measured at load (the resident set then, plus 256 MiB for kernel scratch and the
+  // code oneDNN generates). Set by callers that account for it themselves (the tests do, to
+  // plan exact budgets).
+  size_t held_bytes = 0;
 };
 
 // Loads the FLUX.1 model found at `model_path`: a diffusers folder, a folder of single files in

@@ -162,6 +162,12 @@ std::optional<RequestRecord> ApiServer::Impl::enqueue(GenerateRequest p, const s
     send_failure(res, 503, "no model is loaded on this server: start it with `fluxpipe serve --model PATH`");
     return std::nullopt;
   }
+  // A job the engine's memory budget cannot hold is refused now, not found out by a crash. (An
+  // api node has no engine: its workers fail such a job with the same reason.)
+  if (engine) {
+    JobFit fit = engine->check_fit(job_of(p, std::vector<int64_t>(static_cast<size_t>(p.samples), 0)));
+    if (!fit.fits) throw UserError("[request] the request does not fit this server's memory: " + fit.reason);
+  }
   if (int wait_s = rate_limiter.take(key_id)) {
     res.set_header("Retry-After", std::to_string(wait_s));
     send_failure(res, 429, "rate limit: at most " + std::to_string(options.rate_limit_per_minute) +

@@ -167,14 +167,7 @@ void JobRunner::record_end(const RequestRecord& record, JobState state, const st
 void JobRunner::run_job(const RequestRecord& record) {
   GenerateJob job;
   try {
-    GenerateRequest req = generate_request_from_json(nlohmann::json::parse(record.params_json));
-    job.prompt = req.prompt;
-    job.negative_prompt = req.negative_prompt;
-    job.true_cfg_scale = req.true_cfg_scale;
-    job.width = req.width;
-    job.height = req.height;
-    job.steps = req.steps;
-    job.seeds = record.seeds;
+    job = job_of(generate_request_from_json(nlohmann::json::parse(record.params_json)), record.seeds);
     if (job.seeds.empty() || job.seeds.size() != record.file_names.size()) throw InternalError("seeds and file names disagree");
   } catch (const std::exception& e) {
     log("error", "job " + record.id + ": its stored request cannot be read: " + e.what());

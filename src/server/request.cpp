@@ -185,4 +185,16 @@ GenerateRequest generate_request_from_json(const nlohmann::json& j) {
   return r;
 }
 
+GenerateJob job_of(const GenerateRequest& r, std::vector<int64_t> seeds) {
+  GenerateJob job;
+  job.prompt = r.prompt;
+  job.negative_prompt = r.negative_prompt;
+  job.true_cfg_scale = r.true_cfg_scale;
+  job.width = r.width;
+  job.height = r.height;
+  job.steps = r.steps;
+  job.seeds = std::move(seeds);
+  return job;
+}
+
 }  // namespace fluxpipe::server

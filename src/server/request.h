@@ -15,6 +15,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "pipeline/pipeline.h"
+
 namespace fluxpipe::server {
 
 // Seeds are 0..2^32-1, what the noise generator takes; image i of a request uses
@@ -57,6 +59,9 @@ GenerateRequest parse_generate_request(std::string_view body, const RequestLimit
 
 // Rounds to the nearest multiple of 16, ties up.
 int round_to_16(int side);
+
+// What the engine runs for `r`, one image per seed.
+GenerateJob job_of(const GenerateRequest& r, std::vector<int64_t> seeds);
 
 // Lossless round trip for the store.
 nlohmann::json to_json(const GenerateRequest& r);

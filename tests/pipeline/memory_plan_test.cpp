@@ -13,7 +13,7 @@
 #include "models/vae/vae.h"
 #include "pipeline/memory_plan.h"
 #include "pipeline/pipeline.h"
-#include "pipeline/pipeline.h"
+#include <sys/stat.h>
 #include "test_util.h"
 
 namespace fluxpipe::testing {
@@ -201,6 +201,28 @@ TEST(TiledDecoding, TheAutoencoderInTiles) {
   EXPECT_THROW(ae.decode_tiled(c, z, 16, 9), UserError);
 }
 
+// The tiny test model's transformer: hidden 32, schnell (256 T5 tokens).
+size_t tiny_denoise_bytes(int64_t images, int64_t width, int64_t height) {
+  return denoise_activation_bytes(images, (width / 16) * (height / 16), 256, 32);
+}
+
+// A budget with room for `activations` and nothing else: the process holds 1 byte besides.
+EngineOptions budget_of(size_t activations) {
+  EngineOptions o;
+  o.held_bytes = 1;
+  o.memory_budget = 1 + activations;
+  return o;
+}
+
+TEST(MemoryPlan, BatchThatFits) {
+  auto act = [](int64_t b) { return static_cast<size_t>(b) * 10; };
+  EXPECT_EQ(batch_that_fits(4, 100, 1000, act), 4);   // all at once beside the weights
+  EXPECT_EQ(batch_that_fits(4, 100, 125, act), 2);    // 100 + 20 fits, 100 + 30 does not
+  EXPECT_EQ(batch_that_fits(4, 100, 105, act), 1);    // the weights do not fit beside one: stream them
+  EXPECT_EQ(batch_that_fits(4, 100, 9, act), 0);      // one image's activations alone do not fit
+  EXPECT_EQ(batch_that_fits(1, 0, 1000, act), 1);
+}
+
 TEST(MemoryPlan, ATightBudgetGivesTheSameImage) {
   TempDir dir;
   write_test_model(dir.path());
@@ -213,8 +235,8 @@ TEST(MemoryPlan, ATightBudgetGivesTheSameImage) {
   auto keep = load_engine(dir.path());
   std::vector<Image> a = keep->generate(job, [](int, int) { return true; });
   EXPECT_EQ(keep->last_memory_plan(), "kept every part resident");
-  EngineOptions tight;
-  tight.memory_budget = 1;   // nothing fits: release everything not in use, tile the decode
+  // Room for one image's denoising and nothing else: release everything not in use, tile the decode.
+  EngineOptions tight = budget_of(tiny_denoise_bytes(1, 96, 80));
   auto lean = load_engine(dir.path(), tight);
   std::vector<Image> b = lean->generate(job, [](int, int) { return true; });
   std::string plan = lean->last_memory_plan();
@@ -239,8 +261,7 @@ TEST(MemoryPlan, DecodesInTilesWhenAWholeDecodeWouldNotFit) {
   job.width = job.height = 640;   // an 80 x 80 latent: more than one smallest tile (32)
   job.steps = 1;
   job.seeds = {5};
-  EngineOptions tight;
-  tight.memory_budget = 1;
+  EngineOptions tight = budget_of(tiny_denoise_bytes(1, 640, 640));
   auto engine = load_engine(dir.path(), tight);
   std::vector<Image> img = engine->generate(job, [](int, int) { return true; });
   ASSERT_EQ(img.size(), 1u);
@@ -255,6 +276,77 @@ TEST(MemoryPlan, DecodesInTilesWhenAWholeDecodeWouldNotFit) {
   auto whole = load_engine(dir.path(), tight);
   whole->generate(job, [](int, int) { return true; });
   EXPECT_EQ(whole->last_memory_plan().find("tiles"), std::string::npos) << whole->last_memory_plan();
+}
+
+TEST(MemoryPlan, AJobThatCannotFitIsRefusedWithWhatWould) {
+  TempDir dir;
+  write_test_model(dir.path());
+  GenerateJob job;
+  job.prompt = "a lighthouse";
+  job.width = 96;
+  job.height = 80;
+  job.steps = 1;
+  job.seeds = {7};
+  // One byte short of one image's denoising.
+  auto engine = load_engine(dir.path(), budget_of(tiny_denoise_bytes(1, 96, 80) - 1));
+  JobFit fit = engine->check_fit(job);
+  EXPECT_FALSE(fit.fits);
+  EXPECT_NE(fit.reason.find("a 96x80 image needs about"), std::string::npos) << fit.reason;
+  // 80x80 has fewer tokens than 96x80 (25 < 30), so it is the largest square that fits.
+  EXPECT_NE(fit.reason.find("the largest square image that fits is 80x80"), std::string::npos) << fit.reason;
+  EXPECT_THROW(engine->generate(job, [](int, int) { return true; }), UserError);
+  job.width = 80;
+  EXPECT_TRUE(engine->check_fit(job).fits);
+  // A negative prompt runs the model on two conditionings: twice the memory.
+  job.negative_prompt = "fog";
+  job.true_cfg_scale = 2.0f;
+  fit = engine->check_fit(job);
+  EXPECT_FALSE(fit.fits);
+  EXPECT_NE(fit.reason.find("a negative prompt doubles it"), std::string::npos) << fit.reason;
+}
+
+TEST(MemoryPlan, SamplesRunInBatchesThatFitAndGiveTheSameImages) {
+  TempDir dir;
+  write_test_model(dir.path());
+  GenerateJob job;
+  job.prompt = "a lighthouse";
+  job.width = 96;
+  job.height = 80;
+  job.steps = 2;
+  job.seeds = {7, 8, 9, 10};
+  auto roomy = load_engine(dir.path());
+  EXPECT_EQ(roomy->check_fit(job).batch, 4);
+  std::vector<Image> all = roomy->generate(job, [](int, int) { return true; });
+  EXPECT_EQ(roomy->last_memory_plan().find("batches"), std::string::npos) << roomy->last_memory_plan();
+
+  // Room for the transformer (its file is its tensors plus a small header) beside two images.
+  struct stat st{};
+  ASSERT_EQ(stat((dir.path() + "/flux1-test.safetensors").c_str(), &st), 0);
+  auto pairs = load_engine(dir.path(), budget_of(static_cast<size_t>(st.st_size) + tiny_denoise_bytes(2, 96, 80)));
+  EXPECT_EQ(pairs->check_fit(job).batch, 2);
+  std::vector<std::pair<int, int>> progress;
+  std::vector<Image> two = pairs->generate(job, [&](int done, int total) {
+    progress.push_back({done, total});
+    return true;
+  });
+  EXPECT_NE(pairs->last_memory_plan().find("denoised in 2 batches of at most 2 images"), std::string::npos)
+      << pairs->last_memory_plan();
+  // Progress runs over both batches: 1..4 of 4.
+  ASSERT_EQ(progress.size(), 4u);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(progress[static_cast<size_t>(i)], std::make_pair(i + 1, 4));
+
+  // Room for one image's activations only: the weights stream, one image at a time.
+  auto ones = load_engine(dir.path(), budget_of(tiny_denoise_bytes(1, 96, 80)));
+  EXPECT_EQ(ones->check_fit(job).batch, 1);
+  std::vector<Image> one = ones->generate(job, [](int, int) { return true; });
+  ASSERT_EQ(all.size(), 4u);
+  ASSERT_EQ(two.size(), 4u);
+  ASSERT_EQ(one.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(two[i].rgb, all[i].rgb) << "image " << i << " differs when denoised in pairs";
+    EXPECT_EQ(one[i].rgb, all[i].rgb) << "image " << i << " differs when denoised alone";
+  }
+  EXPECT_NE(all[0].rgb, all[1].rgb);
 }
 
 }  // namespace
