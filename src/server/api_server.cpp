@@ -124,6 +124,19 @@ ApiServer::Impl::Impl(ServeOptions opts, std::unique_ptr<Engine> eng)
   server_ids.insert(options.known_server_ids.begin(), options.known_server_ids.end());
   metrics.set_queue_depth_source([this] { return store->count_active(); });
 
+  // A job this data folder's last run crashed on ends FAILURE now, before the recovery below
+  // would queue it again (see server/crash_guard.h).
+  crash_guard = std::make_unique<CrashGuard>(options.data_dir);
+  if (std::optional<CrashGuard::Crash> crash = crash_guard->take_crashed()) {
+    std::optional<RequestRecord> r = store->get_request(crash->id);
+    if (r && r->state == JobState::running && r->claim == crash->claim &&
+        store->finish_request(r->id, r->claim, JobState::failed, crash->reason, wall_ms(), "")) {
+      metrics.count_job("failed");
+      log("error", "job " + r->id + " failed: " + crash->reason);
+    } else {
+      log("warn", "the last run crashed during job " + crash->id + ", which another node has taken over or ended since");
+    }
+  }
   RecoverSpec spec;
   spec.max_attempts = options.max_attempts;
   spec.now_ms = wall_ms();
@@ -140,6 +153,7 @@ ApiServer::Impl::Impl(ServeOptions opts, std::unique_ptr<Engine> eng)
     ro.node_id = options.node_id;
     ro.job_timeout_ms = options.job_timeout_ms;
     ro.lease_ms = options.lease_ms;
+    ro.crash_guard = crash_guard.get();
     ro.heartbeat_ms = std::max<int64_t>(200, std::min<int64_t>(1000, options.lease_ms / 4));
     runner = std::make_unique<JobRunner>(*store, *engine, *images, metrics, ro, [this](const std::string& id) {
       waiters.notify(id);

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "server/api_server.h"
+#include "server/crash_guard.h"
 #include "server/http_server.h"
 #include "server/images.h"
 #include "server/jobs.h"
@@ -78,6 +79,7 @@ struct ApiServer::Impl {
   ServeOptions options;
   std::unique_ptr<Engine> engine;
   int lock_fd = -1;
+  std::unique_ptr<CrashGuard> crash_guard;   // marks the running job in the data folder
   std::unique_ptr<Store> store;
   std::unique_ptr<KeyRing> keys;
   std::unique_ptr<ImageStore> images;

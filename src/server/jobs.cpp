@@ -186,6 +186,14 @@ void JobRunner::run_job(const RequestRecord& record) {
     running_cancelled_ = false;
     running_lost_ = false;
   }
+  // Until this job's end is recorded (or it is queued again), a crash is blamed on it.
+  if (options_.crash_guard) options_.crash_guard->job_started(record.id, record.claim);
+  struct Unmark {
+    CrashGuard* guard;
+    ~Unmark() {
+      if (guard) guard->job_ended();
+    }
+  } unmark{options_.crash_guard};
   log("info", "job " + record.id + " started (attempt " + std::to_string(record.attempts) + ", " +
                   std::to_string(job.seeds.size()) + " images " + std::to_string(job.width) + "x" +
                   std::to_string(job.height) + ", " + std::to_string(job.steps) + " steps)");

@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "pipeline/pipeline.h"
+#include "server/crash_guard.h"
 #include "server/images.h"
 #include "server/metrics.h"
 #include "server/store.h"
@@ -41,6 +42,7 @@ struct RunnerOptions {
   int64_t cancel_poll_ms = 200;  // how often a running job looks at the store's cancel flag
   int64_t lease_ms = 30000;      // a claim not renewed for this long is taken over
   int64_t heartbeat_ms = 1000;   // how often the lease is renewed (with the progress)
+  CrashGuard* crash_guard = nullptr;   // marks the running job (not owned); null: no marking
 };
 
 class JobRunner {

@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "process_util.h"
+#include "server/crash_guard.h"
 #include "test_util.h"
 
 namespace fluxpipe::testing {
@@ -57,6 +58,75 @@ TEST(Process, KillNineMidJobThenRestartFinishesEveryRequest) {
   auto store = server::open_sqlite_store(dir.path() + "/fluxpipe.db");
   EXPECT_EQ(store->get_request(ids[0])->attempts, 2);   // started, killed, started again
   EXPECT_EQ(store->get_request(ids[3])->attempts, 1);
+}
+
+// A job running when the process died of a fatal signal is the job's fault (a poison job): it
+// ends FAILURE with the reason at the next start and is not run again; the jobs queued behind
+// it run. (The kill -9 test above shows the other case: an operator's kill is retried.)
+TEST(Process, AJobThatCrashedTheServerFailsInsteadOfRunningAgain) {
+  for (int sig : {SIGSEGV, SIGABRT}) {
+    TempDir dir;
+    std::string key = make_key(dir.path());
+    std::string poison, next;
+    {
+      ServerProcess s(dir.path(), /*step_ms=*/50);
+      poison = submit(s, key, 20)["id"];
+      next = submit(s, key, 2)["id"];
+      wait_running(s, key, poison, 1);
+      s.stop(sig);
+    }
+    EXPECT_TRUE(std::ifstream(dir.path() + "/crashed_job").good()) << "the handler did not write its marker";
+    ServerProcess again(dir.path(), /*step_ms=*/1);
+    json j = wait_done(again, key, poison, 30000);
+    EXPECT_EQ(j["status"], "FAILURE") << j.dump();
+    std::string error = j.value("error", "");
+    EXPECT_NE(error.find("the server crashed while running this job"), std::string::npos) << error;
+    EXPECT_NE(error.find(sig == SIGSEGV ? "SIGSEGV" : "SIGABRT"), std::string::npos) << error;
+    EXPECT_EQ(wait_done(again, key, next, 30000)["status"], "SUCCESS");
+    auto store = server::open_sqlite_store(dir.path() + "/fluxpipe.db");
+    EXPECT_EQ(store->get_request(poison)->attempts, 1) << "a poison job must not start again";
+    EXPECT_FALSE(std::ifstream(dir.path() + "/crashed_job").good());
+  }
+}
+
+// The OOM killer's SIGKILL cannot be caught: the cgroup's oom_kill count, recorded when the job
+// started and read at the next start, tells it from an operator's kill -9.
+TEST(CrashGuard, AnOomKillDuringAJobIsToldFromAnOperatorsKill) {
+  TempDir dir;
+  std::string events = dir.path() + "/memory.events";
+  auto set_count = [&](int n) { std::ofstream(events) << "low 0\nhigh 0\nmax 2\noom 1\noom_kill " << n << "\n"; };
+  set_count(3);
+  {
+    server::CrashGuard guard(dir.path(), events);
+    EXPECT_EQ(guard.oom_kill_count(), 3);
+    guard.job_started("job1", "claimA");
+  }   // the process "dies" with the marker in place
+  set_count(4);
+  {
+    server::CrashGuard guard(dir.path(), events);
+    std::optional<server::CrashGuard::Crash> crash = guard.take_crashed();
+    ASSERT_TRUE(crash.has_value());
+    EXPECT_EQ(crash->id, "job1");
+    EXPECT_EQ(crash->claim, "claimA");
+    EXPECT_NE(crash->reason.find("lack of memory"), std::string::npos) << crash->reason;
+    EXPECT_FALSE(guard.take_crashed().has_value()) << "the markers are removed once read";
+    // The same death without an OOM kill (kill -9, power loss): an ordinary interruption.
+    guard.job_started("job2", "claimB");
+  }
+  {
+    server::CrashGuard guard(dir.path(), events);
+    EXPECT_FALSE(guard.take_crashed().has_value());
+    // A job that ended leaves nothing behind.
+    guard.job_started("job3", "claimC");
+    guard.job_ended();
+    set_count(9);
+    EXPECT_FALSE(guard.take_crashed().has_value());
+  }
+  // Without a readable count nothing is blamed on the job.
+  server::CrashGuard blind(dir.path(), dir.path() + "/no-such-file");
+  EXPECT_EQ(blind.oom_kill_count(), -1);
+  blind.job_started("job4", "claimD");
+  EXPECT_FALSE(blind.take_crashed().has_value());
 }
 
 TEST(Process, GracefulStopMidJobRequeuesWithoutSpendingAnAttempt) {
