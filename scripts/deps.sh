@@ -21,6 +21,7 @@ PACKAGES=(
   clang libclang-rt-14-dev              # libFuzzer targets (run briefly in the test command)
   python3-botocore                      # the reference the S3 request signer is tested against
   curl                                  # smoke checks in scripts
+  chromium                              # the playground's browser test (driven by playwright-core)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

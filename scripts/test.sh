@@ -20,7 +20,8 @@ for target in request weights; do
     "build-fuzz/corpus/$target" "fuzz/corpus/$target" 2>&1 | tail -n 3
 done
 
-# s3rver (npm registry, pinned by the committed lock file) for the S3 image-store tests.
+# s3rver and playwright-core (npm registry, pinned by the committed lock file) for the S3
+# image-store tests and the playground's browser test (which drives Debian's chromium).
 if ! command -v npm >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
@@ -29,6 +30,7 @@ mkdir -p build/npm
 cp tests/support/npm/package.json tests/support/npm/package-lock.json build/npm/
 (cd build/npm && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 export FLUXPIPE_TEST_S3RVER="$PWD/build/npm/node_modules/s3rver/bin/s3rver.js"
+export FLUXPIPE_TEST_NODE_MODULES="$PWD/build/npm/node_modules"
 
 # PostgreSQL for the shared-store tests (the store suite, the multi-node processes): a
 # throw-away server on a Unix socket in a temporary folder, stopped whatever happens.

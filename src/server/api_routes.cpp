@@ -249,7 +249,11 @@ void ApiServer::Impl::handle_submit(const http::Request& req, http::Reply reply)
     r = enqueue(parse_generate_request(req.body, options.limits), key_id, out, idem);
     if (r) send_json(out, 200, status_json(*r));
   });
-  if (!r || options.sync_wait_ms <= 0) {
+  // `Prefer: respond-async` (RFC 7240) asks for the PENDING answer at once, for clients that
+  // poll and show progress from the first second (the playground does).
+  bool respond_async = req.header("Prefer").find("respond-async") != std::string::npos;
+  if (!r || options.sync_wait_ms <= 0 || respond_async) {
+    if (r && respond_async) res.set_header("Preference-Applied", "respond-async");
     reply.send(std::move(res));
     return;
   }
@@ -470,6 +474,13 @@ std::vector<http::Route> ApiServer::Impl::routes() {
     res.content_type = "text/html; charset=utf-8";
     res.body = playground_page();
   });
+  for (const char* icon : {"/favicon.svg", "/favicon.ico"}) {
+    sync("favicon", "GET", icon, [](const http::Request&, http::Response& res) {
+      res.content_type = "image/svg+xml";
+      res.set_header("Cache-Control", "public, max-age=86400");
+      res.body = favicon_svg();
+    });
+  }
   return table;
 }
 

@@ -116,6 +116,7 @@ void openai_error(http::Response& res, int status, const std::string& message, c
                   const std::string& code, const std::string& param = "");
 
 const std::string& openapi_document();
-const std::string& playground_page();
+const std::string& playground_page();   // playground.cpp
+const std::string& favicon_svg();
 
 }  // namespace fluxpipe::server

@@ -1,4 +1,4 @@
-// The OpenAPI 3.0 document served at /openapi.json, and the playground page at /.
+// The OpenAPI 3.0 document served at /openapi.json.
 #include "server/api_server_impl.h"
 
 namespace fluxpipe::server {
@@ -62,6 +62,11 @@ const std::string& openapi_document() {
   "paths": {
     "/generate/v3": {"post": {
       "summary": "Submit a text-to-image request",
+      "parameters": [
+        {"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 255},
+         "description": "The same key and body within 24 h answer the same request; the same key with another body is a 409"},
+        {"name": "Prefer", "in": "header", "required": false, "schema": {"type": "string", "example": "respond-async"},
+         "description": "respond-async: answer PENDING at once instead of waiting up to the server's sync wait"}],
       "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/GenerateRequest"}}}},
       "responses": {
         "200": {"description": "SUCCESS within the server's wait, else PENDING", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}},
@@ -93,44 +98,6 @@ const std::string& openapi_document() {
   }
 })json";
   return doc;
-}
-
-const std::string& playground_page() {
-  static const std::string page = R"html(<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>fluxpipe playground</title>
-<style>body{font:15px system-ui,sans-serif;max-width:56rem;margin:2rem auto;padding:0 1rem}
-label{display:block;margin:.4rem 0}input,textarea{font:inherit;width:100%}textarea{height:5rem}
-#out img{max-width:48%;margin:.2rem}#log{white-space:pre-wrap;color:#555}</style></head>
-<body><h1>fluxpipe</h1><p>Generate v3 playground. Requests go to this server's <code>POST /generate/v3</code>.</p>
-<label>API key <input id="key" type="password" autocomplete="off"></label>
-<label>Prompt <textarea id="prompt"></textarea></label>
-<label>Width <input id="width" type="number" value="1024"></label>
-<label>Height <input id="height" type="number" value="1024"></label>
-<label>Steps <input id="steps" type="number" value="4"></label>
-<label>Samples <input id="samples" type="number" value="1"></label>
-<button id="go">Generate</button><div id="log"></div><div id="out"></div>
-<script>
-const $ = id => document.getElementById(id);
-async function call(method, path, body) {
-  const r = await fetch(path, {method, headers: {'API-Key': $('key').value, 'Content-Type': 'application/json'},
-                               body: body ? JSON.stringify(body) : undefined});
-  return r.json();
-}
-$('go').onclick = async () => {
-  $('out').textContent = ''; $('log').textContent = 'submitting…';
-  let s = await call('POST', '/generate/v3', {prompt: $('prompt').value, width: +$('width').value,
-    height: +$('height').value, num_inference_steps: +$('steps').value, samples: +$('samples').value});
-  while (s.status === 'PENDING') {
-    $('log').textContent = s.state + (s.progress ? ` ${s.progress.done}/${s.progress.total}` : '');
-    await new Promise(r => setTimeout(r, 1000));
-    s = await call('GET', '/generate/v3/status/' + s.id);
-  }
-  $('log').textContent = s.status === 'SUCCESS' ? 'seeds ' + s.seeds.join(', ') : 'failed: ' + s.error;
-  for (const u of s.download_urls || []) { const i = document.createElement('img'); i.src = u; $('out').append(i); }
-};
-</script></body></html>
-)html";
-  return page;
 }
 
 }  // namespace fluxpipe::server
