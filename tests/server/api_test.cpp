@@ -53,6 +53,21 @@ TEST(Api, AuthHeadersAndFailures) {
   }
 }
 
+// Prefer: respond-async (RFC 7240) skips the sync wait: PENDING at once, and the answer says so.
+TEST(Api, PreferRespondAsyncAnswersPendingAtOnce) {
+  TestServer s(sync_wait(10000), /*step_ms=*/200);
+  json body = {{"prompt", "a toucan"}, {"width", 64}, {"height", 64}, {"num_inference_steps", 10}};
+  auto started = std::chrono::steady_clock::now();
+  httplib::Headers h = s.auth();
+  h.emplace("Prefer", "respond-async");
+  auto res = s.client().Post("/generate/v3", h, body.dump(), "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::milliseconds(1500));
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(json::parse(res->body)["status"], "PENDING");
+  EXPECT_EQ(res->get_header_value("Preference-Applied"), "respond-async");
+}
+
 TEST(Api, SuccessWithinTheSyncWaitServesTheImages) {
   TestServer s(sync_wait(10000));
   auto [code, j] = s.submit({{"prompt", "a toucan"}, {"width", 96}, {"height", 64}, {"seed", 7}, {"samples", 3},
