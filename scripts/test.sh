@@ -12,8 +12,8 @@ cmake --build build -j2
 # libFuzzer, briefly: a crash here fails the run.
 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ \
   -DFLUXPIPE_FUZZ=ON -DFLUXPIPE_TESTS=OFF >/dev/null
-cmake --build build-fuzz -j2 --target request_fuzz weights_fuzz
-for target in request weights; do
+cmake --build build-fuzz -j2 --target request_fuzz weights_fuzz http_fuzz
+for target in request weights http; do
   mkdir -p "build-fuzz/corpus/$target"
   echo "fuzzing $target for ${FUZZ_SECONDS:-20} s"
   ./build-fuzz/fuzz/${target}_fuzz -max_total_time="${FUZZ_SECONDS:-20}" -rss_limit_mb=4096 -print_final_stats=1 \
