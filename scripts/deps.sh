@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one list of Debian 12 packages fluxpipe needs to build, test and run.
+# The one list of Debian 12 packages fluxpipe needs to build, test and run (`--test`: and the
+# test command's browser).
 # Each is named in README.md with the reason it was chosen.
 set -euo pipefail
 PACKAGES=(
@@ -21,8 +22,11 @@ PACKAGES=(
   clang libclang-rt-14-dev              # libFuzzer targets (run briefly in the test command)
   python3-botocore                      # the reference the S3 request signer is tested against
   curl                                  # smoke checks in scripts
-  chromium                              # the playground's browser test (driven by playwright-core)
 )
+# Needed by the test command only (`deps.sh --test`): the server never runs a browser.
+if [ "${1:-}" = "--test" ]; then
+  PACKAGES+=(chromium)                  # the playground's browser test (driven by playwright-core)
+fi
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -25,6 +25,7 @@
 #include "server/request.h"
 #include "server/store.h"
 #include "cli/option_table.h"
+#include "cli/pull_command.h"
 
 namespace {
 
@@ -34,8 +35,11 @@ const char* kUsage =
     "usage: fluxpipe <command> [options]\n"
     "\n"
     "commands:\n"
-    "  serve --data DIR [--listen HOST:PORT] [--model PATH] [--store URL --role all|api|worker]\n"
+    "  serve --data DIR [--listen HOST:PORT] [--model PATH|NAME [--pull]] [--store URL --role all|api|worker]\n"
     "                                       serve the generate v3 API (one node, or one of several)\n"
+    "  pull NAME [--models DIR] [--jobs N]  download a model: a preset (schnell, schnell-fp8, schnell-q8,\n"
+    "                                       schnell-q4) or hf:OWNER/REPO[@REV][:PATTERN,...]; `pull --list`\n"
+    "  models [rm NAME] [--models DIR]      the pulled models and their sizes; delete one\n"
     "  keys add --data DIR [--name NAME]    create an API key (printed alone on the last line)\n"
     "  keys list --data DIR                 list keys (id, name, created, state)\n"
     "  keys revoke --data DIR ID|NAME       revoke a key\n"
@@ -45,7 +49,7 @@ const char* kUsage =
     "                                       run transformer | vae-decode | vae-encode | sample | randn\n"
     "                                       on named tensors (see `fluxpipe help run`)\n"
     "  tokenize clip|t5 [--tokenizer PATH] [--length N] \"text\"   the ids as a JSON array\n"
-    "  generate \"prompt\" -o out.png --model PATH [--width W --height H --steps N --seed S\n"
+    "  generate \"prompt\" -o out.png --model PATH|NAME [--width W --height H --steps N --seed S\n"
     "           --samples N --negative-prompt TEXT --true-cfg X --quality Q\n"
     "           --memory-budget SIZE --vae-tiling auto|on|off]   text to image;\n"
     "           the format follows -o: .png (default, with a parameters chunk), .jpg, .webp;\n"
@@ -327,7 +331,7 @@ int cmd_generate(const std::vector<std::string>& args) {
   GenerateJob job;
   job.width = job.height = limits.default_side;
   job.steps = 4;
-  std::string out = "fluxpipe.png", model = env_or("FLUXPIPE_MODEL"), help;
+  std::string out = "fluxpipe.png", model = env_or("FLUXPIPE_MODEL"), models_dir, help;
   int64_t seed = -1;
   int samples = 1;
   int quality = 92;   // JPEG / WebP
@@ -339,7 +343,9 @@ int cmd_generate(const std::vector<std::string>& args) {
       "generate", "\"prompt\" -o out.png --model PATH [options]",
       "Text to image; the format follows -o: .png (with a parameters chunk), .jpg/.jpeg or .webp.",
       {{"--output", "FILE", "where to write (default fluxpipe.png; more samples: name-1.png, ...)", [&](const std::string& v) { out = v; }, "-o"},
-       {"--model", "PATH", "model folder or file [FLUXPIPE_MODEL]", [&](const std::string& v) { model = v; }},
+       {"--model", "PATH|NAME", "model folder or file, or a pulled model's name [FLUXPIPE_MODEL]", [&](const std::string& v) { model = v; }},
+       {"--models", "DIR", "where pulled models live [FLUXPIPE_MODELS] (default ~/.cache/fluxpipe/models)",
+        [&](const std::string& v) { models_dir = v; }},
        {"--width", "W", "64..1536, rounded to a multiple of 16 (default 1024)",
         [&](const std::string& v) { job.width = static_cast<int>(integer("--width", v, limits.min_side, limits.max_side)); }},
        {"--height", "H", "64..1536, rounded to a multiple of 16 (default 1024)",
@@ -364,7 +370,8 @@ int cmd_generate(const std::vector<std::string>& args) {
       }};
   if (!cli::parse(c, args, 1, &help)) return print_help(help);
   if (!have_prompt) throw UserError("[generate] no prompt given");
-  if (model.empty()) throw UserError("[generate] --model PATH is required (or FLUXPIPE_MODEL)");
+  if (model.empty()) throw UserError("[generate] --model PATH|NAME is required (or FLUXPIPE_MODEL)");
+  model = cli::resolve_model_arg(model, models_dir, false);
   // Where the images go is checked before minutes of work, not after.
   std::string format = output_format(out);
   std::filesystem::path parent = std::filesystem::path(out).parent_path();
@@ -458,6 +465,8 @@ int cmd_serve(const std::vector<std::string>& args) {
   // The data folder's lock first: a second server on the same folder fails in a moment,
   // not after loading 30 GB of weights.
   options.data_lock_fd = server::lock_data_folder(options.data_dir);
+  // A model name: its pulled folder (pulled now with --pull; otherwise an error that says how).
+  if (server::runs_jobs(options)) options.model_path = cli::resolve_model_arg(options.model_path, options.models_dir, options.pull_model);
   if (options.role == "worker" && options.model_path.empty()) {
     throw UserError("[serve] --role worker runs jobs: it needs --model PATH");
   }
@@ -477,6 +486,8 @@ int help_for(const std::string& command) {
                                                   "migrate"};
   if (command == "run") return print_help(kRunUsage);
   if (command == "serve") return print_help(fluxpipe::server::serve_usage());
+  if (command == "pull") return cli::cmd_pull({"pull", "--help"});
+  if (command == "models") return cli::cmd_models({"models", "--help"});
   if (command == "keys") {
     for (const char* verb : {"add", "list", "revoke"}) cmd_keys({"keys", verb, "--help"});
     return 0;
@@ -523,6 +534,8 @@ int main(int argc, char** argv) {
     if (args[0] == "generate") return cmd_generate(args);
     if (args[0] == "make-test-model") return cmd_make_test_model(args);
     if (args[0] == "quantize") return cmd_quantize(args);
+    if (args[0] == "pull") return cli::cmd_pull(args);
+    if (args[0] == "models") return cli::cmd_models(args);
     std::cerr << "fluxpipe: unknown command '" << args[0] << "'\n\n" << kUsage;
     return 2;
   } catch (const fluxpipe::UserError& e) {

@@ -76,11 +76,24 @@ ModelFiles find_model_files(const std::string& path) {
     m.t5_config = read_json_file(root / "text_encoder_2/config.json");
     if (fs::exists(root / "tokenizer/vocab.json")) m.clip_tokenizer_dir = (root / "tokenizer").string();
   } else if (fs::is_directory(root)) {
+    // Single files, and sub-folders of safetensors (one part, perhaps sharded: BFL's repository
+    // keeps CLIP-L in text_encoder/ and T5 in text_encoder_2/ beside flux1-schnell.safetensors).
     for (const auto& e : fs::directory_iterator(root)) {
       std::string ext = e.path().extension().string();
       if (e.is_regular_file() && (ext == ".safetensors" || ext == ".gguf" || ext == ".sft")) candidates.push_back(e.path());
+      if (e.is_directory()) {
+        for (const auto& f : fs::directory_iterator(e.path())) {
+          if (f.is_regular_file() && f.path().extension() == ".safetensors") {
+            candidates.push_back(e.path());
+            break;
+          }
+        }
+      }
     }
     std::sort(candidates.begin(), candidates.end());
+    m.clip_config = read_json_file(root / "text_encoder/config.json");
+    m.t5_config = read_json_file(root / "text_encoder_2/config.json");
+    if (fs::exists(root / "tokenizer/vocab.json")) m.clip_tokenizer_dir = (root / "tokenizer").string();
   } else {
     candidates.push_back(root);
   }
@@ -124,7 +137,9 @@ ModelFiles find_model_files(const std::string& path) {
   if (!missing.empty()) throw UserError("[model] '" + path + "' lacks:" + missing);
   std::string shipped = tokenizer::shipped_tokenizer_dir();
   if (m.clip_tokenizer_dir.empty()) m.clip_tokenizer_dir = shipped + "/clip";
-  m.t5_tokenizer_file = shipped + "/t5-v1_1-xxl/spiece.model";
+  m.t5_tokenizer_file = fs::is_directory(root) && fs::exists(root / "tokenizer_2/spiece.model")
+                            ? (root / "tokenizer_2/spiece.model").string()
+                            : shipped + "/t5-v1_1-xxl/spiece.model";
   return m;
 }
 

@@ -421,13 +421,14 @@ std::vector<http::Route> ApiServer::Impl::routes() {
     route_names.push_back(name);
     table.push_back({method, std::move(pattern), nullptr, [this, name, handler](http::Request& req, http::Reply reply) {
                        reply.send(guarded(metrics, name, [&](http::Response& res) { handler(req, res); }));
-                     }});
+                     },
+                     {}});
   };
   auto member = [this](Sync h) { return [this, h](const http::Request& req, http::Response& res) { (this->*h)(req, res); }; };
   auto async = [this, &table](const char* name, const char* method, std::string pattern, Async h) {
     route_names.push_back(name);
     table.push_back({method, std::move(pattern), nullptr,
-                     [this, h](http::Request& req, http::Reply reply) { (this->*h)(req, std::move(reply)); }});
+                     [this, h](http::Request& req, http::Reply reply) { (this->*h)(req, std::move(reply)); }, {}});
   };
   // Keyed routes judge the key on the headers alone: a client without a valid key never gets
   // its body read.

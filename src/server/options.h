@@ -25,7 +25,9 @@ struct ServeOptions {
   int max_queued_per_key = 50;           // queued+running requests of one key before 429
   int64_t lease_ms = 30000;              // a worker's claim not renewed this long is taken over
   int64_t retention_ms = 7LL * 24 * 3600 * 1000;   // ended requests and their images are deleted after; 0 = never
-  std::string model_path;                // empty: no model, generation answers 503
+  std::string model_path;                // empty: no model, generation answers 503; or a model name
+  std::string models_dir;                // pulled models (resolved by the CLI); empty: the default
+  bool pull_model = false;               // the CLI pulls a model name not pulled yet
   EngineOptions engine;                  // memory budget, tiled decoding
   std::string public_url;                // base of download URLs; default http://<listen>
   std::string server_id = "local";       // the pool this server's runner serves
