@@ -77,7 +77,7 @@ class ProgressView {
     };
     e.file_started = [this](const std::string& path, int64_t size, int64_t have) {
       std::lock_guard lock(mu_);
-      active_[path] = {size, have, have};
+      active_[path] = {size, have, have, std::chrono::steady_clock::now()};
       if (!tty_) {
         std::fprintf(stderr, "pull: %s: %s%s\n", path.c_str(), human(static_cast<double>(size)).c_str(),
                      have > 0 ? (", resuming at " + human(static_cast<double>(have))).c_str() : "");
@@ -124,6 +124,7 @@ class ProgressView {
  private:
   struct File {
     int64_t size, have, have_at_start;
+    std::chrono::steady_clock::time_point started;
   };
 
   double seconds() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count(); }
@@ -149,8 +150,8 @@ class ProgressView {
     std::unique_lock lock(mu_);
     while (!finished_) {
       clear();
-      double t = std::max(0.001, seconds());
       for (const auto& [path, f] : active_) {
+        double t = std::max(0.001, std::chrono::duration<double>(std::chrono::steady_clock::now() - f.started).count());
         int width = 24, filled = f.size > 0 ? static_cast<int>(width * f.have / f.size) : width;
         double rate = static_cast<double>(f.have - f.have_at_start) / t;
         std::string name = path.size() > 40 ? "…" + path.substr(path.size() - 39) : path;

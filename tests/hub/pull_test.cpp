@@ -24,6 +24,12 @@ std::string slurp_file(const std::string& path) {
   return std::string((std::istreambuf_iterator<char>(in)), {});
 }
 
+int64_t file_size_or_zero(const std::string& p) {
+  std::error_code ec;
+  auto s = fs::file_size(p, ec);
+  return ec ? 0 : static_cast<int64_t>(s);
+}
+
 // Sets environment variables for one command, then restores them.
 class Env {
  public:
@@ -165,6 +171,32 @@ TEST_F(Pull, ResumesAfterACutFetchingOnlyTheRest) {
   EXPECT_NE(retried.output.find("retrying"), std::string::npos) << retried.output;
   EXPECT_EQ(hub.cdn_bytes() - before, static_cast<int64_t>(size));
   EXPECT_EQ(slurp_file(folder + "/weights/big.bin"), big);
+}
+
+// Ctrl-C (SIGINT) stops the transfers and keeps what arrived; the next run resumes from there.
+TEST_F(Pull, CtrlCLeavesAResumablePartialFile) {
+  const size_t size = 400000;
+  std::string big = add_big_repo("acme/big", size);
+  std::string partial = models.path() + "/hf--acme--big@main/weights/big.bin.partial";
+  hub.chunk_delay_ms = 20;   // about 0.8 MB/s: the transfer is under way when the signal comes
+  Env scoped({{"HF_ENDPOINT", hub.endpoint()}});
+  std::string log = models.path() + "/pull.log";
+  pid_t pid = spawn({FLUXPIPE_BIN, "pull", "hf:acme/big", "--models", models.path()}, log);
+  for (int i = 0; i < 500 && file_size_or_zero(partial) < 50000; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  kill(pid, SIGINT);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << "the process ends by itself, not by the signal";
+  EXPECT_NE(WEXITSTATUS(status), 0);
+  EXPECT_NE(slurp_file(log).find("interrupted; the partial files are kept"), std::string::npos) << slurp_file(log);
+  int64_t kept = file_size_or_zero(partial);
+  EXPECT_GE(kept, 50000);
+  EXPECT_LT(kept, static_cast<int64_t>(size));
+  hub.chunk_delay_ms = 0;
+  int64_t before = hub.cdn_bytes();
+  ASSERT_EQ(fluxpipe({"pull", "hf:acme/big", "--models", models.path()}).exit_code, 0);
+  EXPECT_EQ(hub.cdn_bytes() - before, static_cast<int64_t>(size) - kept);
+  EXPECT_EQ(slurp_file(models.path() + "/hf--acme--big@main/weights/big.bin"), big);
 }
 
 TEST_F(Pull, ACorruptFileIsRejectedAndNothingRenamed) {

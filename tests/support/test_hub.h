@@ -2,7 +2,7 @@
 // the repositories a test adds, with large files (>= 1 KiB, as LFS) redirected to a second
 // server — the "CDN" — on another port, which honours `Range`. Knobs: cut the next CDN transfer
 // after N bytes, corrupt one byte of every CDN body, gate a repository behind a token, page the
-// tree listing. Counters: requests per server, bytes the CDN sent, and every Authorization header
+// tree listing, slow the CDN down. Counters: requests per server, bytes the CDN sent, and every Authorization header
 // each server saw. Nothing here reaches beyond 127.0.0.1.
 #pragma once
 
@@ -32,6 +32,7 @@ class TestHub {
   std::atomic<int64_t> cut_after{-1};             // the next CDN body stops after this many bytes
   std::atomic<bool> corrupt{false};               // flip one byte of every CDN body while set
   std::atomic<int> page_size{0};                  // tree entries per page (0: one page)
+  std::atomic<int> chunk_delay_ms{0};             // the CDN waits this long before each 16 KiB
 
   TestHub() {
     hub_.Get(R"(/api/models/([^/]+/[^/]+)/revision/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
@@ -106,6 +107,7 @@ class TestHub {
       res.set_content_provider(body->size(), "application/octet-stream",
                                [this, body, sent, cut](size_t offset, size_t length, httplib::DataSink& sink) {
                                  size_t n = std::min<size_t>(length, 16384);
+                                 if (int d = chunk_delay_ms.load()) std::this_thread::sleep_for(std::chrono::milliseconds(d));
                                  if (cut >= 0) n = std::min(n, static_cast<size_t>(cut) - *sent);
                                  if (n > 0) {
                                    sink.write(body->data() + offset, n);
