@@ -10,7 +10,9 @@
 
 #include "backend/cpu/dequant_avx512.h"
 #include "backend/cpu/gemm.h"
+#include "backend/cpu/isa.h"
 #include "backend/cpu/reference.h"
+#include "core/error.h"
 #include "core/thread_pool.h"
 #include "ops/ops.h"
 
@@ -101,6 +103,47 @@ TEST(Kernels, LinearBf16PathAgainstReference) {
     cpu::ref::linear(convert(x, DType::BF16), convert(w, DType::BF16), nullptr, want);
     expect_close(got, want, 1e-4, 1e-4, "linear bf16 M=" + std::to_string(M));
   }
+}
+
+// FLUXPIPE_ISA's levels (backend/cpu/isa.h): at every level this CPU has, the kernels it allows
+// compute the reference's products, elementwise ops and attention; the kernel name follows.
+TEST(Kernels, EveryIsaLevelThisCpuHasMatchesTheReference) {
+  const cpu::Isa best = cpu::detected_isa(), before = cpu::active_isa();
+  cpu::gemm_force_path(cpu::GemmPath::own);   // oneDNN keeps the level it first saw; ours follow
+  for (cpu::Isa level : {cpu::Isa::generic, cpu::Isa::avx2, cpu::Isa::avx512, cpu::Isa::avx512bf16, cpu::Isa::amx}) {
+    if (static_cast<int>(level) > static_cast<int>(best)) {
+      EXPECT_THROW(cpu::isa_set_for_tests(level), fluxpipe::UserError) << cpu::isa_name(level);
+      continue;
+    }
+    cpu::isa_set_for_tests(level);
+    const std::string at = std::string(" at ") + cpu::isa_name(level);
+    for (Compute mode : {Compute::F32, Compute::BF16}) {
+      Ctx c;
+      c.compute = mode;
+      Tensor x = randn({40, 257}, 31), w = randn({70, 257}, 32, 0.1f);
+      Tensor want = Tensor::zeros({40, 70}, DType::F32);
+      bool bf16 = mode == Compute::BF16;
+      cpu::ref::linear(bf16 ? convert(x, DType::BF16) : x, bf16 ? convert(w, DType::BF16) : w, nullptr, want);
+      expect_close(ops::linear(c, x, w), want, 1e-4, 1e-4, std::string("linear ") + cpu::gemm_kernel_name(mode) + at);
+      // Quantized weights dequantize by the level's code too.
+      Tensor wq = convert(randn({64, 256}, 33, 0.1f), DType::Q8_0), xq = randn({9, 256}, 34);
+      Tensor want_q = Tensor::zeros({9, 64}, DType::F32);
+      cpu::ref::linear(bf16 ? convert(xq, DType::BF16) : xq, bf16 ? convert(convert(wq, DType::F32), DType::BF16) : convert(wq, DType::F32),
+                       nullptr, want_q);
+      expect_close(ops::linear(c, xq, wq), want_q, 1e-4, 1e-4, "linear q8_0" + at);
+    }
+    const char* name = cpu::gemm_kernel_name(Compute::BF16);
+    const char* expected = level == cpu::Isa::amx ? "amx-bf16" : level == cpu::Isa::avx512bf16 ? "avx512-bf16"
+                           : level == cpu::Isa::avx512 ? "avx512" : level == cpu::Isa::avx2 ? "avx2" : "generic";
+    EXPECT_STREQ(name, expected);
+    Ctx c;
+    Tensor q = randn({1, 2, 37, 16}, 35), k = randn({1, 2, 45, 16}, 36), v = randn({1, 2, 45, 16}, 37);
+    Tensor want = Tensor::zeros({1, 2, 37, 16}, DType::F32);
+    cpu::ref::attention(q, k, v, 0.25f, nullptr, false, want);
+    expect_close(ops::attention(c, q, k, v, 0.25f), want, 1e-4, 1e-5, "attention" + at);
+  }
+  cpu::isa_set_for_tests(before);
+  cpu::gemm_force_path(cpu::GemmPath::automatic);
 }
 
 TEST(Kernels, AmxAndAvx512Bf16KernelsAgree) {

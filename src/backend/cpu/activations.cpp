@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "backend/cpu/isa.h"
 #include "backend/cpu/vec_math.h"
 
 namespace fluxpipe::cpu {
@@ -133,10 +134,7 @@ FP_AVX512 void normalize(const float* x, float* out, int64_t n, float mean, floa
   }
 }
 
-bool have_avx512() {
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-  return ok;
-}
+bool have_avx512() { return isa_at_least(Isa::avx512); }
 
 }  // namespace
 
@@ -163,8 +161,7 @@ bool normalize_avx512(const float* x, float* out, int64_t n, float mean, float s
 }
 
 bool softmax_avx512(float* x, int64_t n) {
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-  if (!ok) return false;
+  if (!have_avx512()) return false;
   float mx = max_of(x, n);
   if (mx == -INFINITY) {   // fully masked row: no attention
     for (int64_t i = 0; i < n; ++i) x[i] = 0.0f;
@@ -176,15 +173,13 @@ bool softmax_avx512(float* x, int64_t n) {
 }
 
 bool exp_shifted_avx512(float* x, int64_t n, float shift, double* sum) {
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-  if (!ok) return false;
+  if (!have_avx512()) return false;
   *sum = exp_shifted(x, n, shift);
   return true;
 }
 
 bool activation_avx512(Unary op, const float* x, float* out, int64_t n) {
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-  if (!ok || op == Unary::gelu_erf) return false;
+  if (!have_avx512() || op == Unary::gelu_erf) return false;
   run(op, x, out, n);
   return true;
 }

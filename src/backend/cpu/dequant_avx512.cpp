@@ -3,6 +3,7 @@
 // operations in the same order (this file is compiled with -ffp-contract=off so that no
 // multiply-add is fused behind our back).
 #include "backend/cpu/dequant_avx512.h"
+#include "backend/cpu/isa.h"
 
 #include <immintrin.h>
 
@@ -112,8 +113,7 @@ __attribute__((target("avx512f"))) void bf16(const uint8_t* b, float* y, int64_t
 }  // namespace
 
 bool dequantize_avx512(DType t, const uint8_t* src, float* dst, int64_t n) {
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  if (!ok) return false;
+  if (!isa_at_least(Isa::avx512)) return false;
   switch (t) {
     case DType::Q8_0: to_f32_blocks<2>(src, dst, n / 32, 34, [](const uint8_t* b, __m512* v) FP_DQ { q8_0_block(b, v); }); return true;
     case DType::Q4_0: to_f32_blocks<2>(src, dst, n / 32, 18, [](const uint8_t* b, __m512* v) FP_DQ { q4_0_block(b, v); }); return true;
@@ -138,9 +138,7 @@ FP_DQ_BF16 void f16_to_bf16(const uint8_t* b, uint16_t* y, int64_t n) {
 }
 
 bool has_dequantize_bf16_avx512(DType t) {
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("avx512bf16");
-  return ok && (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_K || t == DType::F16);
+  return isa_at_least(Isa::avx512bf16) && (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_K || t == DType::F16);
 }
 
 bool dequantize_bf16_avx512(DType t, const uint8_t* src, uint16_t* dst, int64_t n) {

@@ -167,8 +167,7 @@ bool g_enabled = true;
 void flash_attention_enable(bool on) { g_enabled = on; }
 
 bool flash_attention_amx(const Tensor& q, const Tensor& k, const Tensor& v, float scale, Tensor& out) {
-  static const bool ok = gemm_has_amx() && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512dq") &&
-                         __builtin_cpu_supports("avx512bw");
+  const bool ok = gemm_has_amx();   // AMX implies AVX-512 BF16/BW/DQ (backend/cpu/isa.h)
   const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), Lk = k.size(2), D = q.size(3);
   if (!ok || !g_enabled || D % PW != 0 || D > 256 || Lk == 0 || Lq == 0 || !(scale > 0.0f)) return false;
   const int64_t BH = B * H, Lqp = (Lq + QR - 1) / QR * QR, Lkp = (Lk + PW - 1) / PW * PW;

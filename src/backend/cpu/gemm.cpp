@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "backend/cpu/dequant_avx512.h"
+#include "backend/cpu/isa.h"
 #include "backend/cpu/onednn_gemm.h"
 #include "backend/cpu/scratch.h"
 #include "backend/cpu/vec_math.h"
@@ -30,27 +31,11 @@ constexpr int KC_AMX = 4096;
 
 std::atomic<bool> g_force_portable{false};
 
-bool cpu_has_avx512() {
-  static const bool v = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  return v;
-}
-bool cpu_has_avx512bf16() {
-  static const bool v = cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
-  return v;
-}
-// AMX needs the kernel's permission to use the tile state (Linux 5.16+), asked once per process.
-bool cpu_has_amx() {
-  static const bool v = [] {
-    if (!cpu_has_avx512bf16() || !__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16")) return false;
-    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
-    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
-  }();
-  return v;
-}
-bool cpu_has_avx2() {
-  static const bool v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return v;
-}
+// What the kernels may use: this CPU's instruction sets capped by FLUXPIPE_ISA (backend/cpu/isa.h).
+bool cpu_has_avx512() { return isa_at_least(Isa::avx512); }
+bool cpu_has_avx512bf16() { return isa_at_least(Isa::avx512bf16); }
+bool cpu_has_amx() { return isa_at_least(Isa::amx); }
+bool cpu_has_avx2() { return isa_at_least(Isa::avx2); }
 
 // ---- packing -----------------------------------------------------------------------------
 

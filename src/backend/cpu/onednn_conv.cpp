@@ -6,6 +6,8 @@
 
 #include <dnnl.hpp>
 
+#include "backend/cpu/isa.h"
+
 namespace fluxpipe::cpu {
 namespace {
 
@@ -30,6 +32,7 @@ struct Packed {
 };
 
 struct ConvEngine {
+  bool isa_held = (isa_apply_to_onednn(), true);   // before the engine: FLUXPIPE_ISA holds oneDNN too
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   std::mutex mu;
   std::map<std::vector<int64_t>, Plan> plans;

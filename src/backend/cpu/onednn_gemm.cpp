@@ -9,6 +9,7 @@
 #include <dnnl.hpp>
 
 #include "backend/cpu/dequant_avx512.h"
+#include "backend/cpu/isa.h"
 #include "backend/cpu/scratch.h"
 #include "core/thread_pool.h"
 
@@ -16,6 +17,7 @@ namespace fluxpipe::cpu {
 namespace {
 
 struct Engine {
+  bool isa_held = (isa_apply_to_onednn(), true);   // before the engine: FLUXPIPE_ISA holds oneDNN too
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   std::mutex mu;
   std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, dnnl::matmul> cache;   // (M, N, K, ldc)
