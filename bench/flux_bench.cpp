@@ -19,6 +19,8 @@
 #include <random>
 #include <string>
 
+#include "backend/cpu/gemm.h"
+#include "backend/cpu/isa.h"
 #include "models/flux/flux.h"
 #include "models/text/encoders.h"
 #include "models/vae/vae.h"
@@ -128,8 +130,9 @@ int step(const std::string& weights, std::vector<int> sizes, const std::string& 
   double fpeak = bench::peak(false, threads);
   ThreadPool::set_global_threads(threads);
   io::WeightSet w = io::load_weights(weights);
-  std::printf("weights %s; %d threads; compute %s; measured peak: BF16 %.0f GFLOP/s, F32 FMA %.0f GFLOP/s\n",
-              weights.c_str(), threads, compute.c_str(), peak / 1e9, fpeak / 1e9);
+  std::printf("weights %s; %d threads; compute %s; isa %s (kernels %s); measured peak of this CPU: BF16 %.0f GFLOP/s, F32 FMA %.0f GFLOP/s\n",
+              weights.c_str(), threads, compute.c_str(), cpu::isa_name(cpu::active_isa()),
+              cpu::gemm_kernel_name(compute == "bf16" ? Compute::BF16 : Compute::F32), peak / 1e9, fpeak / 1e9);
   std::printf("%6s %6s | %10s %10s %12s | %14s | %8s %8s\n", "image", "tokens", "double s", "single s", "d+s s",
               "19+38 est. s", "GFLOP/s", "of peak");
   Ctx c;
@@ -214,7 +217,8 @@ int vae_step(const std::vector<int>& sizes, const std::string& compute, int reps
   c.compute = compute == "f32" ? Compute::F32 : Compute::BF16;
   // No arena: the decoder's intermediates are freed as it goes (as in the pipeline); an arena
   // would hold every one of them (9.6 GB at 512²).
-  std::printf("autoencoder decode (real FLUX.1 decoder shape, random weights); %d threads; compute %s; BF16 peak %.0f GFLOP/s\n",
+  std::printf("autoencoder decode (real FLUX.1 decoder shape, random weights); isa %s; %d threads; compute %s; BF16 peak %.0f GFLOP/s\n",
+              cpu::isa_name(cpu::active_isa()),
               threads, compute.c_str(), peak / 1e9);
   for (int size : sizes) {
     int64_t lat = size / 8;

@@ -137,19 +137,24 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sizes", default="256,512")
     p.add_argument("--reps", type=int, default=3)
+    # f32: for PyTorch held to AVX2 (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2), whose oneDNN
+    # has no bf16 matmul there ("could not create a primitive descriptor iterator").
+    p.add_argument("--dtype", choices=["bf16", "f32"], default="bf16")
+    p.add_argument("--no-decode", action="store_true", help="blocks only")
     a = p.parse_args()
+    dt = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    d, s = Double().to(torch.bfloat16), Single().to(torch.bfloat16)
-    print(f"torch {torch.__version__}, {a.threads} threads, bf16, mkldnn {torch.backends.mkldnn.is_available()}")
+    d, s = Double().to(dt), Single().to(dt)
+    print(f"torch {torch.__version__}, {a.threads} threads, {a.dtype}, mkldnn {torch.backends.mkldnn.is_available()}")
     with torch.no_grad():
         for size in (int(x) for x in a.sizes.split(",")):
             Li, Lt = (size // 16) ** 2, 256
-            img = torch.randn(1, Li, H, dtype=torch.bfloat16)
-            txt = torch.randn(1, Lt, H, dtype=torch.bfloat16)
-            vec = torch.randn(1, H, dtype=torch.bfloat16)
+            img = torch.randn(1, Li, H, dtype=dt)
+            txt = torch.randn(1, Lt, H, dtype=dt)
+            vec = torch.randn(1, H, dtype=dt)
             ang = torch.rand(1, 1, Li + Lt, HD // 2)
-            cos, sin = ang.cos().to(torch.bfloat16), ang.sin().to(torch.bfloat16)
+            cos, sin = ang.cos().to(dt), ang.sin().to(dt)
             forward(d, s, img, txt, vec, cos, sin)
             best = 1e9
             for _ in range(a.reps):
@@ -157,9 +162,11 @@ def main():
                 forward(d, s, img, txt, vec, cos, sin)
                 best = min(best, time.perf_counter() - t0)
             print(f"{size}x{size}: one double + one single block {best:.3f} s (best of {a.reps})")
-        dec = Decoder().to(torch.bfloat16)
+        if a.no_decode:
+            return
+        dec = Decoder().to(dt)
         for size in (int(x) for x in a.sizes.split(",")):
-            z = torch.randn(1, 16, size // 8, size // 8, dtype=torch.bfloat16)
+            z = torch.randn(1, 16, size // 8, size // 8, dtype=dt)
             dec(z)
             best = 1e9
             for _ in range(a.reps):

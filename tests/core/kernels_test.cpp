@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <tuple>
@@ -159,6 +160,33 @@ TEST(Kernels, AmxAndAvx512Bf16KernelsAgree) {
       // Both multiply the same bf16 values exactly and accumulate in F32; only the order differs.
       expect_close(first, second, 1e-4, 1e-5, "amx vs avx512-bf16 M=" + std::to_string(M) + " K=" + std::to_string(K));
     }
+  }
+}
+
+TEST(Kernels, Avx2DequantizationIsBitIdenticalToTheReference) {
+  if (!cpu::isa_at_least(cpu::Isa::avx2)) GTEST_SKIP() << "no AVX2 on this CPU";
+  for (DType d : {DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0}) {
+    Tensor w = convert(randn({4, 512}, 91, 0.5f), d);
+    std::vector<float> fast(2048), slow(2048);
+    ASSERT_TRUE(cpu::dequantize_avx2(d, w.data<uint8_t>(), fast.data(), 2048)) << name(d);
+    to_f32(d, w.data<uint8_t>(), slow.data(), 2048);
+    EXPECT_EQ(fast, slow) << name(d);
+  }
+  EXPECT_FALSE(cpu::dequantize_avx2(DType::Q4_K, nullptr, nullptr, 0)) << "not covered: the caller falls back";
+  // Rounding to bf16 values: nearest even, NaN quieted, as f32_to_bf16, bit for bit.
+  std::vector<float> x = randn({1, 1000}, 92, 3.0f).to_floats();
+  x[3] = std::numeric_limits<float>::quiet_NaN();
+  x[5] = std::numeric_limits<float>::infinity();
+  x[7] = -0.0f;
+  x[11] = 1.00390625f;   // exactly halfway between two bf16 values: to even
+  std::vector<float> want = x;
+  for (float& v : want) v = bf16_to_f32(f32_to_bf16(v));
+  ASSERT_TRUE(cpu::round_to_bf16_avx2(x.data(), static_cast<int64_t>(x.size())));
+  for (size_t i = 0; i < x.size(); ++i) {
+    uint32_t a, b;
+    std::memcpy(&a, &x[i], 4);
+    std::memcpy(&b, &want[i], 4);
+    ASSERT_EQ(a, b) << "at " << i;
   }
 }
 

@@ -124,6 +124,81 @@ bool dequantize_avx512(DType t, const uint8_t* src, float* dst, int64_t n) {
   }
 }
 
+// ---- AVX2 (+ F16C): 8 values to a vector ---------------------------------------------------
+
+#define FP_AVX2 __attribute__((target("avx2,f16c")))
+
+FP_AVX2 inline float half_avx2(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+// 8 signed bytes -> 8 floats times d (one multiply per value, as the reference).
+FP_AVX2 inline void store8(float* y, __m256 d, __m128i bytes8) {
+  _mm256_storeu_ps(y, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes8))));
+}
+
+FP_AVX2 void q8_0_avx2(const uint8_t* src, float* y, int64_t blocks) {
+  for (int64_t b = 0; b < blocks; ++b, src += 34, y += 32) {
+    __m256 d = _mm256_set1_ps(half_avx2(src));
+    __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2));
+    __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 18));
+    store8(y, d, lo);
+    store8(y + 8, d, _mm_srli_si128(lo, 8));
+    store8(y + 16, d, hi);
+    store8(y + 24, d, _mm_srli_si128(hi, 8));
+  }
+}
+
+FP_AVX2 void q4_0_avx2(const uint8_t* src, float* y, int64_t blocks) {
+  const __m128i low4 = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
+  for (int64_t b = 0; b < blocks; ++b, src += 18, y += 32) {
+    __m256 d = _mm256_set1_ps(half_avx2(src));
+    __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2));
+    __m128i lo = _mm_sub_epi8(_mm_and_si128(q, low4), eight);                       // values 0..15
+    __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), low4), eight);    // values 16..31
+    store8(y, d, lo);
+    store8(y + 8, d, _mm_srli_si128(lo, 8));
+    store8(y + 16, d, hi);
+    store8(y + 24, d, _mm_srli_si128(hi, 8));
+  }
+}
+
+FP_AVX2 void f16_avx2(const uint8_t* b, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2 * i))));
+  for (; i < n; ++i) y[i] = half_avx2(b + 2 * i);
+}
+
+FP_AVX2 void bf16_avx2(const uint8_t* b, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2 * i)));
+    _mm256_storeu_ps(y + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+  }
+  uint16_t h;
+  for (; i < n; ++i) {
+    std::memcpy(&h, b + 2 * i, 2);
+    y[i] = bf16_to_f32(h);
+  }
+}
+
+FP_AVX2 void round_bf16_avx2(float* x, int64_t n) {
+  const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7FFF), keep = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF), inf = _mm256_set1_epi32(0x7F800000), quiet = _mm256_set1_epi32(0x00400000);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256i v = _mm256_castps_si256(_mm256_loadu_ps(x + i));
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(v, 16), one);
+    __m256i rounded = _mm256_and_si256(_mm256_add_epi32(v, _mm256_add_epi32(bias, lsb)), keep);
+    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(v, abs_mask), inf);   // |x| above infinity: NaN
+    __m256i quieted = _mm256_and_si256(_mm256_or_si256(v, quiet), keep);
+    _mm256_storeu_ps(x + i, _mm256_castsi256_ps(_mm256_blendv_epi8(rounded, quieted, nan)));
+  }
+  for (; i < n; ++i) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
+}
+
 FP_DQ_BF16 void f16_to_bf16(const uint8_t* b, uint16_t* y, int64_t n) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
@@ -135,6 +210,23 @@ FP_DQ_BF16 void f16_to_bf16(const uint8_t* b, uint16_t* y, int64_t n) {
     std::memcpy(&h, b + 2 * i, 2);
     y[i] = f32_to_bf16(f16_to_f32(h));
   }
+}
+
+bool dequantize_avx2(DType t, const uint8_t* src, float* dst, int64_t n) {
+  if (!isa_at_least(Isa::avx2)) return false;
+  switch (t) {
+    case DType::Q8_0: q8_0_avx2(src, dst, n / 32); return true;
+    case DType::Q4_0: q4_0_avx2(src, dst, n / 32); return true;
+    case DType::F16: f16_avx2(src, dst, n); return true;
+    case DType::BF16: bf16_avx2(src, dst, n); return true;
+    default: return false;
+  }
+}
+
+bool round_to_bf16_avx2(float* x, int64_t n) {
+  if (!isa_at_least(Isa::avx2)) return false;
+  round_bf16_avx2(x, n);
+  return true;
 }
 
 bool has_dequantize_bf16_avx512(DType t) {

@@ -44,7 +44,7 @@ bool cpu_has_avx2() { return isa_at_least(Isa::avx2); }
 // Row chunk B[n, k0 : k0+kc] as floats into `row` (kc floats).
 void b_row_to_f32(const BMatrix& B, int64_t n, int64_t k0, int64_t kc, float* row) {
   const uint8_t* p = B.data + n * B.row_bytes + bytes_for(B.dtype, k0);
-  if (!dequantize_avx512(B.dtype, p, row, kc)) to_f32(B.dtype, p, row, kc);
+  if (!dequantize_avx512(B.dtype, p, row, kc) && !dequantize_avx2(B.dtype, p, row, kc)) to_f32(B.dtype, p, row, kc);
 }
 
 namespace {
@@ -460,10 +460,19 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
   // weights and faster on all others (oneDNN needs them widened in memory first); without AMX,
   // oneDNN's AVX-512 BF16 GEMM is the faster. Measured side by side in bench/core_bench.
   const GemmPath path = g_path;
-  const bool large = compute == Compute::BF16 && parallel && M >= 64 && !g_force_portable &&
-                     (kernel == Kernel::bf16_amx || kernel == Kernel::bf16_avx512);
+  // Without bf16 instructions (FLUXPIPE_ISA=avx512 or avx2, or such a CPU), oneDNN's sgemm on
+  // widened weights beats our F32 kernels at these sizes (bench/flux_bench under FLUXPIPE_ISA).
+  const bool no_bf16_isa = !cpu_has_avx512bf16();
+  const bool large = parallel && M >= 64 && !g_force_portable &&
+                     ((compute == Compute::BF16 && (kernel == Kernel::bf16_amx || kernel == Kernel::bf16_avx512)) || no_bf16_isa);
   const bool library = path == GemmPath::onednn || (path == GemmPath::automatic && kernel != Kernel::bf16_amx);
-  if (large && library && onednn_gemm_bf16(A, lda, B, C, ldc, M, N, K)) return;
+  if (large && library) {
+    if (no_bf16_isa) {
+      if (onednn_gemm_f32(A, lda, B, C, ldc, M, N, K, compute == Compute::BF16)) return;
+    } else if (onednn_gemm_bf16(A, lda, B, C, ldc, M, N, K)) {
+      return;
+    }
+  }
   const bool bf16_kernel = kernel == Kernel::bf16_avx512 || kernel == Kernel::bf16_amx;
   std::vector<float> rounded;
   if (M <= 4 && !g_force_portable) {

@@ -144,4 +144,66 @@ bool onednn_gemm_bf16(const float* A, int64_t lda, const BMatrix& B, float* C, i
   }
 }
 
+bool onednn_gemm_f32(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N, int64_t K,
+                     bool round_bf16) {
+  try {
+    using dt = dnnl::memory::data_type;
+    Engine& e = engine();
+    const float* a = A;
+    int64_t a_ld = lda;
+    if (round_bf16) {
+      float* r = scratch<float>(2, static_cast<size_t>(M * K));
+      ThreadPool::global().parallel_for(M, [&](int, int64_t b, int64_t end) {
+        for (int64_t m = b; m < end; ++m) {
+          std::memcpy(r + m * K, A + m * lda, static_cast<size_t>(K) * 4);
+          if (!round_to_bf16_avx2(r + m * K, K)) {
+            for (int64_t k = 0; k < K; ++k) r[m * K + k] = bf16_to_f32(f32_to_bf16(r[m * K + k]));
+          }
+        }
+      });
+      a = r;
+      a_ld = K;
+    }
+    bool direct = B.dtype == DType::F32 && B.row_bytes == K * 4 && !round_bf16;
+    int64_t chunk = direct ? N : std::min(N, std::max<int64_t>(64, (int64_t{2} << 20) / std::max<int64_t>(K, 1)));
+    float* w = direct ? nullptr : scratch<float>(3, static_cast<size_t>(chunk * K));
+    dnnl::stream stream(e.eng);
+    std::map<std::pair<int64_t, int64_t>, dnnl::matmul> local;   // (nc, ldc) for this call's shapes
+    for (int64_t n0 = 0; n0 < N; n0 += chunk) {
+      int64_t nc = std::min(chunk, N - n0);
+      const float* wp;
+      if (direct) {
+        wp = reinterpret_cast<const float*>(B.data + n0 * B.row_bytes);
+      } else {
+        ThreadPool::global().parallel_for(nc, [&](int, int64_t b, int64_t end) {
+          for (int64_t n = b; n < end; ++n) {
+            float* row = w + n * K;
+            b_row_to_f32(B, n0 + n, 0, K, row);
+            if (round_bf16 && B.dtype != DType::BF16 && !round_to_bf16_avx2(row, K)) {
+              for (int64_t k = 0; k < K; ++k) row[k] = bf16_to_f32(f32_to_bf16(row[k]));
+            }
+          }
+        });
+        wp = w;
+      }
+      auto key = std::make_pair(nc, ldc);
+      auto it = local.find(key);
+      if (it == local.end()) {
+        dnnl::memory::desc ad({M, K}, dt::f32, dnnl::memory::dims{a_ld, 1});
+        dnnl::memory::desc bd({K, nc}, dt::f32, dnnl::memory::dims{1, K});
+        dnnl::memory::desc cd({M, nc}, dt::f32, dnnl::memory::dims{ldc, 1});
+        it = local.emplace(key, dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(ad, bd, cd), e.eng))).first;
+      }
+      dnnl::memory am(dnnl::memory::desc({M, K}, dt::f32, dnnl::memory::dims{a_ld, 1}), e.eng, const_cast<float*>(a));
+      dnnl::memory bm(dnnl::memory::desc({K, nc}, dt::f32, dnnl::memory::dims{1, K}), e.eng, const_cast<float*>(wp));
+      dnnl::memory cm(dnnl::memory::desc({M, nc}, dt::f32, dnnl::memory::dims{ldc, 1}), e.eng, C + n0);
+      it->second.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+      stream.wait();
+    }
+    return true;
+  } catch (const dnnl::error&) {
+    return false;
+  }
+}
+
 }  // namespace fluxpipe::cpu
