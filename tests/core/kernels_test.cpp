@@ -142,6 +142,15 @@ TEST(Kernels, EveryIsaLevelThisCpuHasMatchesTheReference) {
     Tensor want = Tensor::zeros({1, 2, 37, 16}, DType::F32);
     cpu::ref::attention(q, k, v, 0.25f, nullptr, false, want);
     expect_close(ops::attention(c, q, k, v, 0.25f), want, 1e-4, 1e-5, "attention" + at);
+    // The BF16 convolution: oneDNN's bf16 one, or its F32 one on bf16-rounded inputs.
+    Ctx cb;
+    cb.compute = Compute::BF16;
+    Tensor x = randn({1, 8, 9, 11}, 38), w = randn({6, 8, 3, 3}, 39, 0.2f), b3 = randn({6}, 40);
+    Conv2dParams p{1, 1, 1, 1, 1};
+    Tensor got = ops::conv2d(cb, x, w, &b3, p);
+    Tensor want_conv = Tensor::zeros(got.shape(), DType::F32);
+    cpu::ref::conv2d(convert(x, DType::BF16), convert(w, DType::BF16), &b3, p, want_conv);
+    expect_close(got, want_conv, 1e-4, 1e-4, "conv2d bf16" + at);
   }
   cpu::isa_set_for_tests(before);
   cpu::gemm_force_path(cpu::GemmPath::automatic);
@@ -194,8 +203,8 @@ TEST(Kernels, VectorDequantizationIsBitIdenticalToTheReference) {
   for (DType d : {DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_K}) {
     Tensor w = convert(randn({4, 512}, 90, 0.5f), d);
     std::vector<float> fast(2048), slow(2048);
-    ASSERT_TRUE(cpu::dequantize_avx512(d, w.data<uint8_t>(), fast.data(), 2048) || !__builtin_cpu_supports("avx512f"));
-    if (!__builtin_cpu_supports("avx512f")) GTEST_SKIP() << "no AVX-512 on this CPU";
+    ASSERT_TRUE(cpu::dequantize_avx512(d, w.data<uint8_t>(), fast.data(), 2048) || !cpu::isa_at_least(cpu::Isa::avx512));
+    if (!cpu::isa_at_least(cpu::Isa::avx512)) GTEST_SKIP() << "no AVX-512 on this CPU (or FLUXPIPE_ISA below it)";
     to_f32(d, w.data<uint8_t>(), slow.data(), 2048);
     EXPECT_EQ(fast, slow) << name(d);
     // Straight to bf16: the reference values rounded to nearest even, bit for bit.

@@ -10,6 +10,7 @@
 #include "backend/cpu/activations.h"
 #include "backend/cpu/flash_attention.h"
 #include "backend/cpu/gemm.h"
+#include "backend/cpu/isa.h"
 #include "backend/cpu/onednn_conv.h"
 #include "backend/cpu/onednn_gemm.h"
 #include "backend/cpu/scratch.h"
@@ -355,7 +356,13 @@ class CpuBackend final : public Backend {
 
   void conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p, Tensor& out,
               Compute c) override {
-    if (c == Compute::BF16 && cpu::onednn_conv2d_bf16(x, w, bias, p, out)) return;
+    if (c == Compute::BF16) {
+      // Where the CPU (or FLUXPIPE_ISA) has bf16 instructions oneDNN's bf16 convolution; where it
+      // has not, its F32 one on bf16-rounded inputs (the same products): both beat im2col here.
+      bool done = cpu::isa_at_least(cpu::Isa::avx512bf16) ? cpu::onednn_conv2d_bf16(x, w, bias, p, out)
+                                                          : cpu::onednn_conv2d_bf16_values_f32(x, w, bias, p, out);
+      if (done) return;
+    }
     int64_t B = x.size(0), Ci = x.size(1), H = x.size(2), W = x.size(3);
     int64_t Co = w.size(0), KH = w.size(2), KW = w.size(3), OH = out.size(2), OW = out.size(3);
     int64_t K = Ci * KH * KW;

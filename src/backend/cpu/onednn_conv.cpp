@@ -1,12 +1,16 @@
 #include "backend/cpu/onednn_conv.h"
 
+#include <algorithm>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <vector>
 
 #include <dnnl.hpp>
 
+#include "backend/cpu/dequant_avx512.h"
 #include "backend/cpu/isa.h"
+#include "core/thread_pool.h"
 
 namespace fluxpipe::cpu {
 namespace {
@@ -53,7 +57,7 @@ dnnl::memory on(const dnnl::memory::desc& d, const dnnl::engine& eng, Tensor* ke
 }
 
 // The packed weights for `plan`, made on first use. Caller holds e.mu.
-const Tensor& packed_weights(ConvEngine& e, const Plan& plan, const Tensor& w, dnnl::stream& stream) {
+const Tensor& packed_weights(ConvEngine& e, const Plan& plan, const Tensor& w, dnnl::stream& stream, bool round_bf16) {
   const dnnl::memory::desc want = plan.pd.weights_desc();
   const void* addr = w.data<uint8_t>();
   auto range = e.packed.equal_range(addr);
@@ -77,8 +81,11 @@ const Tensor& packed_weights(ConvEngine& e, const Plan& plan, const Tensor& w, d
   dnnl::memory::dims wei{w.size(0), w.size(1), w.size(2), w.size(3)};
   std::vector<float> wf;
   const float* wp = w.data<float>();
-  if (w.dtype() != DType::F32) {
+  if (w.dtype() != DType::F32 || round_bf16) {
     wf = w.to_floats();
+    if (round_bf16) {
+      for (float& v : wf) v = bf16_to_f32(f32_to_bf16(v));
+    }
     wp = wf.data();
   }
   dnnl::memory user({wei, dt::f32, tag::oihw}, e.eng, const_cast<float*>(wp));
@@ -92,7 +99,12 @@ const Tensor& packed_weights(ConvEngine& e, const Plan& plan, const Tensor& w, d
 
 }  // namespace
 
-bool onednn_conv2d_bf16(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p, Tensor& out) {
+namespace {
+
+// `bf16`: oneDNN's bf16 convolution (it rounds while reordering); otherwise F32 on inputs the
+// caller rounded to bf16 values (`round_weights`: the weights are rounded while packing).
+bool conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p, Tensor& out, bool bf16) {
+  const dt data = bf16 ? dt::bf16 : dt::f32;
   try {
     ConvEngine& e = engine();
     dnnl::memory::dims src{x.size(0), x.size(1), x.size(2), x.size(3)};
@@ -100,7 +112,7 @@ bool onednn_conv2d_bf16(const Tensor& x, const Tensor& w, const Tensor* bias, co
     dnnl::memory::dims dst{out.size(0), out.size(1), out.size(2), out.size(3)};
     dnnl::memory::dims strides{p.stride, p.stride}, pad_l{p.pad_top, p.pad_left}, pad_r{p.pad_bottom, p.pad_right};
     std::vector<int64_t> key{src[0], src[1], src[2], src[3], wei[0], wei[2], wei[3], p.stride, p.pad_top, p.pad_left,
-                             p.pad_bottom, p.pad_right, bias ? 1 : 0};
+                             p.pad_bottom, p.pad_right, bias ? 1 : 0, bf16 ? 1 : 0};
     dnnl::stream stream(e.eng);
     Plan plan;
     Tensor wpk;
@@ -108,7 +120,7 @@ bool onednn_conv2d_bf16(const Tensor& x, const Tensor& w, const Tensor* bias, co
       std::lock_guard lock(e.mu);
       auto it = e.plans.find(key);
       if (it == e.plans.end()) {
-        dnnl::memory::desc s_md(src, dt::bf16, tag::any), w_md(wei, dt::bf16, tag::any), d_md(dst, dt::f32, tag::any);
+        dnnl::memory::desc s_md(src, data, tag::any), w_md(wei, data, tag::any), d_md(dst, dt::f32, tag::any);
         dnnl::memory::desc b_md({wei[0]}, dt::f32, tag::a);
         auto d = bias ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
                                                         s_md, w_md, b_md, d_md, strides, pad_l, pad_r)
@@ -125,7 +137,7 @@ bool onednn_conv2d_bf16(const Tensor& x, const Tensor& w, const Tensor* bias, co
                  .first;
       }
       plan = it->second;
-      wpk = packed_weights(e, plan, w, stream);
+      wpk = packed_weights(e, plan, w, stream, !bf16);
     }
     // Our plain F32 tensors, reordered (and rounded to bf16) into the layouts oneDNN chose.
     dnnl::memory user_src({src, dt::f32, tag::nchw}, e.eng, const_cast<float*>(x.data<float>()));
@@ -149,6 +161,28 @@ bool onednn_conv2d_bf16(const Tensor& x, const Tensor& w, const Tensor* bias, co
   } catch (const dnnl::error&) {
     return false;
   }
+}
+
+}  // namespace
+
+bool onednn_conv2d_bf16(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p, Tensor& out) {
+  return conv2d(x, w, bias, p, out, true);
+}
+
+bool onednn_conv2d_bf16_values_f32(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p, Tensor& out) {
+  Tensor rounded = Tensor::empty(x.shape(), DType::F32);
+  const float* src = x.data<float>();
+  float* dst = rounded.data<float>();
+  const int64_t n = x.numel();
+  ThreadPool::global().parallel_for(n / 4096 + 1, [&](int, int64_t b, int64_t e) {
+    int64_t lo = b * 4096, hi = std::min(n, e * 4096);
+    if (lo >= hi) return;
+    std::memcpy(dst + lo, src + lo, static_cast<size_t>(hi - lo) * 4);
+    if (!round_to_bf16_avx2(dst + lo, hi - lo)) {
+      for (int64_t i = lo; i < hi; ++i) dst[i] = bf16_to_f32(f32_to_bf16(dst[i]));
+    }
+  });
+  return conv2d(rounded, w, bias, p, out, false);
 }
 
 }  // namespace fluxpipe::cpu
