@@ -26,8 +26,17 @@ echo "== autoencoder decode"; ./build/bench/flux_bench vae --sizes 256,512,1024 
 for dtype in bf16 q8_0; do
   echo "== T5-XXL encoding, $dtype"; ./build/bench/flux_bench t5 --blocks 2,0 --dtype "$dtype" --reps 2
 done
+# The AVX2 path, forced (FLUXPIPE_ISA), against PyTorch held to AVX2 (F32: its oneDNN has no bf16 there).
+weights=$(./build/bench/flux_bench write --out "$out" --blocks 1,1 --dtype bf16)
+echo "== FLUX.1 step, bf16 weights, FLUXPIPE_ISA=avx2"
+FLUXPIPE_ISA=avx2 ./build/bench/flux_bench step --weights "$weights" --sizes 256,512 --reps 2
+rm -f "$weights"
+echo "== autoencoder decode, FLUXPIPE_ISA=avx2"; FLUXPIPE_ISA=avx2 ./build/bench/flux_bench vae --sizes 256 --reps 2
 if /usr/bin/python3 -c "import torch" 2>/dev/null; then
   echo "== peer: eager PyTorch bf16 (Debian python3-torch)"; /usr/bin/python3 bench/peer_pytorch.py --threads "$FLUXPIPE_THREADS" --sizes 256,512
+  echo "== peer: eager PyTorch f32 held to AVX2"
+  ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 /usr/bin/python3 bench/peer_pytorch.py --threads "$FLUXPIPE_THREADS" \
+    --sizes 256,512 --dtype f32
 else
   echo "== peer: PyTorch not installed (apt-get install python3-torch to measure it)"
 fi
