@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/uri.h"
 
 namespace fluxpipe::hub {
 namespace {
@@ -26,20 +27,7 @@ std::string env(const char* name) {
 }
 
 // Each '/'-separated segment percent-encoded (RFC 3986 unreserved characters kept).
-std::string encode_path(const std::string& path) {
-  static const char* hex = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : path) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || c == '/') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += hex[c >> 4];
-      out += hex[c & 15];
-    }
-  }
-  return out;
-}
+std::string encode_path(const std::string& path) { return percent_encode(path, true); }
 
 std::string to_hex(const unsigned char* p, unsigned n) {
   static const char* hex = "0123456789abcdef";

@@ -5,6 +5,7 @@
 #include <ctime>
 
 #include "core/error.h"
+#include "core/uri.h"
 #include "server/crypto.h"
 
 namespace fluxpipe::server {
@@ -64,20 +65,7 @@ std::string signed_header_names(const std::vector<std::pair<std::string, std::st
 
 }  // namespace
 
-std::string sigv4_uri_encode(const std::string& s, bool keep_slash) {
-  static const char* digits = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || (keep_slash && c == '/')) {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += digits[c >> 4];
-      out += digits[c & 15];
-    }
-  }
-  return out;
-}
+std::string sigv4_uri_encode(const std::string& s, bool keep_slash) { return percent_encode(s, keep_slash); }
 
 std::string amz_date_of(int64_t unix_seconds) {
   std::time_t t = static_cast<std::time_t>(unix_seconds);

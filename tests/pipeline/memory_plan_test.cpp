@@ -206,6 +206,17 @@ size_t tiny_denoise_bytes(int64_t images, int64_t width, int64_t height) {
   return denoise_activation_bytes(images, (width / 16) * (height / 16), 256, 32);
 }
 
+// The jobs these tests run: a 96x80 image (30 image tokens) of the test model.
+GenerateJob lighthouse(int steps, std::vector<int64_t> seeds) {
+  GenerateJob job;
+  job.prompt = "a lighthouse";
+  job.width = 96;
+  job.height = 80;
+  job.steps = steps;
+  job.seeds = std::move(seeds);
+  return job;
+}
+
 // A budget with room for `activations` and nothing else: the process holds 1 byte besides.
 EngineOptions budget_of(size_t activations) {
   EngineOptions o;
@@ -226,12 +237,7 @@ TEST(MemoryPlan, BatchThatFits) {
 TEST(MemoryPlan, ATightBudgetGivesTheSameImage) {
   TempDir dir;
   write_test_model(dir.path());
-  GenerateJob job;
-  job.prompt = "a lighthouse";
-  job.width = 96;
-  job.height = 80;
-  job.steps = 2;
-  job.seeds = {7};
+  GenerateJob job = lighthouse(2, {7});
   auto keep = load_engine(dir.path());
   std::vector<Image> a = keep->generate(job, [](int, int) { return true; });
   EXPECT_EQ(keep->last_memory_plan(), "kept every part resident");
@@ -281,12 +287,7 @@ TEST(MemoryPlan, DecodesInTilesWhenAWholeDecodeWouldNotFit) {
 TEST(MemoryPlan, AJobThatCannotFitIsRefusedWithWhatWould) {
   TempDir dir;
   write_test_model(dir.path());
-  GenerateJob job;
-  job.prompt = "a lighthouse";
-  job.width = 96;
-  job.height = 80;
-  job.steps = 1;
-  job.seeds = {7};
+  GenerateJob job = lighthouse(1, {7});
   // One byte short of one image's denoising.
   auto engine = load_engine(dir.path(), budget_of(tiny_denoise_bytes(1, 96, 80) - 1));
   JobFit fit = engine->check_fit(job);
@@ -308,12 +309,7 @@ TEST(MemoryPlan, AJobThatCannotFitIsRefusedWithWhatWould) {
 TEST(MemoryPlan, SamplesRunInBatchesThatFitAndGiveTheSameImages) {
   TempDir dir;
   write_test_model(dir.path());
-  GenerateJob job;
-  job.prompt = "a lighthouse";
-  job.width = 96;
-  job.height = 80;
-  job.steps = 2;
-  job.seeds = {7, 8, 9, 10};
+  GenerateJob job = lighthouse(2, {7, 8, 9, 10});
   auto roomy = load_engine(dir.path());
   EXPECT_EQ(roomy->check_fit(job).batch, 4);
   std::vector<Image> all = roomy->generate(job, [](int, int) { return true; });
