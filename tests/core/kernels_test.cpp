@@ -142,6 +142,17 @@ TEST(Kernels, EveryIsaLevelThisCpuHasMatchesTheReference) {
     Tensor want = Tensor::zeros({1, 2, 37, 16}, DType::F32);
     cpu::ref::attention(q, k, v, 0.25f, nullptr, false, want);
     expect_close(ops::attention(c, q, k, v, 0.25f), want, 1e-4, 1e-5, "attention" + at);
+    // Activations: AVX-512, AVX2 or scalar code by level, all within the reference's tolerance
+    // (large inputs included: the exponential's clamps).
+    Tensor xa = randn({1, 1037}, 41, 6.0f);
+    xa.data<float>()[0] = 95.0f;
+    xa.data<float>()[1] = -95.0f;
+    for (Unary op : {Unary::gelu_tanh, Unary::silu, Unary::quick_gelu}) {
+      Tensor want_a = Tensor::zeros(xa.shape(), DType::F32);
+      cpu::ref::unary(op, xa, want_a);
+      Tensor got_a = op == Unary::gelu_tanh ? ops::gelu_tanh(c, xa) : op == Unary::silu ? ops::silu(c, xa) : ops::quick_gelu(c, xa);
+      expect_close(got_a, want_a, 1e-6, 1e-5, "activation" + at);
+    }
     // The BF16 convolution: oneDNN's bf16 one, or its F32 one on bf16-rounded inputs.
     Ctx cb;
     cb.compute = Compute::BF16;

@@ -184,4 +184,75 @@ bool activation_avx512(Unary op, const float* x, float* out, int64_t n) {
   return true;
 }
 
+// ---- AVX2 + FMA ------------------------------------------------------------------------------
+
+namespace {
+
+#define FP_AVX2 __attribute__((target("avx2,fma")))
+
+// e^x as exp512: x = n ln2 + r, the degree-6 Taylor polynomial of e^r, times 2^n — built from the
+// exponent bits (AVX2 has no scalef), with x clamped so that 2^n stays a normal number.
+FP_AVX2 inline __m256 exp256(__m256 x) {
+  const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+  const __m256 ln2_hi = _mm256_set1_ps(0.693359375f), ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3f)), _mm256_set1_ps(-87.3f));
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, ln2_hi, x);
+  r = _mm256_fnmadd_ps(n, ln2_lo, r);
+  __m256 p = _mm256_set1_ps(1.0f / 720);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+FP_AVX2 inline __m256 x_sigmoid256(__m256 x, float k) {
+  __m256 e = exp256(_mm256_mul_ps(x, _mm256_set1_ps(-k)));
+  return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+
+FP_AVX2 inline __m256 gelu_tanh256(__m256 x) {
+  const __m256 c = _mm256_set1_ps(0.7978845608028654f), a = _mm256_set1_ps(0.044715f);
+  __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+  __m256 u = _mm256_mul_ps(c, _mm256_fmadd_ps(a, x3, x));
+  __m256 e = exp256(_mm256_mul_ps(u, _mm256_set1_ps(-2.0f)));
+  return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+
+template <Unary op>
+FP_AVX2 inline __m256 act256(__m256 v) {
+  if constexpr (op == Unary::gelu_tanh) return gelu_tanh256(v);
+  if constexpr (op == Unary::silu) return x_sigmoid256(v, 1.0f);
+  return x_sigmoid256(v, 1.702f);   // quick_gelu
+}
+
+template <Unary op>
+FP_AVX2 void apply256(const float* x, float* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, act256<op>(_mm256_loadu_ps(x + i)));
+  if (i < n) {   // the tail through a zero-padded buffer
+    alignas(32) float in[8] = {}, res[8];
+    for (int64_t j = i; j < n; ++j) in[j - i] = x[j];
+    _mm256_store_ps(res, act256<op>(_mm256_load_ps(in)));
+    for (int64_t j = i; j < n; ++j) out[j] = res[j - i];
+  }
+}
+
+}  // namespace
+
+bool activation_avx2(Unary op, const float* x, float* out, int64_t n) {
+  if (!isa_at_least(Isa::avx2)) return false;
+  switch (op) {
+    case Unary::gelu_tanh: apply256<Unary::gelu_tanh>(x, out, n); return true;
+    case Unary::silu: apply256<Unary::silu>(x, out, n); return true;
+    case Unary::quick_gelu: apply256<Unary::quick_gelu>(x, out, n); return true;
+    case Unary::gelu_erf: return false;
+  }
+  return false;
+}
+
 }  // namespace fluxpipe::cpu

@@ -12,6 +12,10 @@ namespace fluxpipe::cpu {
 // out[i] = op(x[i]) for i < n. Returns false when the op has no vector version here.
 bool activation_avx512(Unary op, const float* x, float* out, int64_t n);
 
+// The same with AVX2 + FMA (8 lanes; the exponential as in the AVX-512 version, 2^n built from
+// the exponent bits), for CPUs or FLUXPIPE_ISA levels without AVX-512. False otherwise.
+bool activation_avx2(Unary op, const float* x, float* out, int64_t n);
+
 // Softmax of a row in place (a row of -inf becomes zeros). False without AVX-512.
 bool softmax_avx512(float* x, int64_t n);
 

@@ -302,6 +302,7 @@ class CpuBackend final : public Backend {
     for_rows((n + chunk - 1) / chunk, chunk, [&](int64_t b, int64_t e) {
       int64_t begin = b * chunk, end = std::min(n, e * chunk);
       if (cpu::activation_avx512(op, X + begin, O + begin, end - begin)) return;
+      if (cpu::activation_avx2(op, X + begin, O + begin, end - begin)) return;
       for (int64_t i = begin; i < end; ++i) O[i] = unary_f(op, X[i]);
     });
   }
