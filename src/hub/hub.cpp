@@ -331,7 +331,7 @@ void HubClient::download(const std::string& repo, const std::string& commit, con
       if (first) {
         first = false;
         // A 200 to a ranged request is the whole file: start over.
-        if (have > 0 && impl_->curl) {
+        if (have > 0) {
           long status = 0;
           curl_easy_getinfo(impl_->curl, CURLINFO_RESPONSE_CODE, &status);
           if (status == 200) {

@@ -33,7 +33,7 @@ bool optional_pattern(const std::string& p) { return !p.empty() && p[0] == '?'; 
 std::string bare(const std::string& p) { return optional_pattern(p) ? p.substr(1) : p; }
 
 // "12345 bytes (0.01 GB)": exact, and readable.
-std::string gb(int64_t bytes) {
+std::string size_text(int64_t bytes) {
   char s[64];
   std::snprintf(s, sizeof s, "%lld bytes (%.2f GB)", static_cast<long long>(bytes), static_cast<double>(bytes) / 1e9);
   return s;
@@ -272,7 +272,7 @@ PullReport pull(const std::string& name, const PullOptions& options, const PullE
   }
   if (needed > free_bytes) {
     throw UserError("[pull] not enough disk space for '" + name + "' in " + mn->folder + ": the files still to download need " +
-                    gb(needed) + ", and that file system has " + gb(free_bytes) + " free");
+                    size_text(needed) + ", and that file system has " + size_text(free_bytes) + " free");
   }
 
   if (events.planned) events.planned(static_cast<int>(todo.size()), needed);

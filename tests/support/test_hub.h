@@ -36,7 +36,7 @@ class TestHub {
 
   TestHub() {
     hub_.Get(R"(/api/models/([^/]+/[^/]+)/revision/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
-      Repo* r = admit(req, res, "hub");
+      Repo* r = admit(req, res);
       if (!r) return;
       std::string rev = req.matches[2];
       if (rev != "main" && rev != r->commit) {
@@ -47,7 +47,7 @@ class TestHub {
       res.set_content(nlohmann::json{{"id", std::string(req.matches[1])}, {"sha", r->commit}}.dump(), "application/json");
     });
     hub_.Get(R"(/api/models/([^/]+/[^/]+)/tree/([^/?]+))", [this](const httplib::Request& req, httplib::Response& res) {
-      Repo* r = admit(req, res, "hub");
+      Repo* r = admit(req, res);
       if (!r) return;
       nlohmann::json all = nlohmann::json::array();
       std::map<std::string, bool> dirs;
@@ -68,7 +68,7 @@ class TestHub {
       res.set_content(page.dump(), "application/json");
     });
     hub_.Get(R"(/([^/]+/[^/]+)/resolve/([^/]+)/(.+))", [this](const httplib::Request& req, httplib::Response& res) {
-      Repo* r = admit(req, res, "hub");
+      Repo* r = admit(req, res);
       if (!r) return;
       auto f = r->files.find(req.matches[3]);
       if (f == r->files.end()) {
@@ -182,7 +182,7 @@ class TestHub {
 
  private:
   // The repository of a hub request, after the gate; nullptr when answered already (401/403/404).
-  Repo* admit(const httplib::Request& req, httplib::Response& res, const char*) {
+  Repo* admit(const httplib::Request& req, httplib::Response& res) {
     std::lock_guard lock(mu_);
     ++hub_requests_;
     std::string auth = req.get_header_value("Authorization");

@@ -229,6 +229,11 @@ bool round_to_bf16_avx2(float* x, int64_t n) {
   return true;
 }
 
+void round_to_bf16_values(float* x, int64_t n) {
+  if (round_to_bf16_avx2(x, n)) return;
+  for (int64_t i = 0; i < n; ++i) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
+}
+
 bool has_dequantize_bf16_avx512(DType t) {
   return isa_at_least(Isa::avx512bf16) && (t == DType::Q8_0 || t == DType::Q4_0 || t == DType::Q4_K || t == DType::F16);
 }

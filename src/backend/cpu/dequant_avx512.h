@@ -18,6 +18,9 @@ bool dequantize_avx2(DType t, const uint8_t* src, float* dst, int64_t n);
 // x[i] = bf16_to_f32(f32_to_bf16(x[i])) (nearest even, NaN quieted), 8 at a time with AVX2;
 // false (nothing done) where AVX2 is not allowed.
 bool round_to_bf16_avx2(float* x, int64_t n);
+// The same rounding with AVX2 where allowed, scalar otherwise: the one place the no-bf16-instructions
+// paths make bf16 values.
+void round_to_bf16_values(float* x, int64_t n);
 
 // Straight to bf16 (Q8_0, Q4_0, Q4_K, F16) where the CPU has AVX-512 BF16: the values of
 // dequantize_avx512 rounded to nearest even, in one pass. False otherwise.

@@ -415,7 +415,8 @@ Kernel pick(Compute c) {
 std::vector<float> round_rows_bf16(const float* A, int64_t lda, int64_t M, int64_t K) {
   std::vector<float> out(static_cast<size_t>(M * K));
   for (int64_t m = 0; m < M; ++m) {
-    for (int64_t k = 0; k < K; ++k) out[static_cast<size_t>(m * K + k)] = bf16_to_f32(f32_to_bf16(A[m * lda + k]));
+    std::copy(A + m * lda, A + m * lda + K, out.begin() + m * K);
+    round_to_bf16_values(out.data() + m * K, K);
   }
   return out;
 }
@@ -551,9 +552,7 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
           } else {
             float* dst = packed_f32 + static_cast<size_t>(pnl) * NR * kc_max;
             pack_f32(B, n0, N, k0, kc, dst, row);
-            if (round_b) {
-              for (int64_t i = 0; i < kc * NR; ++i) dst[i] = bf16_to_f32(f32_to_bf16(dst[i]));
-            }
+            if (round_b) round_to_bf16_values(dst, kc * NR);
           }
         }
         if (kernel == Kernel::bf16_amx) {

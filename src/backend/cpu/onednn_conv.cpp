@@ -84,7 +84,7 @@ const Tensor& packed_weights(ConvEngine& e, const Plan& plan, const Tensor& w, d
   if (w.dtype() != DType::F32 || round_bf16) {
     wf = w.to_floats();
     if (round_bf16) {
-      for (float& v : wf) v = bf16_to_f32(f32_to_bf16(v));
+      round_to_bf16_values(wf.data(), static_cast<int64_t>(wf.size()));
     }
     wp = wf.data();
   }
@@ -178,9 +178,7 @@ bool onednn_conv2d_bf16_values_f32(const Tensor& x, const Tensor& w, const Tenso
     int64_t lo = b * 4096, hi = std::min(n, e * 4096);
     if (lo >= hi) return;
     std::memcpy(dst + lo, src + lo, static_cast<size_t>(hi - lo) * 4);
-    if (!round_to_bf16_avx2(dst + lo, hi - lo)) {
-      for (int64_t i = lo; i < hi; ++i) dst[i] = bf16_to_f32(f32_to_bf16(dst[i]));
-    }
+    round_to_bf16_values(dst + lo, hi - lo);
   });
   return conv2d(rounded, w, bias, p, out, false);
 }

@@ -20,16 +20,17 @@ struct Engine {
   bool isa_held = (isa_apply_to_onednn(), true);   // before the engine: FLUXPIPE_ISA holds oneDNN too
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   std::mutex mu;
-  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, dnnl::matmul> cache;   // (M, N, K, ldc)
+  // (M, N, K, lda, ldc, input type): A [M, K] row stride lda, B [N, K] rows of K, C F32.
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int>, dnnl::matmul> cache;
 
-  dnnl::matmul get(int64_t M, int64_t N, int64_t K, int64_t ldc) {
+  dnnl::matmul get(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldc, dnnl::memory::data_type in) {
     std::lock_guard lock(mu);
-    auto key = std::make_tuple(M, N, K, ldc);
+    auto key = std::make_tuple(M, N, K, lda, ldc, static_cast<int>(in));
     auto it = cache.find(key);
     if (it != cache.end()) return it->second;
     using dt = dnnl::memory::data_type;
-    dnnl::memory::desc a({M, K}, dt::bf16, dnnl::memory::dims{K, 1});
-    dnnl::memory::desc b({K, N}, dt::bf16, dnnl::memory::dims{1, K});   // B[n, k] row-major = Bᵀ
+    dnnl::memory::desc a({M, K}, in, dnnl::memory::dims{lda, 1});
+    dnnl::memory::desc b({K, N}, in, dnnl::memory::dims{1, K});   // B[n, k] row-major = Bᵀ
     dnnl::memory::desc c({M, N}, dt::f32, dnnl::memory::dims{ldc, 1});
     dnnl::matmul mm(dnnl::matmul::primitive_desc(dnnl::matmul::desc(a, b, c), eng));
     if (cache.size() > 256) cache.clear();
@@ -129,7 +130,7 @@ bool onednn_gemm_bf16(const float* A, int64_t lda, const BMatrix& B, float* C, i
         widen_rows_bf16(B, n0, nc, K, w);
         wp = w;
       }
-      dnnl::matmul mm = e.get(M, nc, K, ldc);
+      dnnl::matmul mm = e.get(M, nc, K, K, ldc, dnnl::memory::data_type::bf16);
       dnnl::memory am(dnnl::memory::desc({M, K}, dnnl::memory::data_type::bf16, dnnl::memory::dims{K, 1}), e.eng, a);
       dnnl::memory bm(dnnl::memory::desc({K, nc}, dnnl::memory::data_type::bf16, dnnl::memory::dims{1, K}), e.eng,
                       const_cast<uint16_t*>(wp));
@@ -156,9 +157,7 @@ bool onednn_gemm_f32(const float* A, int64_t lda, const BMatrix& B, float* C, in
       ThreadPool::global().parallel_for(M, [&](int, int64_t b, int64_t end) {
         for (int64_t m = b; m < end; ++m) {
           std::memcpy(r + m * K, A + m * lda, static_cast<size_t>(K) * 4);
-          if (!round_to_bf16_avx2(r + m * K, K)) {
-            for (int64_t k = 0; k < K; ++k) r[m * K + k] = bf16_to_f32(f32_to_bf16(r[m * K + k]));
-          }
+          round_to_bf16_values(r + m * K, K);
         }
       });
       a = r;
@@ -168,7 +167,6 @@ bool onednn_gemm_f32(const float* A, int64_t lda, const BMatrix& B, float* C, in
     int64_t chunk = direct ? N : std::min(N, std::max<int64_t>(64, (int64_t{2} << 20) / std::max<int64_t>(K, 1)));
     float* w = direct ? nullptr : scratch<float>(3, static_cast<size_t>(chunk * K));
     dnnl::stream stream(e.eng);
-    std::map<std::pair<int64_t, int64_t>, dnnl::matmul> local;   // (nc, ldc) for this call's shapes
     for (int64_t n0 = 0; n0 < N; n0 += chunk) {
       int64_t nc = std::min(chunk, N - n0);
       const float* wp;
@@ -179,25 +177,16 @@ bool onednn_gemm_f32(const float* A, int64_t lda, const BMatrix& B, float* C, in
           for (int64_t n = b; n < end; ++n) {
             float* row = w + n * K;
             b_row_to_f32(B, n0 + n, 0, K, row);
-            if (round_bf16 && B.dtype != DType::BF16 && !round_to_bf16_avx2(row, K)) {
-              for (int64_t k = 0; k < K; ++k) row[k] = bf16_to_f32(f32_to_bf16(row[k]));
-            }
+            if (round_bf16 && B.dtype != DType::BF16) round_to_bf16_values(row, K);
           }
         });
         wp = w;
       }
-      auto key = std::make_pair(nc, ldc);
-      auto it = local.find(key);
-      if (it == local.end()) {
-        dnnl::memory::desc ad({M, K}, dt::f32, dnnl::memory::dims{a_ld, 1});
-        dnnl::memory::desc bd({K, nc}, dt::f32, dnnl::memory::dims{1, K});
-        dnnl::memory::desc cd({M, nc}, dt::f32, dnnl::memory::dims{ldc, 1});
-        it = local.emplace(key, dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(ad, bd, cd), e.eng))).first;
-      }
+      dnnl::matmul mm = e.get(M, nc, K, a_ld, ldc, dt::f32);
       dnnl::memory am(dnnl::memory::desc({M, K}, dt::f32, dnnl::memory::dims{a_ld, 1}), e.eng, const_cast<float*>(a));
       dnnl::memory bm(dnnl::memory::desc({K, nc}, dt::f32, dnnl::memory::dims{1, K}), e.eng, const_cast<float*>(wp));
       dnnl::memory cm(dnnl::memory::desc({M, nc}, dt::f32, dnnl::memory::dims{ldc, 1}), e.eng, C + n0);
-      it->second.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+      mm.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
       stream.wait();
     }
     return true;
