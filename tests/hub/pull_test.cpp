@@ -155,6 +155,7 @@ TEST_F(Pull, ResumesAfterACutFetchingOnlyTheRest) {
   EXPECT_GT(kept, 0);
   EXPECT_LE(kept, 100000);
 
+  ASSERT_TRUE(hub.wait_for_no_transfers());
   int64_t before = hub.cdn_bytes();
   RunResult resumed = fluxpipe({"pull", "hf:acme/big", "--models", models.path()});
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
@@ -193,6 +194,7 @@ TEST_F(Pull, CtrlCLeavesAResumablePartialFile) {
   EXPECT_GE(kept, 50000);
   EXPECT_LT(kept, static_cast<int64_t>(size));
   hub.chunk_delay_ms = 0;
+  ASSERT_TRUE(hub.wait_for_no_transfers()) << "the interrupted transfer ends on the hub's side too";
   int64_t before = hub.cdn_bytes();
   ASSERT_EQ(fluxpipe({"pull", "hf:acme/big", "--models", models.path()}).exit_code, 0);
   EXPECT_EQ(hub.cdn_bytes() - before, static_cast<int64_t>(size) - kept);

@@ -104,19 +104,23 @@ class TestHub {
       auto body = std::make_shared<std::string>(std::move(content));
       auto sent = std::make_shared<size_t>(0);
       int64_t cut = cut_after.exchange(-1);
+      // A transfer is in flight from here until httplib releases the provider; tests wait for
+      // none before counting, so a killed client's last chunk cannot land in the next count.
+      ++transfers_;
       res.set_content_provider(body->size(), "application/octet-stream",
                                [this, body, sent, cut](size_t offset, size_t length, httplib::DataSink& sink) {
                                  size_t n = std::min<size_t>(length, 16384);
                                  if (int d = chunk_delay_ms.load()) std::this_thread::sleep_for(std::chrono::milliseconds(d));
                                  if (cut >= 0) n = std::min(n, static_cast<size_t>(cut) - *sent);
                                  if (n > 0) {
-                                   sink.write(body->data() + offset, n);
+                                   if (!sink.write(body->data() + offset, n)) return false;  // the client is gone
                                    *sent += n;
                                    cdn_bytes_ += static_cast<int64_t>(n);
                                  }
                                  // Returning false closes the connection mid-body: a cut.
                                  return !(cut >= 0 && *sent >= static_cast<size_t>(cut));
-                               });
+                               },
+                               [this](bool) { --transfers_; });
     });
     hub_port_ = hub_.bind_to_any_port("127.0.0.1");
     cdn_port_ = cdn_.bind_to_any_port("127.0.0.1");
@@ -141,6 +145,11 @@ class TestHub {
   std::string endpoint() const { return "http://127.0.0.1:" + std::to_string(hub_port_); }
 
   int64_t cdn_bytes() const { return cdn_bytes_.load(); }
+  // Waits (up to 5 s) until no blob transfer is in flight; true when none is.
+  bool wait_for_no_transfers() const {
+    for (int i = 0; i < 500 && transfers_.load() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    return transfers_.load() == 0;
+  }
   int hub_requests() {
     std::lock_guard lock(mu_);
     return hub_requests_;
@@ -209,6 +218,7 @@ class TestHub {
   std::mutex mu_;
   std::map<std::string, Repo> repos_;
   std::atomic<int64_t> cdn_bytes_{0};
+  std::atomic<int> transfers_{0};
   int hub_requests_ = 0, cdn_requests_ = 0;
   std::vector<std::string> hub_auth_, cdn_auth_;
 };
