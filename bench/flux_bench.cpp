@@ -14,11 +14,13 @@
 //       GFLOP/s against this machine's peak measured in the same run.
 // FLOP count: every token passes through 12*H^2 = 113.25 M weights per block (x2 for a
 // multiply-add), and attention adds 4 * L^2 * H per block, L = image + text tokens.
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <random>
 #include <string>
 
+#include "profiling_backend.h"
 #include "backend/cpu/gemm.h"
 #include "backend/cpu/isa.h"
 #include "models/flux/flux.h"
@@ -124,7 +126,7 @@ io::WeightSet subset(const io::WeightSet& w, int d, int s) {
   return out;
 }
 
-int step(const std::string& weights, std::vector<int> sizes, const std::string& compute, int reps) {
+int step(const std::string& weights, std::vector<int> sizes, const std::string& compute, int reps, bool profile) {
   int threads = ThreadPool::global().size();
   double peak = bench::bf16_peak(threads);
   double fpeak = bench::peak(false, threads);
@@ -166,6 +168,22 @@ int step(const std::string& weights, std::vector<int> sizes, const std::string& 
     std::printf("%4dx%-4d %6lld | %10.3f %10.3f %12.3f | %14.1f | %8.0f %7.1f%%\n", size, size, static_cast<long long>(L), td,
                 ts, tb, full, rate / 1e9, 100.0 * rate / peak);
     std::fflush(stdout);
+    if (profile) {
+      // One more double + single block through a timing wrapper: where the step's time goes.
+      // The model above ran already, so every product's primitive is made: this run is steady.
+      io::WeightSet part = subset(w, 1, 1);
+      flux::Model m(flux::Config::from_weights(part, nullptr), part);
+      bench::ProfilingBackend prof(*c.backend);
+      Backend* plain = c.backend;
+      c.backend = &prof;
+      auto t0 = std::chrono::steady_clock::now();
+      m.forward(c, img, img_ids, txt, txt_ids, t, y, nullptr);
+      arena.reset();
+      double t_prof = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      c.backend = plain;
+      std::printf(" where one double + single block's %.3f s go:\n", t_prof);
+      prof.print(t_prof);
+    }
   }
   return 0;
 }
@@ -287,11 +305,12 @@ int t5_step(int layers, const std::string& dtype_name, int reps) {
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr, "usage: flux_bench write --out DIR [--blocks D,S] [--dtype bf16|q8_0|q4_0]\n"
-                         "       flux_bench step --weights FILE [--sizes 256,512,1024] [--compute bf16|f32] [--reps N]\n");
+                         "       flux_bench step --weights FILE [--sizes 256,512,1024] [--compute bf16|f32] [--reps N] [--profile 1]\n");
     return 2;
   }
   std::string mode = argv[1], out = "/tmp", dtype = "bf16", weights, compute = "bf16";
   int depth = 1, single = 1, reps = 2;
+  bool profile = false;
   std::vector<int> sizes = {256, 512, 1024};
   for (int i = 2; i + 1 < argc; i += 2) {
     std::string f = argv[i], v = argv[i + 1];
@@ -300,6 +319,7 @@ int main(int argc, char** argv) {
     else if (f == "--weights") weights = v;
     else if (f == "--compute") compute = v;
     else if (f == "--reps") reps = std::stoi(v);
+    else if (f == "--profile") profile = v == "1";
     else if (f == "--blocks") {
       depth = std::stoi(v.substr(0, v.find(',')));
       single = std::stoi(v.substr(v.find(',') + 1));
@@ -318,7 +338,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (mode == "write") return write_checkpoint(out, depth, single, dtype);
-    if (mode == "step") return step(weights, sizes, compute, reps);
+    if (mode == "step") return step(weights, sizes, compute, reps, profile);
     if (mode == "vae") return vae_step(sizes, compute, reps);
     if (mode == "t5") return t5_step(depth, dtype, reps);
   } catch (const std::exception& e) {

@@ -58,6 +58,7 @@ const char* kUsage =
     "           [--text-layers N] [--quant TYPE] [--text-quant TYPE]   (gguf: transformer / T5 block types)\n"
     "                                       a random-weight model (tests, smoke checks; draws noise)\n"
     "  quantize IN OUT.gguf [--type q8_0|q4_0|q4_k|...]   GGUF with quantized matrices\n"
+    "  devices                              the CPU (and GPUs) the engine can use, and its kernels there\n"
     "  help [COMMAND]                       this text, or a command's options (also COMMAND --help)\n"
     "  --version                            version, build type, backends compiled in\n"
     "\n"
@@ -276,6 +277,19 @@ int cmd_quantize(const std::vector<std::string>& args) {
   return 0;
 }
 
+// fluxpipe devices: what the engine can run on here.
+int cmd_devices(const std::vector<std::string>& args) {
+  std::string help;
+  cli::Command c{"devices", "", "Prints the devices the engine can run on and the kernels each runs.", {}, nullptr};
+  if (!cli::parse(c, args, 1, &help)) return print_help(help);
+  for (const DeviceReport& d : devices()) {
+    std::printf("%s\n", d.name.c_str());
+    for (const auto& [what, value] : d.facts) std::printf("  %-18s %s\n", (what + ":").c_str(), value.c_str());
+  }
+  std::printf("cuda\n  %-18s %s\n", "state:", "not built (this build has the CPU backend only)");
+  return 0;
+}
+
 // fluxpipe make-test-model DIR: a tiny random-weight model of FLUX.1's architecture.
 int cmd_make_test_model(const std::vector<std::string>& args) {
   TestModelOptions o;
@@ -483,7 +497,7 @@ std::string version_text() {
 // `fluxpipe help COMMAND` and `fluxpipe COMMAND --help` print the same text.
 int help_for(const std::string& command) {
   static const std::vector<std::string> tabled = {"generate", "quantize", "make-test-model", "tokenize", "webhook-secret",
-                                                  "migrate"};
+                                                  "migrate", "devices"};
   if (command == "run") return print_help(kRunUsage);
   if (command == "serve") return print_help(fluxpipe::server::serve_usage());
   if (command == "pull") return cli::cmd_pull({"pull", "--help"});
@@ -500,6 +514,7 @@ int help_for(const std::string& command) {
       if (command == "make-test-model") return cmd_make_test_model(args);
       if (command == "tokenize") return cmd_tokenize(args);
       if (command == "migrate") return cmd_migrate(args);
+      if (command == "devices") return cmd_devices(args);
       return cmd_webhook_secret(args);
     }
   }
@@ -528,6 +543,7 @@ int main(int argc, char** argv) {
     if (args[0] == "serve") return cmd_serve(args);
     if (args[0] == "keys") return cmd_keys(args);
     if (args[0] == "webhook-secret") return cmd_webhook_secret(args);
+    if (args[0] == "devices") return cmd_devices(args);
     if (args[0] == "migrate") return cmd_migrate(args);
     if (args[0] == "run") return cmd_run(args);
     if (args[0] == "tokenize") return cmd_tokenize(args);

@@ -162,6 +162,16 @@ int quantize_file(const std::string& input, const std::string& output, const std
 // The process's peak resident memory (VmHWM), in bytes.
 size_t peak_rss_bytes();
 
+// `fluxpipe devices`: what the engine can run on here. One entry per device (the CPU today):
+// its name, and lines of "what: value" — model, threads, memory, the instruction-set level
+// detected and in force (FLUXPIPE_ISA), which product kernels run for bf16 and for Q8_0/Q4_0
+// weights. Throws UserError when FLUXPIPE_ISA names a level this CPU lacks.
+struct DeviceReport {
+  std::string name;
+  std::vector<std::pair<std::string, std::string>> facts;
+};
+std::vector<DeviceReport> devices();
+
 // Throws UserError naming the missing input, file or option.
 ComponentReport run_component(const ComponentRun& run);
 

@@ -11,6 +11,7 @@
 
 #include "backend/cpu/dequant_avx512.h"
 #include "backend/cpu/gemm.h"
+#include "backend/cpu/gemm_int8.h"
 #include "backend/cpu/isa.h"
 #include "backend/cpu/reference.h"
 #include "core/error.h"
@@ -111,6 +112,7 @@ TEST(Kernels, LinearBf16PathAgainstReference) {
 TEST(Kernels, EveryIsaLevelThisCpuHasMatchesTheReference) {
   const cpu::Isa best = cpu::detected_isa(), before = cpu::active_isa();
   cpu::gemm_force_path(cpu::GemmPath::own);   // oneDNN keeps the level it first saw; ours follow
+  cpu::gemm_int8_allow(false);                // the integer path has its own test below
   for (cpu::Isa level : {cpu::Isa::generic, cpu::Isa::avx2, cpu::Isa::avx512, cpu::Isa::avx512bf16, cpu::Isa::amx}) {
     if (static_cast<int>(level) > static_cast<int>(best)) {
       EXPECT_THROW(cpu::isa_set_for_tests(level), fluxpipe::UserError) << cpu::isa_name(level);
@@ -165,6 +167,65 @@ TEST(Kernels, EveryIsaLevelThisCpuHasMatchesTheReference) {
   }
   cpu::isa_set_for_tests(before);
   cpu::gemm_force_path(cpu::GemmPath::automatic);
+  cpu::gemm_int8_allow(true);
+}
+
+// The integer path for Q8_0 / Q4_0 weights (CPUs with AVX-VNNI and no bf16 dot products; here
+// forced with the ISA level): bit for bit the scalar arithmetic it documents, and within the
+// activation-rounding bound of the exact product. Odd M and N exercise the partial tiles and panel.
+TEST(Kernels, Int8ProductsAreTheirArithmeticAndWithinTheRoundingBound) {
+  const cpu::Isa before = cpu::active_isa();
+  if (static_cast<int>(cpu::detected_isa()) < static_cast<int>(cpu::Isa::avx2)) GTEST_SKIP() << "no AVX2 on this CPU";
+  cpu::isa_set_for_tests(cpu::Isa::avx2);
+  if (!cpu::gemm_int8_available(DType::Q8_0)) {
+    cpu::isa_set_for_tests(before);
+    GTEST_SKIP() << "this CPU has no AVX-VNNI (or FLUXPIPE_INT8=0 is set): the integer path does not run here";
+  }
+  Ctx c;
+  c.compute = Compute::BF16;
+  const int64_t M = 37, N = 70, K = 320;
+  Tensor x = randn({M, K}, 51);
+  float* xp = x.data<float>();
+  xp[5] = 300.0f;                                      // an outlier: its block's other values lose precision
+  for (int j = 64; j < 96; ++j) xp[K + j] = 0.0f;      // an all-zero block (scale 0)
+  for (DType wt : {DType::Q8_0, DType::Q4_0}) {
+    Tensor w = convert(randn({N, K}, 52, 0.1f), wt);
+    cpu::BMatrix B{wt, w.data<uint8_t>(), w.size(1) / 32 * static_cast<int64_t>(info(wt).block_bytes)};
+    Tensor got = ops::linear(c, x, w);
+    Tensor want = Tensor::zeros({M, N}, DType::F32);
+    cpu::gemm_int8_reference(xp, K, B, want.data<float>(), N, M, N, K);
+    std::vector<float> g = got.to_floats(), r = want.to_floats();
+    std::vector<float> wf = convert(w, DType::F32).to_floats();
+    int differ_from_widened = 0;
+    double worst_ratio = 0;
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t n = 0; n < N; ++n) {
+        size_t i = static_cast<size_t>(m * N + n);
+        ASSERT_EQ(g[i], r[i]) << name(wt) << " (" << m << ", " << n << "): the kernel is not its documented arithmetic";
+        double exact = 0, mag = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          double p = static_cast<double>(xp[m * K + k]) * wf[static_cast<size_t>(n * K + k)];
+          exact += p;
+          mag += std::fabs(p);
+        }
+        double bound = cpu::gemm_int8_error_bound(xp, K, B, m, n, K);
+        EXPECT_LE(std::fabs(g[i] - exact), bound + 1e-5 * mag + 1e-6) << name(wt) << " (" << m << ", " << n << ")";
+        if (m != 0) worst_ratio = std::max(worst_ratio, bound / std::max(mag, 1e-30));   // row 0 has the outlier
+        if (std::fabs(g[i] - exact) > 1e-6 * mag) ++differ_from_widened;
+      }
+    }
+    // The bound is a real limit (for normal rows d_a/2 is about 1% of a block's mean |x|; it is
+    // larger only where an outlier shares a block), and the integer path really ran: it is not
+    // the exact product.
+    EXPECT_LT(worst_ratio, 0.02) << name(wt);
+    EXPECT_GT(differ_from_widened, M * N / 2) << name(wt);
+    // Turned off, the same call is the widening path again.
+    cpu::gemm_int8_allow(false);
+    Tensor off = ops::linear(c, x, w);
+    cpu::gemm_int8_allow(true);
+    EXPECT_NE(off.to_floats(), g) << name(wt);
+  }
+  cpu::isa_set_for_tests(before);
 }
 
 TEST(Kernels, AmxAndAvx512Bf16KernelsAgree) {

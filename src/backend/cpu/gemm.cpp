@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "backend/cpu/dequant_avx512.h"
+#include "backend/cpu/gemm_int8.h"
 #include "backend/cpu/isa.h"
 #include "backend/cpu/onednn_gemm.h"
 #include "backend/cpu/scratch.h"
@@ -365,10 +366,33 @@ __attribute__((target("avx512f"))) float dot_avx512(const float* a, const T* b, 
   return s;
 }
 
+__attribute__((target("avx2,fma"))) inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+__attribute__((target("avx2,fma"))) inline __m256 load8(const uint16_t* p) {
+  __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+
+template <typename T>
+__attribute__((target("avx2,fma"))) float dot_avx2(const float* a, const T* b, int64_t n) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    for (int u = 0; u < 4; ++u) acc[u] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8 * u), load8(b + i + 8 * u), acc[u]);
+  for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8(b + i), acc[0]);
+  __m256 t = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  float s = _mm_cvtss_f32(h);
+  for (; i < n; ++i) s += a[i] * value(b[i]);
+  return s;
+}
+
 // a · b with b in F32 or bf16.
 template <typename T>
 float dot(const float* a, const T* b, int64_t n) {
   if (cpu_has_avx512()) return dot_avx512(a, b, n);
+  if (cpu_has_avx2()) return dot_avx2(a, b, n);
   float s = 0;
   for (int64_t i = 0; i < n; ++i) s += a[i] * value(b[i]);
   return s;
@@ -382,8 +406,11 @@ void gemv_rows(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t 
     std::vector<float> row(static_cast<size_t>(K));
     std::vector<uint16_t> row16(round_bf16 ? static_cast<size_t>(K) : 0);
     for (int64_t n = n0; n < n1; ++n) {
-      if (!round_bf16) {
+      // Without bf16 instructions the one-pass bf16 widening is scalar: widen with AVX2 and
+      // round the floats in place instead (the same values).
+      if (!round_bf16 || !has_dequantize_bf16_avx512(B.dtype)) {
         b_row_to_f32(B, n, 0, K, row.data());
+        if (round_bf16) round_to_bf16_values(row.data(), K);
         for (int64_t m = 0; m < M; ++m) C[m * ldc + n] = dot(A + m * lda, row.data(), K);
         continue;
       }
@@ -453,6 +480,13 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
   if (M <= 0 || N <= 0) return;
   if (K == 0) {
     for (int64_t m = 0; m < M; ++m) std::fill(C + m * ldc, C + m * ldc + N, 0.0f);
+    return;
+  }
+  // Q8_0 / Q4_0 weights on a CPU without bf16 dot products but with AVX-VNNI: integer products
+  // (activations quantized per block of 32, as llama.cpp and stable-diffusion.cpp compute them),
+  // several times the F32 path's rate there (gemm_int8.h), matrix-vector products included.
+  if (compute == Compute::BF16 && !g_force_portable && g_path != GemmPath::onednn && gemm_int8_available(B.dtype)) {
+    gemm_int8(A, lda, B, C, ldc, M, N, K);
     return;
   }
   Kernel kernel = pick(compute);

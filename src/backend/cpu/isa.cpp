@@ -1,5 +1,7 @@
 #include "backend/cpu/isa.h"
 
+#include <cstdio>
+
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -93,8 +95,13 @@ void isa_apply_to_onednn() {
       case Isa::avx512bf16: cap = dnnl_cpu_isa_avx512_core_bf16; break;
       case Isa::amx: cap = dnnl_cpu_isa_all; break;
     }
-    // Fails only when oneDNN already dispatched (then the level it chose stays); nothing to do.
-    (void)dnnl_set_max_cpu_isa(cap);
+    // Fails only when oneDNN dispatched before this call (something made a primitive without
+    // our wrappers): then it keeps the level it chose, and a measurement under FLUXPIPE_ISA
+    // would silently run faster instructions, so say so.
+    if (dnnl_set_max_cpu_isa(cap) != dnnl_success && cap != dnnl_cpu_isa_all) {
+      std::fprintf(stderr, "fluxpipe: warning: oneDNN was used before FLUXPIPE_ISA could hold it to %s; it keeps its own level\n",
+                   isa_name(active_isa()));
+    }
   });
 }
 

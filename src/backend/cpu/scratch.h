@@ -6,7 +6,7 @@
 // every row (measured: the AMX GEMM ran 1,300-1,450 or 1,700-1,950 GFLOP/s at M = 512 from one
 // run to the next, depending on where its buffers fell).
 // Each (slot, thread) pair is one buffer: a kernel must not use a slot that a kernel it calls
-// also uses. Slots: 0-1 gemm, 2-3 oneDNN path, 4-9 attention, 10-15 the GEMM's packing.
+// also uses. Slots: 0-1 gemm (or gemm_int8, which runs in its place), 2-3 oneDNN path, 4-9 attention, 10-15 the GEMM's packing.
 // Contents are unspecified (not zeroed) when a buffer is first handed out or grows.
 #pragma once
 

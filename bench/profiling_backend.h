@@ -1,0 +1,100 @@
+// A Backend that forwards every call to another and adds up the wall time of each op (linear
+// by its K x N, so the table shows which products and which glue ops a step spends its time
+// in). Bench-only: `flux_bench step --profile 1`. Not thread-safe: one engine thread calls it.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "backend/backend.h"
+
+namespace fluxpipe::bench {
+
+class ProfilingBackend final : public Backend {
+ public:
+  explicit ProfilingBackend(Backend& inner) : inner_(inner) {}
+
+  std::string name() const override { return inner_.name(); }
+  Device device() const override { return inner_.device(); }
+
+  void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, Compute c) override {
+    std::string key = "linear K" + std::to_string(w.size(1)) + " N" + std::to_string(w.size(0)) + " " + fluxpipe::name(w.dtype());
+    timed(key, [&] { inner_.linear(x, w, bias, out, c); });
+  }
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor* bias, bool causal,
+                 Tensor& out, Compute c) override {
+    timed("attention", [&] { inner_.attention(q, k, v, scale, bias, causal, out, c); });
+  }
+  void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Tensor& out) override {
+    timed("layer_norm", [&] { inner_.layer_norm(x, w, b, eps, out); });
+  }
+  void rms_norm(const Tensor& x, const Tensor* w, float eps, Tensor& out) override {
+    timed("rms_norm", [&] { inner_.rms_norm(x, w, eps, out); });
+  }
+  void group_norm(const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, bool silu, Tensor& out) override {
+    timed("group_norm", [&] { inner_.group_norm(x, groups, w, b, eps, silu, out); });
+  }
+  void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& out) override {
+    timed("rope", [&] { inner_.rope(x, cos, sin, out); });
+  }
+  void unary(Unary op, const Tensor& x, Tensor& out) override {
+    static const char* names[] = {"gelu_tanh", "gelu_erf", "silu", "quick_gelu"};
+    timed(names[static_cast<int>(op)], [&] { inner_.unary(op, x, out); });
+  }
+  void binary(Binary op, const Tensor& a, const Tensor& b, Tensor& out) override {
+    static const char* names[] = {"add", "sub", "mul", "div"};
+    timed(names[static_cast<int>(op)], [&] { inner_.binary(op, a, b, out); });
+  }
+  void softmax(const Tensor& x, Tensor& out) override {
+    timed("softmax", [&] { inner_.softmax(x, out); });
+  }
+  void conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p, Tensor& out, Compute c) override {
+    timed("conv2d", [&] { inner_.conv2d(x, w, bias, p, out, c); });
+  }
+  void upsample_nearest2x(const Tensor& x, Tensor& out) override {
+    timed("upsample", [&] { inner_.upsample_nearest2x(x, out); });
+  }
+  void concat(const std::vector<Tensor>& xs, int dim, Tensor& out) override {
+    timed("concat", [&] { inner_.concat(xs, dim, out); });
+  }
+  void copy(const Tensor& x, Tensor& out) override {
+    timed("copy", [&] { inner_.copy(x, out); });
+  }
+
+  // Prints ops by total time, with calls and share of `total_s` (the step as timed outside).
+  void print(double total_s) const {
+    std::vector<std::pair<std::string, Entry>> rows(entries_.begin(), entries_.end());
+    std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+    double ops = 0;
+    for (const auto& [k, e] : rows) ops += e.seconds;
+    std::printf("  %-34s %6s %10s %7s\n", "op", "calls", "seconds", "share");
+    for (const auto& [k, e] : rows) {
+      std::printf("  %-34s %6d %10.4f %6.1f%%\n", k.c_str(), e.calls, e.seconds, 100.0 * e.seconds / total_s);
+    }
+    std::printf("  %-34s %6s %10.4f %6.1f%%\n", "(outside the backend)", "", total_s - ops, 100.0 * (total_s - ops) / total_s);
+  }
+  void clear() { entries_.clear(); }
+
+ private:
+  struct Entry {
+    int calls = 0;
+    double seconds = 0;
+  };
+  template <class F>
+  void timed(const std::string& key, F&& f) {
+    auto t0 = std::chrono::steady_clock::now();
+    f();
+    Entry& e = entries_[key];
+    ++e.calls;
+    e.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  Backend& inner_;
+  std::map<std::string, Entry> entries_;
+};
+
+}  // namespace fluxpipe::bench
