@@ -36,6 +36,12 @@ class ProfilingBackend final : public Backend {
   void rms_norm(const Tensor& x, const Tensor* w, float eps, Tensor& out) override {
     timed("rms_norm", [&] { inner_.rms_norm(x, w, eps, out); });
   }
+  void layer_norm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, float eps, Tensor& out) override {
+    timed("layer_norm_modulate", [&] { inner_.layer_norm_modulate(x, shift, scale, eps, out); });
+  }
+  void add_gated(const Tensor& x, const Tensor& gate, const Tensor& y, Tensor& out) override {
+    timed("add_gated", [&] { inner_.add_gated(x, gate, y, out); });
+  }
   void group_norm(const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, bool silu, Tensor& out) override {
     timed("group_norm", [&] { inner_.group_norm(x, groups, w, b, eps, silu, out); });
   }

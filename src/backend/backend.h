@@ -41,6 +41,13 @@ class Backend {
   // Over the last dimension; weight/bias optional, [D].
   virtual void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Tensor& out) = 0;
   virtual void rms_norm(const Tensor& x, const Tensor* w, float eps, Tensor& out) = 0;
+  // FLUX's modulation in one pass: out = (1 + scale) * LayerNorm(x) + shift, the LayerNorm
+  // without affine; x [B, L, D], shift and scale [B, 1, D]. Rounded as layer_norm, add, mul and
+  // add one after another would be (the fused op is bit-identical to them).
+  virtual void layer_norm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, float eps, Tensor& out) = 0;
+  // The gated residual in one pass: out = x + gate * y; x, y [B, L, D], gate [B, 1, D]; rounded
+  // as mul then add.
+  virtual void add_gated(const Tensor& x, const Tensor& gate, const Tensor& y, Tensor& out) = 0;
   // x [B,C,H,W]; statistics per (batch, group of C/groups channels); `silu` applies SiLU to the
   // result in the same pass (the autoencoder always follows a group norm with SiLU).
   virtual void group_norm(const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, bool silu, Tensor& out) = 0;

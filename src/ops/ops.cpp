@@ -129,6 +129,38 @@ Tensor rms_norm(Ctx& c, const Tensor& x, const Tensor* w, float eps) {
   return out;
 }
 
+namespace {
+// x [B, L, D] and a per-batch vector v [B, 1, D] for the fused modulation ops.
+void need_rows_and_batch_vector(const char* op, const Tensor& x, const char* vname, const Tensor& v) {
+  need_float(op, "x", x);
+  need_contiguous(op, "x", x);
+  need_float(op, vname, v);
+  need_contiguous(op, vname, v);
+  if (x.dim() != 3) fail(op, "x " + x.describe() + " must be [B, L, D]");
+  if (v.dim() != 3 || v.size(0) != x.size(0) || v.size(1) != 1 || v.size(2) != x.size(2)) {
+    fail(op, std::string(vname) + " " + v.describe() + " must be [B, 1, D] for x " + x.describe());
+  }
+}
+}  // namespace
+
+Tensor layer_norm_modulate(Ctx& c, const Tensor& x, const Tensor& shift, const Tensor& scale, float eps) {
+  need_rows_and_batch_vector("layer_norm_modulate", x, "shift", shift);
+  need_rows_and_batch_vector("layer_norm_modulate", x, "scale", scale);
+  Tensor out = c.empty(x.shape(), DType::F32);
+  c.backend->layer_norm_modulate(x, shift, scale, eps, out);
+  return out;
+}
+
+Tensor add_gated(Ctx& c, const Tensor& x, const Tensor& gate, const Tensor& y) {
+  need_rows_and_batch_vector("add_gated", x, "gate", gate);
+  need_float("add_gated", "y", y);
+  need_contiguous("add_gated", "y", y);
+  if (y.shape() != x.shape()) fail("add_gated", "y " + y.describe() + " must have x's shape " + x.describe());
+  Tensor out = c.empty(x.shape(), DType::F32);
+  c.backend->add_gated(x, gate, y, out);
+  return out;
+}
+
 Tensor group_norm(Ctx& c, const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, bool silu) {
   need_float("group_norm", "x", x);
   need_contiguous("group_norm", "x", x);

@@ -30,6 +30,11 @@ Tensor attention(Ctx& c, const Tensor& q, const Tensor& k, const Tensor& v, floa
                  const Tensor* bias = nullptr, bool causal = false);
 Tensor layer_norm(Ctx& c, const Tensor& x, const Tensor* w, const Tensor* b, float eps);
 Tensor rms_norm(Ctx& c, const Tensor& x, const Tensor* w, float eps);
+// (1 + scale) * LayerNorm(x) + shift (no affine); x [B, L, D], shift/scale [B, 1, D]. Equal, bit
+// for bit, to add(mul(add(scale, 1), layer_norm(x)), shift), in one pass over x.
+Tensor layer_norm_modulate(Ctx& c, const Tensor& x, const Tensor& shift, const Tensor& scale, float eps);
+// x + gate * y; x/y [B, L, D], gate [B, 1, D]. Equal, bit for bit, to add(x, mul(gate, y)).
+Tensor add_gated(Ctx& c, const Tensor& x, const Tensor& gate, const Tensor& y);
 Tensor group_norm(Ctx& c, const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, bool silu = false);
 Tensor rope(Ctx& c, const Tensor& x, const Tensor& cos, const Tensor& sin);
 Tensor gelu_tanh(Ctx& c, const Tensor& x);

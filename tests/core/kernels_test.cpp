@@ -62,6 +62,23 @@ void expect_close(const Tensor& a, const Tensor& b, double atol, double rtol, co
 
 const int kSizes[] = {1, 15, 16, 17, 31, 33};
 
+// The fused modulation ops are the unfused sequences they replace, bit for bit (B = 2 so the
+// per-batch vectors are picked by row; D odd and one row so no vector width hides an edge).
+TEST(Kernels, FusedModulationOpsEqualTheirUnfusedSequences) {
+  Ctx c;
+  const Tensor one = Tensor::from_floats({1}, {1.0f});
+  for (auto [B, L, D] : {std::tuple<int64_t, int64_t, int64_t>{2, 37, 301}, {1, 1, 16}, {2, 130, 3072}}) {
+    Tensor x = randn({B, L, D}, 61, 3.0f), y = randn({B, L, D}, 62), shift = randn({B, 1, D}, 63), scale = randn({B, 1, D}, 64, 0.5f);
+    Tensor unfused = ops::add(c, ops::mul(c, ops::add(c, scale, one), ops::layer_norm(c, x, nullptr, nullptr, 1e-6f)), shift);
+    EXPECT_EQ(ops::layer_norm_modulate(c, x, shift, scale, 1e-6f).to_floats(), unfused.to_floats()) << B << "x" << L << "x" << D;
+    EXPECT_EQ(ops::add_gated(c, x, scale, y).to_floats(), ops::add(c, x, ops::mul(c, scale, y)).to_floats()) << B << "x" << L << "x" << D;
+  }
+  Tensor x = randn({2, 3, 8}, 65), v = randn({2, 1, 8}, 66);
+  EXPECT_THROW(ops::layer_norm_modulate(c, x, randn({1, 1, 8}, 67), v, 1e-6f), UserError);   // batch mismatch
+  EXPECT_THROW(ops::add_gated(c, x, randn({2, 3, 8}, 68), x), UserError);                     // gate not [B, 1, D]
+  EXPECT_THROW(ops::add_gated(c, x, v, randn({2, 3, 9}, 69)), UserError);
+}
+
 TEST(Kernels, LinearF32AgainstReference) {
   Ctx c;
   for (int M : kSizes) {

@@ -200,6 +200,16 @@ class CpuBackend final : public Backend {
     return true;
   }
 
+  // A row's mean (as float) and 1 / sqrt(variance + eps), accumulated in double.
+  static void layer_norm_stats(const float* xr, int64_t D, float eps, float* mean_f, float* inv) {
+    double mean = 0, var = 0;
+    for (int64_t i = 0; i < D; ++i) mean += xr[i];
+    mean /= static_cast<double>(D);
+    for (int64_t i = 0; i < D; ++i) var += (xr[i] - mean) * (xr[i] - mean);
+    *inv = static_cast<float>(1.0 / std::sqrt(var / static_cast<double>(D) + eps));
+    *mean_f = static_cast<float>(mean);
+  }
+
   void layer_norm(const Tensor& x, const Tensor* w, const Tensor* b, float eps, Tensor& out) override {
     int64_t D = x.size(-1), rows = x.numel() / std::max<int64_t>(D, 1);
     std::vector<float> wv = w ? w->to_floats() : std::vector<float>(), bv = b ? b->to_floats() : std::vector<float>();
@@ -208,17 +218,52 @@ class CpuBackend final : public Backend {
     for_rows(rows, D, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const float* xr = X + r * D;
-        double mean = 0, var = 0;
-        for (int64_t i = 0; i < D; ++i) mean += xr[i];
-        mean /= static_cast<double>(D);
-        for (int64_t i = 0; i < D; ++i) var += (xr[i] - mean) * (xr[i] - mean);
-        float inv = static_cast<float>(1.0 / std::sqrt(var / static_cast<double>(D) + eps));
-        float mf = static_cast<float>(mean);
+        float mf, inv;
+        layer_norm_stats(xr, D, eps, &mf, &inv);
         for (int64_t i = 0; i < D; ++i) {
           float y = (xr[i] - mf) * inv;
           if (w) y *= wv[static_cast<size_t>(i)];
           if (b) y += bv[static_cast<size_t>(i)];
           O[r * D + i] = y;
+        }
+      }
+    });
+  }
+
+  // Each statement rounds once, as the separate ops do (this file is built without FMA
+  // contraction: baseline x86-64), so the fused ops are bit-identical to the unfused sequence.
+  void layer_norm_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale, float eps, Tensor& out) override {
+    int64_t L = x.size(1), D = x.size(2), rows = x.size(0) * L;
+    const float *X = x.data<float>(), *Sh = shift.data<float>(), *Sc = scale.data<float>();
+    float* O = out.data<float>();
+    for_rows(rows, D, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* xr = X + r * D;
+        const float *sh = Sh + (r / L) * D, *sc = Sc + (r / L) * D;
+        float mf, inv;
+        layer_norm_stats(xr, D, eps, &mf, &inv);
+        float* o = O + r * D;
+        for (int64_t i = 0; i < D; ++i) {
+          float y = (xr[i] - mf) * inv;
+          float s1 = sc[i] + 1.0f;
+          float m = s1 * y;
+          o[i] = m + sh[i];
+        }
+      }
+    });
+  }
+
+  void add_gated(const Tensor& x, const Tensor& gate, const Tensor& y, Tensor& out) override {
+    int64_t L = x.size(1), D = x.size(2), rows = x.size(0) * L;
+    const float *X = x.data<float>(), *G = gate.data<float>(), *Y = y.data<float>();
+    float* O = out.data<float>();
+    for_rows(rows, D, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float *xr = X + r * D, *yr = Y + r * D, *g = G + (r / L) * D;
+        float* o = O + r * D;
+        for (int64_t i = 0; i < D; ++i) {
+          float m = g[i] * yr[i];
+          o[i] = xr[i] + m;
         }
       }
     });

@@ -153,9 +153,9 @@ Tensor rope_attention(Ctx& c, const Tensor& q, const Tensor& k, const Tensor& v,
   return ops::contiguous(c, a.permute({0, 2, 1, 3})).reshape({B, L, heads * hd});
 }
 
-// (1 + scale) * LayerNorm(x) + shift, LayerNorm without affine, eps 1e-6.
-Tensor modulate(Ctx& c, const Tensor& x, const Tensor& shift, const Tensor& scale, const Tensor& one) {
-  return ops::add(c, ops::mul(c, ops::add(c, scale, one), ops::layer_norm(c, x, nullptr, nullptr, 1e-6f)), shift);
+// (1 + scale) * LayerNorm(x) + shift, LayerNorm without affine, eps 1e-6 (one fused pass).
+Tensor modulate(Ctx& c, const Tensor& x, const Tensor& shift, const Tensor& scale) {
+  return ops::layer_norm_modulate(c, x, shift, scale, 1e-6f);
 }
 
 }  // namespace
@@ -175,7 +175,6 @@ Tensor Model::forward(Ctx& c, const Tensor& img_tokens, const Tensor& img_ids, c
          ", context " + std::to_string(cfg_.context_in_dim) + ", vec " + std::to_string(cfg_.vec_in_dim) + ")");
   }
   if (cfg_.guidance_embed && (!guidance || guidance->numel() != B)) fail("this is a guidance-distilled (dev) model: pass guidance [B]");
-  const Tensor one = Tensor::from_floats({1}, {1.0f});
 
   Tensor img = apply(c, img_tokens, img_in_);   // [B, Li, H]
   emit("img_in", img);
@@ -220,9 +219,9 @@ Tensor Model::forward(Ctx& c, const Tensor& img_tokens, const Tensor& img_ids, c
     emit(p + "img_mod_lin", img_mod_lin);
     emit(p + "txt_mod_lin", txt_mod_lin);
     std::vector<Tensor> im = chunks(c, img_mod_lin, 6), tm = chunks(c, txt_mod_lin, 6);   // shift1 scale1 gate1 shift2 scale2 gate2
-    auto [iq, ik, iv] = split_qkv(c, apply(c, modulate(c, img, im[0], im[1], one), d.img.qkv), cfg_.num_heads,
+    auto [iq, ik, iv] = split_qkv(c, apply(c, modulate(c, img, im[0], im[1]), d.img.qkv), cfg_.num_heads,
                                   cfg_.head_dim, d.img.q_scale, d.img.k_scale);
-    auto [tq, tk, tv] = split_qkv(c, apply(c, modulate(c, txt, tm[0], tm[1], one), d.txt.qkv), cfg_.num_heads,
+    auto [tq, tk, tv] = split_qkv(c, apply(c, modulate(c, txt, tm[0], tm[1]), d.txt.qkv), cfg_.num_heads,
                                   cfg_.head_dim, d.txt.q_scale, d.txt.k_scale);
     Tensor attn = rope_attention(c, ops::concat(c, {tq, iq}, 2), ops::concat(c, {tk, ik}, 2),
                                  ops::concat(c, {tv, iv}, 2), pe);   // [B, L, H], txt first
@@ -230,10 +229,10 @@ Tensor Model::forward(Ctx& c, const Tensor& img_tokens, const Tensor& img_ids, c
     Tensor img_attn = ops::contiguous(c, attn.slice(1, Lt, Li));
     emit(p + "img_attn_out", img_attn);
     emit(p + "txt_attn_out", txt_attn);
-    img = ops::add(c, img, ops::mul(c, im[2], apply(c, img_attn, d.img.proj)));
-    img = ops::add(c, img, ops::mul(c, im[5], apply(c, ops::gelu_tanh(c, apply(c, modulate(c, img, im[3], im[4], one), d.img.mlp0)), d.img.mlp2)));
-    txt = ops::add(c, txt, ops::mul(c, tm[2], apply(c, txt_attn, d.txt.proj)));
-    txt = ops::add(c, txt, ops::mul(c, tm[5], apply(c, ops::gelu_tanh(c, apply(c, modulate(c, txt, tm[3], tm[4], one), d.txt.mlp0)), d.txt.mlp2)));
+    img = ops::add_gated(c, img, im[2], apply(c, img_attn, d.img.proj));
+    img = ops::add_gated(c, img, im[5], apply(c, ops::gelu_tanh(c, apply(c, modulate(c, img, im[3], im[4]), d.img.mlp0)), d.img.mlp2));
+    txt = ops::add_gated(c, txt, tm[2], apply(c, txt_attn, d.txt.proj));
+    txt = ops::add_gated(c, txt, tm[5], apply(c, ops::gelu_tanh(c, apply(c, modulate(c, txt, tm[3], tm[4]), d.txt.mlp0)), d.txt.mlp2));
     emit(p + "img", img);
     emit(p + "txt", txt);
   }
@@ -245,13 +244,13 @@ Tensor Model::forward(Ctx& c, const Tensor& img_tokens, const Tensor& img_ids, c
     Tensor mod_lin = apply(c, silu_vec, s.mod);
     emit(p + ".modulation_lin", mod_lin);
     std::vector<Tensor> m = chunks(c, mod_lin, 3);   // shift scale gate
-    Tensor h = apply(c, modulate(c, x, m[0], m[1], one), s.linear1);   // [B, L, 3H + M]
+    Tensor h = apply(c, modulate(c, x, m[0], m[1]), s.linear1);   // [B, L, 3H + M]
     Tensor qkv = ops::contiguous(c, h.slice(2, 0, 3 * H));
     Tensor mlp = ops::contiguous(c, h.slice(2, 3 * H, cfg_.mlp_hidden));
     auto [q, k, v] = split_qkv(c, qkv, cfg_.num_heads, cfg_.head_dim, s.q_scale, s.k_scale);
     Tensor l2_in = ops::concat(c, {rope_attention(c, q, k, v, pe), ops::gelu_tanh(c, mlp)}, 2);
     emit(p + ".linear2_in", l2_in);
-    x = ops::add(c, x, ops::mul(c, m[2], apply(c, l2_in, s.linear2)));
+    x = ops::add_gated(c, x, m[2], apply(c, l2_in, s.linear2));
     emit(p, x);
   }
   img = ops::contiguous(c, x.slice(1, Lt, Li));
@@ -259,7 +258,7 @@ Tensor Model::forward(Ctx& c, const Tensor& img_tokens, const Tensor& img_ids, c
   Tensor ada = apply(c, silu_vec, final_mod_);   // [B, 2H] = shift | scale
   emit("final_layer.adaLN_out", ada);
   std::vector<Tensor> sm = chunks(c, ada, 2);
-  return apply(c, modulate(c, img, sm[0], sm[1], one), final_linear_);
+  return apply(c, modulate(c, img, sm[0], sm[1]), final_linear_);
 }
 
 }  // namespace fluxpipe::flux
