@@ -46,10 +46,18 @@ std::vector<DeviceReport> devices() {
                                          " in force (FLUXPIPE_ISA=amx|avx512bf16|avx512|avx2|generic caps it)"});
   r.facts.push_back({"bf16 weights", std::string(gemm_kernel_name(Compute::BF16)) + " kernels" +
                                          (isa_at_least(Isa::avx512bf16) ? "" : ", products in F32 on bf16-rounded values")});
-  const bool int8 = gemm_int8_available(DType::Q8_0);
-  r.facts.push_back({"q8_0/q4_0 weights", int8 ? "integer products (AVX-VNNI; FLUXPIPE_INT8=0 turns them off)"
-                                               : "widened to the bf16 path's values (integer products need AVX-VNNI "
-                                                 "and a level without bf16 instructions, and FLUXPIPE_INT8 not 0)"});
+  // Which products Q8_0 / Q4_0 weights get here, and why not the integer ones where they do not.
+  for (DType t : {DType::Q8_0, DType::Q4_0}) {
+    std::string what;
+    if (gemm_int8_available(t)) {
+      what = std::string("integer products (") + gemm_int8_kernel_name() + "; FLUXPIPE_INT8=0 turns them off)";
+    } else if (isa_at_least(Isa::avx512bf16)) {
+      what = "widened to bf16 (this level has bf16 dot products)";
+    } else {
+      what = "widened to bf16 values (integer products are off: FLUXPIPE_INT8=0, or Q8_0 without AVX-VNNI)";
+    }
+    r.facts.push_back({std::string(t == DType::Q8_0 ? "q8_0" : "q4_0") + " weights", what});
+  }
   return {r};
 }
 

@@ -21,6 +21,7 @@
 #include "backend/cpu/isa.h"
 #include "backend/cpu/scratch.h"
 #include "core/dtype.h"
+#include "core/error.h"
 #include "core/thread_pool.h"
 
 namespace fluxpipe::cpu {
@@ -31,16 +32,25 @@ constexpr int PN = 8;        // weight rows per panel
 constexpr int MRI = 4;       // A rows per micro-tile
 
 #define FP_VNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
+#define FP_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 std::atomic<bool> g_allowed{true};
+std::atomic<bool> g_no_vnni{false};
 
-bool env_allows() {
-  static const bool on = [] {
+// FLUXPIPE_INT8: unset or 1 = the default, 0 = off, avx2 = the plain AVX2 kernel even where
+// AVX-VNNI exists (to measure it). Anything else is an error naming the variable.
+int env_mode() {
+  static const int mode = [] {
     const char* v = std::getenv("FLUXPIPE_INT8");
-    return !(v && std::string(v) == "0");
+    std::string s = v ? v : "";
+    if (s.empty() || s == "1") return 1;
+    if (s == "0") return 0;
+    if (s == "avx2") return 2;
+    throw UserError("[cpu] FLUXPIPE_INT8='" + s + "' is not 0, 1 or avx2");
   }();
-  return on;
+  return mode;
 }
+bool env_allows() { return env_mode() != 0; }
 
 bool cpu_has_avxvnni() {
   static const bool v = [] {
@@ -83,12 +93,12 @@ void quantize_row_scalar(const float* x, int64_t K, uint8_t* q, float* d) {
 }
 
 // nearest-even(v · inv) clamped to [-127, 127], as int32.
-FP_VNNI inline __m256i to_int(__m256 v, __m256 inv, __m256 lo, __m256 hi) {
+FP_AVX2 inline __m256i to_int(__m256 v, __m256 inv, __m256 lo, __m256 hi) {
   __m256 r = _mm256_round_ps(_mm256_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   return _mm256_cvtps_epi32(_mm256_min_ps(hi, _mm256_max_ps(lo, r)));
 }
 
-FP_VNNI void quantize_row_avx2(const float* x, int64_t K, uint8_t* q, float* d) {
+FP_AVX2 void quantize_row_avx2(const float* x, int64_t K, uint8_t* q, float* d) {
   const __m256 sign = _mm256_set1_ps(-0.0f), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   for (int64_t b = 0; b < K / QB; ++b) {
@@ -146,11 +156,12 @@ void repack_scalar(const BMatrix& B, int64_t n0, int64_t N, int64_t nb, Panel& p
 }
 
 // The same panel with AVX2: each block of the 8 rows is an 8 x 8 transpose of 4-byte groups.
-FP_VNNI void repack_avx2(const BMatrix& B, int64_t n0, int64_t N, int64_t nb, Panel& pn) {
+FP_AVX2 void repack_avx2(const BMatrix& B, int64_t n0, int64_t N, int64_t nb, Panel& pn) {
   if (n0 + PN > N) return repack_scalar(B, n0, N, nb, pn);
   const bool q8 = B.dtype == DType::Q8_0;
   const int64_t bb = q8 ? 34 : 18;
-  const __m256i ones = _mm256_set1_epi8(1), nib = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
+  const __m256i ones = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1), nib = _mm256_set1_epi8(15),
+                eight = _mm256_set1_epi8(8);
   for (int64_t b = 0; b < nb; ++b) {
     __m256i row[PN];
     alignas(16) uint16_t h[PN];
@@ -183,39 +194,58 @@ FP_VNNI void repack_avx2(const BMatrix& B, int64_t n0, int64_t N, int64_t nb, Pa
     uint8_t* out = &pn.P[static_cast<size_t>(b * QB * PN)];
     for (int j = 0; j < 8; ++j) {
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j * 32), g[j]);
-      sum = _mm256_dpbusd_avx_epi32(sum, ones, g[j]);   // Σ w per row, 4 bytes at a time
+      sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(ones, g[j]), ones16));   // Σ w per row
     }
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(&pn.corr[static_cast<size_t>(b * PN)]), _mm256_slli_epi32(sum, 7));
   }
 }
 
-// C[m0 .. m0+R) x [n0 .. n0+cols) from the panel and R quantized rows of A.
+// R rows of A's block b (4 bytes of each broadcast per group) against the panel's 8 rows, into
+// s[r] (int32 per output). With AVX-VNNI: one vpdpbusd per group and row. Plain AVX2 (Q4_0
+// only): vpmaddubsw pairs summed in int16 over the block's 8 groups — for weights in [-8, 7]
+// at most 8 · 2 · 255 · 8 = 32,640, no overflow — then one vpmaddwd to int32. (Two functions,
+// not one template: the plain one must be compiled without AVX-VNNI, or the compiler may fuse
+// vpmaddwd + vpaddd into a VNNI instruction.)
 template <int R>
-FP_VNNI void kernel(const uint8_t* qa, int64_t K, const float* da, int64_t nb, const Panel& pn, float* C, int64_t ldc,
-                    int cols) {
-  __m256 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  const uint8_t* P = pn.P.data();
-  for (int64_t b = 0; b < nb; ++b) {
-    __m256i s[R];
-    for (int r = 0; r < R; ++r) s[r] = _mm256_setzero_si256();
-    const uint8_t* pb = P + b * QB * PN;
-    const uint8_t* ab = qa + b * QB;
-    for (int g = 0; g < 8; ++g) {
-      __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pb + g * 32));
-      for (int r = 0; r < R; ++r) {
-        int32_t four;
-        std::memcpy(&four, ab + r * K + g * 4, 4);
-        s[r] = _mm256_dpbusd_avx_epi32(s[r], _mm256_set1_epi32(four), w);
-      }
-    }
-    __m256i corr = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&pn.corr[static_cast<size_t>(b * PN)]));
-    __m256 dw = _mm256_loadu_ps(&pn.dw[static_cast<size_t>(b * PN)]);
+FP_VNNI inline void block_vnni(const uint8_t* pb, const uint8_t* ab, int64_t K, __m256i* s) {
+  for (int r = 0; r < R; ++r) s[r] = _mm256_setzero_si256();
+  for (int g = 0; g < 8; ++g) {
+    __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pb + g * 32));
     for (int r = 0; r < R; ++r) {
-      __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(s[r], corr));
-      acc[r] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw, _mm256_set1_ps(da[r * nb + b])), acc[r]);
+      int32_t four;
+      std::memcpy(&four, ab + r * K + g * 4, 4);
+      s[r] = _mm256_dpbusd_avx_epi32(s[r], _mm256_set1_epi32(four), w);
     }
   }
+}
+
+template <int R>
+FP_AVX2 inline void block_avx2(const uint8_t* pb, const uint8_t* ab, int64_t K, __m256i* s) {
+  for (int r = 0; r < R; ++r) s[r] = _mm256_setzero_si256();
+  for (int g = 0; g < 8; ++g) {
+    __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pb + g * 32));
+    for (int r = 0; r < R; ++r) {
+      int32_t four;
+      std::memcpy(&four, ab + r * K + g * 4, 4);
+      s[r] = _mm256_add_epi16(s[r], _mm256_maddubs_epi16(_mm256_set1_epi32(four), w));
+    }
+  }
+  for (int r = 0; r < R; ++r) s[r] = _mm256_madd_epi16(s[r], _mm256_set1_epi16(1));
+}
+
+// acc[r] += float(s[r] - corr) · (dw · da[r]) for one block.
+template <int R>
+FP_AVX2 inline void scale_block(const __m256i* s, const Panel& pn, int64_t b, const float* da, int64_t nb, __m256* acc) {
+  __m256i corr = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&pn.corr[static_cast<size_t>(b * PN)]));
+  __m256 dw = _mm256_loadu_ps(&pn.dw[static_cast<size_t>(b * PN)]);
+  for (int r = 0; r < R; ++r) {
+    __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(s[r], corr));
+    acc[r] = _mm256_fmadd_ps(f, _mm256_mul_ps(dw, _mm256_set1_ps(da[r * nb + b])), acc[r]);
+  }
+}
+
+template <int R>
+FP_AVX2 inline void store_rows(const __m256* acc, float* C, int64_t ldc, int cols) {
   for (int r = 0; r < R; ++r) {
     if (cols == PN) {
       _mm256_storeu_ps(C + r * ldc, acc[r]);
@@ -227,14 +257,55 @@ FP_VNNI void kernel(const uint8_t* qa, int64_t K, const float* da, int64_t nb, c
   }
 }
 
+// C[m0 .. m0+R) x [n0 .. n0+cols) from the panel and R quantized rows of A.
+template <int R>
+FP_VNNI void kernel_vnni(const uint8_t* qa, int64_t K, const float* da, int64_t nb, const Panel& pn, float* C, int64_t ldc,
+                         int cols) {
+  __m256 acc[R];
+  __m256i s[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    block_vnni<R>(pn.P.data() + b * QB * PN, qa + b * QB, K, s);
+    scale_block<R>(s, pn, b, da, nb, acc);
+  }
+  store_rows<R>(acc, C, ldc, cols);
+}
+
+template <int R>
+FP_AVX2 void kernel_avx2(const uint8_t* qa, int64_t K, const float* da, int64_t nb, const Panel& pn, float* C, int64_t ldc,
+                         int cols) {
+  __m256 acc[R];
+  __m256i s[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    block_avx2<R>(pn.P.data() + b * QB * PN, qa + b * QB, K, s);
+    scale_block<R>(s, pn, b, da, nb, acc);
+  }
+  store_rows<R>(acc, C, ldc, cols);
+}
+
+template <int R>
+void kernel(bool vnni, const uint8_t* qa, int64_t K, const float* da, int64_t nb, const Panel& pn, float* C, int64_t ldc,
+            int cols) {
+  if (vnni) {
+    kernel_vnni<R>(qa, K, da, nb, pn, C, ldc, cols);
+  } else {
+    kernel_avx2<R>(qa, K, da, nb, pn, C, ldc, cols);
+  }
+}
+
+bool use_vnni() { return cpu_has_avxvnni() && !g_no_vnni.load() && env_mode() != 2; }
+
 }  // namespace
 
 bool gemm_int8_available(DType w) {
-  return (w == DType::Q8_0 || w == DType::Q4_0) && g_allowed.load() && env_allows() && isa_at_least(Isa::avx2) &&
-         !isa_at_least(Isa::avx512bf16) && cpu_has_avxvnni();
+  if (!g_allowed.load() || !env_allows() || !isa_at_least(Isa::avx2) || isa_at_least(Isa::avx512bf16)) return false;
+  return w == DType::Q4_0 || (w == DType::Q8_0 && use_vnni());
 }
 
 void gemm_int8_allow(bool on) { g_allowed.store(on); }
+void gemm_int8_force_no_vnni(bool on) { g_no_vnni.store(on); }
+const char* gemm_int8_kernel_name() { return use_vnni() ? "avx-vnni" : "avx2"; }
 
 void gemm_int8(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N, int64_t K) {
   const int64_t nb = K / QB;
@@ -244,6 +315,7 @@ void gemm_int8(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t 
     for (int64_t m = b; m < e; ++m) quantize_row_avx2(A + m * lda, K, qa + m * K, da + m * nb);
   });
   const int64_t panels = (N + PN - 1) / PN;
+  const bool vnni = use_vnni();
   ThreadPool::global().parallel_for(panels, [&](int, int64_t p0, int64_t p1) {
     Panel pn;
     pn.resize(nb);
@@ -252,11 +324,11 @@ void gemm_int8(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t 
       int cols = static_cast<int>(std::min<int64_t>(PN, N - n0));
       repack_avx2(B, n0, N, nb, pn);
       int64_t m = 0;
-      for (; m + MRI <= M; m += MRI) kernel<MRI>(qa + m * K, K, da + m * nb, nb, pn, C + m * ldc + n0, ldc, cols);
+      for (; m + MRI <= M; m += MRI) kernel<MRI>(vnni, qa + m * K, K, da + m * nb, nb, pn, C + m * ldc + n0, ldc, cols);
       switch (M - m) {
-        case 3: kernel<3>(qa + m * K, K, da + m * nb, nb, pn, C + m * ldc + n0, ldc, cols); break;
-        case 2: kernel<2>(qa + m * K, K, da + m * nb, nb, pn, C + m * ldc + n0, ldc, cols); break;
-        case 1: kernel<1>(qa + m * K, K, da + m * nb, nb, pn, C + m * ldc + n0, ldc, cols); break;
+        case 3: kernel<3>(vnni, qa + m * K, K, da + m * nb, nb, pn, C + m * ldc + n0, ldc, cols); break;
+        case 2: kernel<2>(vnni, qa + m * K, K, da + m * nb, nb, pn, C + m * ldc + n0, ldc, cols); break;
+        case 1: kernel<1>(vnni, qa + m * K, K, da + m * nb, nb, pn, C + m * ldc + n0, ldc, cols); break;
         default: break;
       }
     }

@@ -1,6 +1,7 @@
 // CPU GEMM with Q8_0 / Q4_0 weights in integer arithmetic, for CPUs without bf16 dot products
-// (AVX2 desktops and laptops with AVX-VNNI: Intel since Alder Lake, AMD since Zen 5; or any CPU
-// under FLUXPIPE_ISA=avx2 / avx512 that has AVX-VNNI).
+// (AVX2 desktops and laptops, or any CPU under FLUXPIPE_ISA=avx2 / avx512). Q8_0 needs AVX-VNNI
+// (Intel since Alder Lake, AMD since Zen 5); Q4_0 runs on plain AVX2 too (vpmaddubsw, whose
+// int16 sums cannot overflow for 4-bit weights), at a lower rate.
 //
 // C[M,N] = A[M,K] · B[N,K]ᵀ where A's rows are first quantized to Q8_0 blocks (per 32 values
 // d_a = max|x| / 127, q = nearest(x / d_a) in [-127, 127]), each block's 32 products q_a · q_w are
@@ -9,10 +10,12 @@
 // stable-diffusion.cpp use for these weights on the CPU; against the exact product it adds at most
 // Σ_blocks d_a/2 · Σ|w| per output (the activation rounding), which gemm_int8_error_bound gives.
 // On these CPUs an F32 product (the alternative: weights widened, activations rounded to bf16)
-// runs two FMAs per 16 products; vpdpbusd does 32 in one instruction.
+// runs two FMAs per 16 products; vpdpbusd does 32 in one instruction, vpmaddubsw 32 in three
+// (with the int16 sums).
 //
 // Used by gemm() for every Compute::BF16 product when gemm_int8_available(B.dtype);
-// FLUXPIPE_INT8=0 turns it off (then the F32 path runs). Compute::F32 never comes here.
+// FLUXPIPE_INT8=0 turns it off (then the F32 path runs), FLUXPIPE_INT8=avx2 runs the plain AVX2
+// kernel even where AVX-VNNI exists (for measuring it). Compute::F32 never comes here.
 // Thread-safety: re-entrant; uses the global ThreadPool.
 #pragma once
 
@@ -23,7 +26,7 @@
 namespace fluxpipe::cpu {
 
 // Whether this CPU (at the FLUXPIPE_ISA level in force) runs the integer path for weights of
-// type `w`: Q8_0 or Q4_0, AVX-VNNI present, no bf16 dot products allowed, FLUXPIPE_INT8 not 0.
+// type `w`: AVX2, no bf16 dot products allowed, FLUXPIPE_INT8 not 0, and Q4_0, or Q8_0 with AVX-VNNI.
 bool gemm_int8_available(DType w);
 
 // REQUIRES gemm_int8_available(B.dtype), K a multiple of 32, lda >= K, ldc >= N.
@@ -39,5 +42,9 @@ double gemm_int8_error_bound(const float* A, int64_t lda, const BMatrix& B, int6
 
 // For tests: force the integer path off (false) or back to the default (true).
 void gemm_int8_allow(bool on);
+// For tests: run as on a CPU without AVX-VNNI (plain AVX2: Q4_0 only).
+void gemm_int8_force_no_vnni(bool on);
+// "avx-vnni" or "avx2": the instructions the integer products use here.
+const char* gemm_int8_kernel_name();
 
 }  // namespace fluxpipe::cpu
