@@ -66,10 +66,11 @@ class ProfilingBackend final : public Backend {
     timed("upsample", [&] { inner_.upsample_nearest2x(x, out); });
   }
   void concat(const std::vector<Tensor>& xs, int dim, Tensor& out) override {
-    timed("concat", [&] { inner_.concat(xs, dim, out); });
+    timed(out.numel() >= (1 << 20) ? "concat (1M+ values)" : "concat (small)", [&] { inner_.concat(xs, dim, out); });
   }
   void copy(const Tensor& x, Tensor& out) override {
-    timed("copy", [&] { inner_.copy(x, out); });
+    // By size: the large copies (head permutes, slices) are worth fusing away, the small not.
+    timed(out.numel() >= (1 << 20) ? "copy (1M+ values)" : "copy (small)", [&] { inner_.copy(x, out); });
   }
 
   // Prints ops by total time, with calls and share of `total_s` (the step as timed outside).

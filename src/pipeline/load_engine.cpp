@@ -5,6 +5,8 @@
 #include <chrono>
 #include <cstdio>
 
+#include "backend/cpu/gemm_int8.h"
+#include "backend/cpu/isa.h"
 #include "core/block_cache.h"
 #include "core/error.h"
 #include "models/flux/flux.h"
@@ -253,6 +255,10 @@ Tiling parse_tiling(const std::string& op, const std::string& text) {
 }
 
 std::unique_ptr<Engine> load_engine(const std::string& model_path, const EngineOptions& options) {
+  // FLUXPIPE_ISA and FLUXPIPE_INT8 are read at first use: check them now, so a typo fails the
+  // start (naming the variable) and not the first job.
+  (void)cpu::active_isa();
+  (void)cpu::gemm_int8_available(DType::Q8_0);
   return std::make_unique<FluxEngine>(find_model_files(model_path), options);
 }
 

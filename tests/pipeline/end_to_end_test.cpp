@@ -188,6 +188,12 @@ TEST_F(EndToEnd, DevicesNamesTheCpuTheLevelInForceAndItsKernels) {
   EXPECT_NE(sh("FLUXPIPE_ISA=avx1024 " + std::string(FLUXPIPE_BIN) + " devices"), 0);
   EXPECT_NE(capture("FLUXPIPE_ISA=avx1024 " + std::string(FLUXPIPE_BIN) + " devices").find("'avx1024' is not one of"), std::string::npos);
   EXPECT_NE(sh(std::string(FLUXPIPE_BIN) + " devices extra"), 0);
+  // A bad switch fails the start of a run, naming the variable, before any work.
+  TempDir out;
+  std::string bad = capture("FLUXPIPE_INT8=sometimes " + std::string(FLUXPIPE_BIN) + " generate cat --model " + model_->path() +
+                            " --width 64 --height 64 --steps 1 -o " + out.path() + "/x.png");
+  EXPECT_NE(bad.find("FLUXPIPE_INT8='sometimes' is not 0, 1 or avx2"), std::string::npos) << bad;
+  EXPECT_FALSE(std::filesystem::exists(out.path() + "/x.png"));
 }
 
 TEST_F(EndToEnd, EveryTestModelLayoutGeneratesTheSameImage) {

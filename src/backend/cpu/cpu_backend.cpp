@@ -475,9 +475,12 @@ class CpuBackend final : public Backend {
     for (const Tensor& t : xs) {
       int64_t len = t.size(dim);
       const float* X = t.data<float>();
-      for (int64_t o = 0; o < outer; ++o) {
-        std::memcpy(O + (o * out.size(dim) + offset) * inner, X + o * len * inner, static_cast<size_t>(len * inner) * 4);
-      }
+      // Rows of len * inner values: across threads (the large concats are memory-bound copies).
+      for_rows(outer, len * inner, [&](int64_t o0, int64_t o1) {
+        for (int64_t o = o0; o < o1; ++o) {
+          std::memcpy(O + (o * out.size(dim) + offset) * inner, X + o * len * inner, static_cast<size_t>(len * inner) * 4);
+        }
+      });
       offset += len;
     }
   }

@@ -299,6 +299,7 @@ bool use_vnni() { return cpu_has_avxvnni() && !g_no_vnni.load() && env_mode() !=
 }  // namespace
 
 bool gemm_int8_available(DType w) {
+  if (w != DType::Q8_0 && w != DType::Q4_0) return false;   // before the env: gemm runs inside parallel loops too
   if (!g_allowed.load() || !env_allows() || !isa_at_least(Isa::avx2) || isa_at_least(Isa::avx512bf16)) return false;
   return w == DType::Q4_0 || (w == DType::Q8_0 && use_vnni());
 }
