@@ -26,14 +26,28 @@ echo "== autoencoder decode"; ./build/bench/flux_bench vae --sizes 256,512,1024 
 for dtype in bf16 q8_0; do
   echo "== T5-XXL encoding, $dtype"; ./build/bench/flux_bench t5 --blocks 2,0 --dtype "$dtype" --reps 2
 done
-# The AVX2 path, forced (FLUXPIPE_ISA), against PyTorch held to AVX2 (F32: its oneDNN has no bf16 there).
-weights=$(./build/bench/flux_bench write --out "$out" --blocks 1,1 --dtype bf16)
-echo "== FLUX.1 step, bf16 weights, FLUXPIPE_ISA=avx2"
-FLUXPIPE_ISA=avx2 ./build/bench/flux_bench step --weights "$weights" --sizes 256,512 --reps 2
-rm -f "$weights"
+# The AVX2 path, forced (FLUXPIPE_ISA), against PyTorch held to AVX2 (F32: its oneDNN has no bf16 there):
+# bf16 weights, and Q8_0 / Q4_0 with the integer products (FLUXPIPE_INT8=avx2: the plain-AVX2 kernel
+# that CPUs without AVX-VNNI run; FLUXPIPE_INT8=0: the widening path the integers replace).
+echo "== instruction sets and kernels"; ./build/fluxpipe devices; FLUXPIPE_ISA=avx2 ./build/fluxpipe devices
+echo "== engine core at AVX2, M = 512"; FLUXPIPE_ISA=avx2 ./build/bench/core_bench --m 512 --quick
+for dtype in bf16 q8_0 q4_0; do
+  weights=$(./build/bench/flux_bench write --out "$out" --blocks 1,1 --dtype "$dtype")
+  echo "== FLUX.1 step, $dtype weights, FLUXPIPE_ISA=avx2"
+  FLUXPIPE_ISA=avx2 ./build/bench/flux_bench step --weights "$weights" --sizes 256,512 --reps 2
+  if [ "$dtype" = q4_0 ]; then
+    echo "== the same, plain-AVX2 integer kernel (FLUXPIPE_INT8=avx2)"
+    FLUXPIPE_INT8=avx2 FLUXPIPE_ISA=avx2 ./build/bench/flux_bench step --weights "$weights" --sizes 256,512 --reps 2
+  fi
+  if [ "$dtype" = q8_0 ]; then
+    echo "== the same, integer products off (FLUXPIPE_INT8=0)"
+    FLUXPIPE_INT8=0 FLUXPIPE_ISA=avx2 ./build/bench/flux_bench step --weights "$weights" --sizes 256,512 --reps 2
+  fi
+  rm -f "$weights"
+done
 echo "== autoencoder decode, FLUXPIPE_ISA=avx2"; FLUXPIPE_ISA=avx2 ./build/bench/flux_bench vae --sizes 256 --reps 2
 if /usr/bin/python3 -c "import torch" 2>/dev/null; then
-  echo "== peer: eager PyTorch bf16 (Debian python3-torch)"; /usr/bin/python3 bench/peer_pytorch.py --threads "$FLUXPIPE_THREADS" --sizes 256,512
+  echo "== peer: eager PyTorch bf16 (Debian python3-torch)"; /usr/bin/python3 bench/peer_pytorch.py --threads "$FLUXPIPE_THREADS" --sizes 256,512,1024
   echo "== peer: eager PyTorch f32 held to AVX2"
   ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 /usr/bin/python3 bench/peer_pytorch.py --threads "$FLUXPIPE_THREADS" \
     --sizes 256,512 --dtype f32
