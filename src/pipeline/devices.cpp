@@ -1,4 +1,5 @@
 // `fluxpipe devices`: the CPU as the engine sees it (the CUDA backend is not built yet).
+#include <cstdio>
 #include <fstream>
 #include <string>
 

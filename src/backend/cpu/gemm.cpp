@@ -482,9 +482,9 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
     for (int64_t m = 0; m < M; ++m) std::fill(C + m * ldc, C + m * ldc + N, 0.0f);
     return;
   }
-  // Q8_0 / Q4_0 weights on a CPU without bf16 dot products but with AVX-VNNI: integer products
-  // (activations quantized per block of 32, as llama.cpp and stable-diffusion.cpp compute them),
-  // several times the F32 path's rate there (gemm_int8.h), matrix-vector products included.
+  // Q8_0 / Q4_0 weights on a CPU without bf16 dot products: integer products (activations
+  // quantized per block of 32, as llama.cpp and stable-diffusion.cpp compute them), 1.6-3x the F32
+  // path's rate there (gemm_int8.h says where each runs), matrix-vector products included.
   if (compute == Compute::BF16 && !g_force_portable && g_path != GemmPath::onednn && gemm_int8_available(B.dtype)) {
     gemm_int8(A, lda, B, C, ldc, M, N, K);
     return;
