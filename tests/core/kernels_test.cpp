@@ -172,6 +172,14 @@ TEST(Kernels, EveryIsaLevelThisCpuHasMatchesTheReference) {
       Tensor got_a = op == Unary::gelu_tanh ? ops::gelu_tanh(c, xa) : op == Unary::silu ? ops::silu(c, xa) : ops::quick_gelu(c, xa);
       expect_close(got_a, want_a, 1e-6, 1e-5, "activation" + at);
     }
+    // Softmax by level (AVX-512, AVX2 or scalar): rows with a tail, a large spread, and one
+    // fully masked row (which becomes zeros).
+    Tensor xs = randn({2, 1037}, 42, 8.0f);
+    Tensor want_s = Tensor::zeros(xs.shape(), DType::F32);
+    cpu::ref::softmax(xs, want_s);
+    expect_close(ops::softmax(c, xs), want_s, 1e-7, 1e-5, "softmax" + at);
+    Tensor masked = Tensor::from_floats({1, 13}, std::vector<float>(13, -std::numeric_limits<float>::infinity()));
+    EXPECT_EQ(ops::softmax(c, masked).to_floats(), std::vector<float>(13, 0.0f)) << "masked softmax row" << at;
     // The BF16 convolution: oneDNN's bf16 one, or its F32 one on bf16-rounded inputs.
     Ctx cb;
     cb.compute = Compute::BF16;

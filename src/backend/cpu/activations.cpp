@@ -2,6 +2,7 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "backend/cpu/isa.h"
@@ -242,7 +243,62 @@ FP_AVX2 void apply256(const float* x, float* out, int64_t n) {
   }
 }
 
+FP_AVX2 float max256(const float* x, int64_t n) {
+  __m256 m = _mm256_set1_ps(-INFINITY);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, m);
+  float mx = lanes[0];
+  for (int j = 1; j < 8; ++j) mx = std::max(mx, lanes[j]);
+  for (; i < n; ++i) mx = std::max(mx, x[i]);
+  return mx;
+}
+
+// x[i] = e^(x[i] - shift) in place; returns their sum, in double over 8 lanes (two 4-lane halves).
+FP_AVX2 double exp_shifted256(float* x, int64_t n, float shift) {
+  const __m256 sh = _mm256_set1_ps(shift);
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh));
+    _mm256_storeu_ps(x + i, e);
+    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+  }
+  alignas(32) double l[4], h[4];
+  _mm256_store_pd(l, lo);
+  _mm256_store_pd(h, hi);
+  double sum = (l[0] + l[1]) + (l[2] + l[3]) + (h[0] + h[1]) + (h[2] + h[3]);
+  if (i < n) {   // the tail through a padded buffer, so every element gets the same exponential
+    alignas(32) float in[8], res[8];
+    for (int j = 0; j < 8; ++j) in[j] = i + j < n ? x[i + j] : shift;
+    _mm256_store_ps(res, exp256(_mm256_sub_ps(_mm256_load_ps(in), sh)));
+    for (int64_t j = i; j < n; ++j) sum += (x[j] = res[j - i]);
+  }
+  return sum;
+}
+
+FP_AVX2 void scale256(float* x, int64_t n, float k) {
+  const __m256 kv = _mm256_set1_ps(k);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), kv));
+  for (; i < n; ++i) x[i] *= k;
+}
+
 }  // namespace
+
+bool softmax_avx2(float* x, int64_t n) {
+  if (!isa_at_least(Isa::avx2)) return false;
+  float mx = max256(x, n);
+  if (mx == -INFINITY) {   // fully masked row: no attention
+    for (int64_t i = 0; i < n; ++i) x[i] = 0.0f;
+    return true;
+  }
+  double sum = exp_shifted256(x, n, mx);
+  scale256(x, n, static_cast<float>(1.0 / sum));
+  return true;
+}
 
 bool activation_avx2(Unary op, const float* x, float* out, int64_t n) {
   if (!isa_at_least(Isa::avx2)) return false;

@@ -18,6 +18,8 @@ bool activation_avx2(Unary op, const float* x, float* out, int64_t n);
 
 // Softmax of a row in place (a row of -inf becomes zeros). False without AVX-512.
 bool softmax_avx512(float* x, int64_t n);
+// The same with AVX2 + FMA (sum in double over 8 lanes). False without AVX2.
+bool softmax_avx2(float* x, int64_t n);
 
 // x[i] = exp(x[i] - shift) in place, *sum = their sum (in double, over 16 float lanes).
 // False (nothing done) without AVX-512.

@@ -44,9 +44,10 @@ float unary_f(Unary op, float x) {
   return x;
 }
 
-// Softmax of one row in place: float max, exp (vectorised where AVX-512 exists), double sum.
+// Softmax of one row in place: float max, exp (vectorised where AVX-512 or AVX2 exists), double sum.
 void softmax_row(float* x, int64_t n) {
   if (cpu::softmax_avx512(x, n)) return;
+  if (cpu::softmax_avx2(x, n)) return;
   float mx = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);
   if (mx == -std::numeric_limits<float>::infinity()) {   // fully masked row: no attention
