@@ -100,7 +100,12 @@ class CpuBackend final : public Backend {
     // products in parallel over (head, block).
     const bool long_seq = Lq * Lk >= 256 * 256;
     if (long_seq && c == Compute::BF16 && !bias && !causal && cpu::flash_attention_amx(q, k, v, scale, out)) return;
-    if (long_seq && c == Compute::BF16 && attention_bf16(q, k, v, scale, bias, causal, out)) return;
+    // oneDNN has bf16 products only with bf16 instructions: below that level, do not convert a
+    // head and fail a primitive on every call to find out.
+    if (long_seq && c == Compute::BF16 && cpu::isa_at_least(cpu::Isa::avx512bf16) &&
+        attention_bf16(q, k, v, scale, bias, causal, out)) {
+      return;
+    }
     const int64_t QB = long_seq ? 2048 : 64;
     const int64_t qblocks = (Lq + QB - 1) / QB;
     float* vt = cpu::scratch<float>(4, static_cast<size_t>(long_seq ? D * Lk : B * H * D * Lk));   // vᵀ: P·V is A·Bᵀ

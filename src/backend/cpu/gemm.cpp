@@ -402,13 +402,14 @@ float dot(const float* a, const T* b, int64_t n) {
 // widened straight to bf16 in one pass where the CPU can.
 void gemv_rows(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N, int64_t K,
                bool round_bf16, bool parallel) {
+  // Without bf16 instructions the one-pass bf16 widening is scalar: widen to floats and round
+  // them in place instead (the same values).
+  const bool via_f32 = !round_bf16 || !has_dequantize_bf16_avx512(B.dtype);
   auto work = [&](int, int64_t n0, int64_t n1) {
     std::vector<float> row(static_cast<size_t>(K));
-    std::vector<uint16_t> row16(round_bf16 ? static_cast<size_t>(K) : 0);
+    std::vector<uint16_t> row16(via_f32 ? 0 : static_cast<size_t>(K));
     for (int64_t n = n0; n < n1; ++n) {
-      // Without bf16 instructions the one-pass bf16 widening is scalar: widen with AVX2 and
-      // round the floats in place instead (the same values).
-      if (!round_bf16 || !has_dequantize_bf16_avx512(B.dtype)) {
+      if (via_f32) {
         b_row_to_f32(B, n, 0, K, row.data());
         if (round_bf16) round_to_bf16_values(row.data(), K);
         for (int64_t m = 0; m < M; ++m) C[m * ldc + n] = dot(A + m * lda, row.data(), K);
