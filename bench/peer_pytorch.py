@@ -3,8 +3,14 @@
 PyTorch (Debian's python3-torch, bf16 on the CPU, which runs its linears through oneDNN), timed
 on the same machine as bench/flux_bench for a side-by-side ratio.
 
+On a GPU (`--device cuda`, the device machine's PyTorch): attention through
+F.scaled_dot_product_attention, times taken after torch.cuda.synchronize(), and `--compile MODE`
+for the same code under torch.compile (e.g. max-autotune-no-cudagraphs; compilation is excluded
+from the times and printed apart).
+
 Written by us from the architecture as ../shared/testdata/flux-tiny/README.md describes it (not
 BFL's code); random weights. Usage: /usr/bin/python3 bench/peer_pytorch.py [--threads 2] [--sizes 256,512]
+       python3 bench/peer_pytorch.py --device cuda --sizes 512,1024 --reps 10 [--compile max-autotune-no-cudagraphs]
 """
 import argparse
 import math
@@ -49,9 +55,15 @@ def rope(x, cos, sin):
     return torch.stack((cos * x0 - sin * x1, sin * x0 + cos * x1), -1).flatten(-2)
 
 
+SDPA = False   # set for GPUs: the fused attention PyTorch users get there
+
+
 def attend(q, k, v, cos, sin):
     q, k = rope(q, cos, sin), rope(k, cos, sin)
-    a = torch.softmax((q @ k.transpose(-1, -2)) / math.sqrt(HD), -1) @ v
+    if SDPA:
+        a = F.scaled_dot_product_attention(q, k, v)
+    else:
+        a = torch.softmax((q @ k.transpose(-1, -2)) / math.sqrt(HD), -1) @ v
     return a.transpose(1, 2).flatten(2)
 
 
@@ -141,39 +153,52 @@ def main():
     # has no bf16 matmul there ("could not create a primitive descriptor iterator").
     p.add_argument("--dtype", choices=["bf16", "f32"], default="bf16")
     p.add_argument("--no-decode", action="store_true", help="blocks only")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--compile", default="", help="torch.compile mode for the blocks (GPU), e.g. max-autotune-no-cudagraphs")
     a = p.parse_args()
+    global SDPA
+    SDPA = a.device.startswith("cuda")
+    dev = torch.device(a.device)
     dt = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    d, s = Double().to(dt), Single().to(dt)
-    print(f"torch {torch.__version__}, {a.threads} threads, {a.dtype}, mkldnn {torch.backends.mkldnn.is_available()}")
+    d, s = Double().to(dev, dt), Single().to(dev, dt)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{a.threads} threads, mkldnn {torch.backends.mkldnn.is_available()}"
+    print(f"torch {torch.__version__}, {name}, {a.dtype}, attention {'sdpa' if SDPA else 'softmax(q k^T) v'}, "
+          f"{'torch.compile ' + a.compile if a.compile else 'eager'}")
+    step = torch.compile(forward, mode=a.compile) if a.compile else forward
+
+    def best_of(fn):
+        t0 = time.perf_counter()
+        fn()   # warm-up (and compilation)
+        sync()
+        first = time.perf_counter() - t0
+        best = 1e9
+        for _ in range(a.reps):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            best = min(best, time.perf_counter() - t0)
+        return best, first
+
     with torch.no_grad():
         for size in (int(x) for x in a.sizes.split(",")):
             Li, Lt = (size // 16) ** 2, 256
-            img = torch.randn(1, Li, H, dtype=dt)
-            txt = torch.randn(1, Lt, H, dtype=dt)
-            vec = torch.randn(1, H, dtype=dt)
-            ang = torch.rand(1, 1, Li + Lt, HD // 2)
+            img = torch.randn(1, Li, H, dtype=dt, device=dev)
+            txt = torch.randn(1, Lt, H, dtype=dt, device=dev)
+            vec = torch.randn(1, H, dtype=dt, device=dev)
+            ang = torch.rand(1, 1, Li + Lt, HD // 2, device=dev)
             cos, sin = ang.cos().to(dt), ang.sin().to(dt)
-            forward(d, s, img, txt, vec, cos, sin)
-            best = 1e9
-            for _ in range(a.reps):
-                t0 = time.perf_counter()
-                forward(d, s, img, txt, vec, cos, sin)
-                best = min(best, time.perf_counter() - t0)
-            print(f"{size}x{size}: one double + one single block {best:.3f} s (best of {a.reps})")
+            best, first = best_of(lambda: step(d, s, img, txt, vec, cos, sin))
+            print(f"{size}x{size}: one double + one single block {best:.4f} s (best of {a.reps}; first run {first:.1f} s)")
         if a.no_decode:
             return
-        dec = Decoder().to(dt)
+        dec = Decoder().to(dev, dt)
         for size in (int(x) for x in a.sizes.split(",")):
-            z = torch.randn(1, 16, size // 8, size // 8, dtype=dt)
-            dec(z)
-            best = 1e9
-            for _ in range(a.reps):
-                t0 = time.perf_counter()
-                dec(z)
-                best = min(best, time.perf_counter() - t0)
-            print(f"{size}x{size}: autoencoder decode of a {size // 8}x{size // 8} latent {best:.3f} s (best of {a.reps})")
+            z = torch.randn(1, 16, size // 8, size // 8, dtype=dt, device=dev)
+            best, _ = best_of(lambda: dec(z))
+            print(f"{size}x{size}: autoencoder decode of a {size // 8}x{size // 8} latent {best:.4f} s (best of {a.reps})")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,10 @@ class ProfilingBackend final : public Backend {
 
   std::string name() const override { return inner_.name(); }
   Device device() const override { return inner_.device(); }
+  std::shared_ptr<Storage> allocate(size_t bytes) override { return inner_.allocate(bytes); }
+  void transfer(const Tensor& src, Tensor& dst) override { timed("transfer", [&] { inner_.transfer(src, dst); }); }
+  void zero(Tensor& out) override { timed("zero", [&] { inner_.zero(out); }); }
+  void synchronize() override { inner_.synchronize(); }
 
   void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, Compute c) override {
     std::string key = "linear K" + std::to_string(w.size(1)) + " N" + std::to_string(w.size(0)) + " " + fluxpipe::name(w.dtype());
@@ -71,6 +75,23 @@ class ProfilingBackend final : public Backend {
   void copy(const Tensor& x, Tensor& out) override {
     // By size: the large copies (head permutes, slices) are worth fusing away, the small not.
     timed(out.numel() >= (1 << 20) ? "copy (1M+ values)" : "copy (small)", [&] { inner_.copy(x, out); });
+  }
+  void embedding(const Tensor& table, const Tensor& ids, Tensor& out) override {
+    timed("embedding", [&] { inner_.embedding(table, ids, out); });
+  }
+  void position_bias(const Tensor& table, const Tensor& buckets, const Tensor* mask, Tensor& out) override {
+    timed("position_bias", [&] { inner_.position_bias(table, buckets, mask, out); });
+  }
+  void timestep_embedding(const Tensor& t, float time_factor, float max_period, Tensor& out) override {
+    timed("timestep_embedding", [&] { inner_.timestep_embedding(t, time_factor, max_period, out); });
+  }
+  void rope_tables(const Tensor& ids, const std::vector<int>& axes_dim, double theta, Tensor& cos, Tensor& sin) override {
+    timed("rope_tables", [&] { inner_.rope_tables(ids, axes_dim, theta, cos, sin); });
+  }
+  void to_u8(const Tensor& image, Tensor& out) override { timed("to_u8", [&] { inner_.to_u8(image, out); }); }
+  void blend_tile(const Tensor& tile, const Tensor& wy, const Tensor& wx, int64_t b, int64_t y0, int64_t x0, Tensor& acc,
+                  Tensor* wsum) override {
+    timed("blend_tile", [&] { inner_.blend_tile(tile, wy, wx, b, y0, x0, acc, wsum); });
   }
 
   // Prints ops by total time, with calls and share of `total_s` (the step as timed outside).

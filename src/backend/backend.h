@@ -1,8 +1,12 @@
-// fluxpipe backend: the small interface every compute backend implements (CPU now, CUDA
-// next). Backends see tensors and kernels, never models.
+// fluxpipe backend: the small interface every compute backend implements (the CPU, and CUDA
+// GPUs in builds that have it). Backends see tensors and kernels, never models.
 //
 // Every method receives tensors the ops layer has already validated (shapes, dtypes,
-// contiguity) and an output tensor of the right shape it must fill; backends trust them.
+// contiguity, and that they live on this backend's device) and an output tensor of the right
+// shape, allocated through allocate(), that it must fill; backends trust them.
+// A backend may queue work (CUDA: one stream); results are complete once transfer() has
+// copied them to the host or synchronize() has returned. Work is ordered: a method may read
+// what an earlier call wrote.
 // Thread-safety: a backend may be shared; calls are made by one engine thread at a time.
 #pragma once
 
@@ -31,6 +35,19 @@ class Backend {
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
   virtual Device device() const = 0;
+
+  // ---- memory ----
+  // `bytes` of this device's memory, uninitialised; freed (or returned to the backend's cache)
+  // when the last tensor on it goes. Throws UserError naming the size when the device is full.
+  virtual std::shared_ptr<Storage> allocate(size_t bytes) = 0;
+  // Copies src into dst: both contiguous, the same dtype and size, each on the host or on this
+  // device (host to device, device to host, or within the device). A copy to the host has
+  // completed when this returns.
+  virtual void transfer(const Tensor& src, Tensor& dst) = 0;
+  // Sets every byte of `out` (contiguous, on this device) to zero.
+  virtual void zero(Tensor& out) = 0;
+  // Waits until all queued work is done (the CPU computes as it is called: nothing to wait for).
+  virtual void synchronize() {}
 
   // out[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]); x F32 or BF16, w any float or block dtype.
   virtual void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, Compute c) = 0;
@@ -64,9 +81,50 @@ class Backend {
   virtual void concat(const std::vector<Tensor>& xs, int dim, Tensor& out) = 0;
   // Copies x (any layout) into out (contiguous), converting the dtype.
   virtual void copy(const Tensor& x, Tensor& out) = 0;
+
+  // ---- tables and conversions the models need besides arithmetic ----
+  // out[n, :] = table[ids[n], :] as F32; table [V, H] any float or block dtype, ids I32 [N]
+  // already checked to lie in [0, V), out [N, H].
+  virtual void embedding(const Tensor& table, const Tensor& ids, Tensor& out) = 0;
+  // T5's attention bias: out[b, h, i, j] = table[buckets[i, j], h] + (mask ? (1 - mask[b, j]) *
+  // lowest float : 0); table F32 [NB, heads], buckets I32 [Lq, Lk], mask F32 [B, Lk] or null,
+  // out [B, heads, Lq, Lk].
+  virtual void position_bias(const Tensor& table, const Tensor& buckets, const Tensor* mask, Tensor& out) = 0;
+  // t F32 [B] -> out [B, dim] = [cos(args) | sin(args)], args = time_factor * t * freqs,
+  // freqs[i] = exp(-ln(max_period) * i / (dim / 2)), float32 throughout.
+  virtual void timestep_embedding(const Tensor& t, float time_factor, float max_period, Tensor& out) = 0;
+  // ids F32 [B, L, A] -> cos, sin [B, L, sum(axes_dim) / 2]: axis a's pairs j use
+  // angle = ids[.., a] * theta^(-2j / axes_dim[a]), computed in double, rounded to float32.
+  virtual void rope_tables(const Tensor& ids, const std::vector<int>& axes_dim, double theta, Tensor& cos, Tensor& sin) = 0;
+  // image F32 [B, 3, H, W] -> out U8 [B, H, W, 3]: clamp to [-1, 1], then 127.5 * (x + 1)
+  // truncated (the reference's conversion).
+  virtual void to_u8(const Tensor& image, Tensor& out) = 0;
+  // Tiled decoding's blend: acc[b, c, y0 + y, x0 + x] += wy[y] * wx[x] * tile[0, c, y, x] over
+  // the tile [1, C, th, tw]; with wsum [H, W] also wsum[y0 + y, x0 + x] += wy[y] * wx[x].
+  // acc F32 [B, C, H, W], wy [th], wx [tw], all F32.
+  virtual void blend_tile(const Tensor& tile, const Tensor& wy, const Tensor& wx, int64_t b, int64_t y0, int64_t x0,
+                          Tensor& acc, Tensor* wsum) = 0;
 };
 
 // The CPU backend (AVX-512 with avx512_bf16 where present, AVX2, scalar otherwise).
 Backend& cpu_backend();
+
+// ---- CUDA GPUs (src/backend/cuda; a build without the toolkit answers that it has none) ----
+struct CudaDeviceInfo {
+  int index = 0;
+  std::string name;
+  int cc_major = 0, cc_minor = 0;   // compute capability
+  size_t total_bytes = 0, free_bytes = 0;
+  int driver_version = 0, runtime_version = 0;   // 13000 = 13.0
+};
+// Whether this build has the CUDA backend.
+bool cuda_built();
+// The GPUs present. Empty with `why` set to a sentence when there are none to use: the build
+// has no CUDA, no driver is loaded, or no device is present.
+std::vector<CudaDeviceInfo> cuda_devices(std::string* why);
+// The backend of GPU `index`, made on first use and kept for the process (one stream, one
+// memory cache per device). Throws UserError saying why when there is no such GPU or the build
+// has no CUDA.
+Backend& cuda_backend(int index);
 
 }  // namespace fluxpipe

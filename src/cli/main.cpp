@@ -45,13 +45,13 @@ const char* kUsage =
     "  keys revoke --data DIR ID|NAME       revoke a key\n"
     "  webhook-secret --data DIR            print the secret that signs webhooks\n"
     "  migrate --store URL                  apply the store's schema (serve does it too)\n"
-    "  run COMPONENT --weights W --inputs IN --output OUT [--config P.json] [--compute f32|bf16]\n"
+    "  run COMPONENT --weights W --inputs IN --output OUT [--config P.json] [--compute f32|bf16] [--device D]\n"
     "                                       run transformer | vae-decode | vae-encode | sample | randn\n"
     "                                       on named tensors (see `fluxpipe help run`)\n"
     "  tokenize clip|t5 [--tokenizer PATH] [--length N] \"text\"   the ids as a JSON array\n"
     "  generate \"prompt\" -o out.png --model PATH|NAME [--width W --height H --steps N --seed S\n"
     "           --samples N --negative-prompt TEXT --true-cfg X --quality Q\n"
-    "           --memory-budget SIZE --vae-tiling auto|on|off]   text to image;\n"
+    "           --memory-budget SIZE --vae-tiling auto|on|off --device auto|cpu|cuda|cuda:N]   text to image;\n"
     "           the format follows -o: .png (default, with a parameters chunk), .jpg, .webp;\n"
     "           the memory plan keeps a job within SIZE (default: this machine's memory)\n"
     "  make-test-model DIR [--layout bfl|diffusers|comfyui|gguf] [--width tiny|real] [--blocks D,S]\n"
@@ -216,6 +216,7 @@ const char* kRunUsage =
     "      reads input_ids (and attention_mask with --mask; Flux uses none); writes last_hidden_state\n"
     "options: --compute f32 (default: every weight widened exactly) or bf16 (the fast path);\n"
     "         --config: the model's parameters under BFL's names (FluxParams / AutoEncoderParams JSON);\n"
+    "         --device auto|cpu|cuda|cuda:N: where to compute (default auto) [FLUXPIPE_DEVICE];\n"
     "         the real FLUX.1 files need none.\n";
 
 int cmd_run(const std::vector<std::string>& args) {
@@ -225,6 +226,8 @@ int cmd_run(const std::vector<std::string>& args) {
   }
   ComponentRun r;
   r.component = args[1];
+  r.device = env_or("FLUXPIPE_DEVICE");
+  if (r.device.empty()) r.device = "auto";
   auto integer = [](const char* flag, const std::string& v, int64_t lo, int64_t hi) { return parse_integer("run", flag, v, lo, hi); };
   cli::Command c{"run", "COMPONENT [options]", "Runs one model component on named tensors (see `fluxpipe help run`).",
                  {{"--weights", "PATH", "weights of the component", [&](const std::string& v) { r.weights = v; }},
@@ -234,6 +237,8 @@ int cmd_run(const std::vector<std::string>& args) {
                   {"--ae", "PATH", "sample: the autoencoder", [&](const std::string& v) { r.ae = v; }},
                   {"--ae-config", "AP.json", "sample: AutoEncoderParams", [&](const std::string& v) { r.ae_config = v; }},
                   {"--compute", "f32|bf16", "arithmetic (default f32)", [&](const std::string& v) { r.compute = v; }},
+                  {"--device", "auto|cpu|cuda|cuda:N", "where to compute (default auto: the first GPU, else the CPU) [FLUXPIPE_DEVICE]",
+                   [&](const std::string& v) { r.device = v; }},
                   {"--dtype", "f32|bf16", "randn: the dtype drawn", [&](const std::string& v) { r.dtype = v; }},
                   {"--steps", "N", "sample: steps (1..1000)", [&](const std::string& v) { r.steps = static_cast<int>(integer("--steps", v, 1, 1000)); }},
                   {"--seed", "S", "randn: the seed", [&](const std::string& v) { r.seed = static_cast<uint64_t>(integer("--seed", v, 0, INT64_MAX)); }},
@@ -256,7 +261,7 @@ int cmd_run(const std::vector<std::string>& args) {
   std::cout << "wrote";
   for (const std::string& n : rep.written) std::cout << " " << n;
   std::cout << " to " << r.output << "\n";
-  std::printf("time %.3f s, peak memory %.1f MiB resident (activations peak %.1f MiB)\n", rep.seconds,
+  std::printf("time %.3f s on %s, peak memory %.1f MiB resident (activations peak %.1f MiB)\n", rep.seconds, rep.device.c_str(),
               static_cast<double>(rep.peak_rss_bytes) / (1 << 20), static_cast<double>(rep.arena_peak_bytes) / (1 << 20));
   return 0;
 }
@@ -286,7 +291,6 @@ int cmd_devices(const std::vector<std::string>& args) {
     std::printf("%s\n", d.name.c_str());
     for (const auto& [what, value] : d.facts) std::printf("  %-18s %s\n", (what + ":").c_str(), value.c_str());
   }
-  std::printf("cuda\n  %-18s %s\n", "state:", "not built (this build has the CPU backend only)");
   return 0;
 }
 
@@ -352,6 +356,9 @@ int cmd_generate(const std::vector<std::string>& args) {
   bool have_prompt = false, cfg_given = false;
   EngineOptions engine_options;
   if (const char* m = std::getenv("FLUXPIPE_MEMORY_BUDGET")) engine_options.memory_budget = parse_bytes("generate", "FLUXPIPE_MEMORY_BUDGET", m);
+  if (const char* m = std::getenv("FLUXPIPE_VRAM_BUDGET")) engine_options.vram_budget = parse_bytes("generate", "FLUXPIPE_VRAM_BUDGET", m);
+  engine_options.device = env_or("FLUXPIPE_DEVICE");
+  if (engine_options.device.empty()) engine_options.device = "auto";
   auto integer = [](const char* flag, const std::string& v, int64_t lo, int64_t hi) { return parse_integer("generate", flag, v, lo, hi); };
   cli::Command c{
       "generate", "\"prompt\" -o out.png --model PATH [options]",
@@ -376,7 +383,11 @@ int cmd_generate(const std::vector<std::string>& args) {
        {"--quality", "Q", "JPEG/WebP quality 1..100 (default 92)", [&](const std::string& v) { quality = static_cast<int>(integer("--quality", v, 1, 100)); }},
        {"--memory-budget", "SIZE", "resident memory the job is planned within, e.g. 8G [FLUXPIPE_MEMORY_BUDGET]",
         [&](const std::string& v) { engine_options.memory_budget = parse_bytes("generate", "--memory-budget", v); }},
-       {"--vae-tiling", "auto|on|off", "tiled decoding (default auto)", [&](const std::string& v) { engine_options.vae_tiling = parse_tiling("generate", v); }}},
+       {"--vae-tiling", "auto|on|off", "tiled decoding (default auto)", [&](const std::string& v) { engine_options.vae_tiling = parse_tiling("generate", v); }},
+       {"--device", "auto|cpu|cuda|cuda:N", "where to compute (default auto: the first GPU, else the CPU) [FLUXPIPE_DEVICE]",
+        [&](const std::string& v) { engine_options.device = v; }},
+       {"--vram-budget", "SIZE", "on a GPU: the device memory a job is planned within (default: what is free at load) [FLUXPIPE_VRAM_BUDGET]",
+        [&](const std::string& v) { engine_options.vram_budget = parse_bytes("generate", "--vram-budget", v); }}},
       [&](const std::string& v) {
         if (have_prompt) throw UserError("[generate] unexpected argument '" + v + "' (quote the prompt)");
         job.prompt = v;
@@ -403,6 +414,7 @@ int cmd_generate(const std::vector<std::string>& args) {
   auto t0 = std::chrono::steady_clock::now();
   std::unique_ptr<Engine> engine = load_engine(model, engine_options);
   double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::fprintf(stderr, "device: %s\n", engine->device_name().c_str());
   bool tty = isatty(2);
   auto t1 = std::chrono::steady_clock::now();
   std::vector<Image> images = engine->generate(job, [&](int done, int total) {
@@ -491,7 +503,8 @@ int cmd_serve(const std::vector<std::string>& args) {
 
 std::string version_text() {
   return std::string("fluxpipe ") + FLUXPIPE_VERSION + " (" + FLUXPIPE_BUILD_TYPE +
-         " build; backends: cpu (AMX, AVX-512 BF16, AVX-512, AVX2 paths chosen at run time); cuda: not built)\n";
+         " build; backends: cpu (AMX, AVX-512 BF16, AVX-512, AVX2 paths chosen at run time); cuda: " +
+         (build_has_cuda() ? "built (see fluxpipe devices)" : "not built") + ")\n";
 }
 
 // `fluxpipe help COMMAND` and `fluxpipe COMMAND --help` print the same text.

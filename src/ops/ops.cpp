@@ -10,7 +10,8 @@
 namespace fluxpipe {
 
 Tensor Ctx::empty(const Shape& shape, DType dtype) const {
-  return arena ? arena->empty(shape, dtype) : Tensor::empty(shape, dtype);
+  if (backend->device() == Device::CPU) return arena ? arena->empty(shape, dtype) : Tensor::empty(shape, dtype);
+  return Tensor::view_of(backend->allocate(bytes_for(dtype, numel(shape))), 0, shape, dtype);
 }
 
 namespace ops {
@@ -18,8 +19,19 @@ namespace {
 
 [[noreturn]] void fail(const char* op, const std::string& why) { throw UserError(std::string("[") + op + "] " + why); }
 
-void need_float(const char* op, const char* what, const Tensor& t) {
+const char* device_name(Device d) { return d == Device::CPU ? "the host" : "the GPU"; }
+
+// Every input on the context's device: a model that forgot to upload one fails here, by name.
+void need_here(const Ctx& c, const char* op, const char* what, const Tensor& t) {
   if (!t.defined()) fail(op, std::string(what) + " is undefined");
+  if (t.device() != c.backend->device()) {
+    fail(op, std::string(what) + " " + t.describe() + " is on " + device_name(t.device()) + " but this context computes on " +
+                 device_name(c.backend->device()) + " (" + c.backend->name() + ")");
+  }
+}
+
+void need_float(const Ctx& c, const char* op, const char* what, const Tensor& t) {
+  need_here(c, op, what, t);
   if (t.dtype() != DType::F32) fail(op, std::string(what) + " " + t.describe() + " must be F32");
 }
 
@@ -27,8 +39,9 @@ void need_contiguous(const char* op, const char* what, const Tensor& t) {
   if (!t.is_contiguous()) fail(op, std::string(what) + " " + t.describe() + " must be contiguous");
 }
 
-void need_vector(const char* op, const char* what, const Tensor* t, int64_t n) {
+void need_vector(const Ctx& c, const char* op, const char* what, const Tensor* t, int64_t n) {
   if (!t) return;
+  need_here(c, op, what, *t);
   if (t->dim() != 1 || t->size(0) != n || !info(t->dtype()).floating || is_quantized(t->dtype())) {
     fail(op, std::string(what) + " " + t->describe() + " must be a dense float vector of " + std::to_string(n));
   }
@@ -48,8 +61,8 @@ Shape broadcast_shape(const char* op, const Tensor& a, const Tensor& b) {
 }
 
 Tensor binary(Ctx& c, Binary op, const char* name, const Tensor& a, const Tensor& b) {
-  need_float(name, "a", a);
-  need_float(name, "b", b);
+  need_float(c, name, "a", a);
+  need_float(c, name, "b", b);
   need_contiguous(name, "a", a);
   need_contiguous(name, "b", b);
   Tensor out = c.empty(broadcast_shape(name, a, b), DType::F32);
@@ -58,7 +71,7 @@ Tensor binary(Ctx& c, Binary op, const char* name, const Tensor& a, const Tensor
 }
 
 Tensor unary(Ctx& c, Unary op, const char* name, const Tensor& x) {
-  need_float(name, "x", x);
+  need_float(c, name, "x", x);
   need_contiguous(name, "x", x);
   Tensor out = c.empty(x.shape(), DType::F32);
   c.backend->unary(op, x, out);
@@ -68,7 +81,8 @@ Tensor unary(Ctx& c, Unary op, const char* name, const Tensor& x) {
 }  // namespace
 
 Tensor linear(Ctx& c, const Tensor& x, const Tensor& w, const Tensor* bias) {
-  if (!x.defined() || !w.defined()) fail("linear", "undefined input");
+  need_here(c, "linear", "x", x);
+  need_here(c, "linear", "w", w);
   if (x.dtype() != DType::F32 && x.dtype() != DType::BF16) fail("linear", "x " + x.describe() + " must be F32 or BF16");
   if (w.dim() != 2 || !info(w.dtype()).floating) fail("linear", "w " + w.describe() + " must be a 2-D float or block-quantized matrix");
   if (x.dim() < 1 || x.size(-1) != w.size(1)) {
@@ -76,7 +90,7 @@ Tensor linear(Ctx& c, const Tensor& x, const Tensor& w, const Tensor* bias) {
   }
   need_contiguous("linear", "x", x);
   need_contiguous("linear", "w", w);
-  need_vector("linear", "bias", bias, w.size(0));
+  need_vector(c, "linear", "bias", bias, w.size(0));
   Shape out_shape = x.shape();
   out_shape.back() = w.size(0);
   Tensor out = c.empty(out_shape, DType::F32);
@@ -89,7 +103,7 @@ Tensor linear(Ctx& c, const Tensor& x, const Tensor& w, const Tensor* bias) {
 Tensor attention(Ctx& c, const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor* bias,
                  bool causal) {
   for (auto [n, t] : {std::pair{"q", &q}, {"k", &k}, {"v", &v}}) {
-    need_float("attention", n, *t);
+    need_float(c, "attention", n, *t);
     need_contiguous("attention", n, *t);
     if (t->dim() != 4) fail("attention", std::string(n) + " " + t->describe() + " must be [B, H, L, D]");
   }
@@ -97,7 +111,7 @@ Tensor attention(Ctx& c, const Tensor& q, const Tensor& k, const Tensor& v, floa
     fail("attention", "q " + q.describe() + ", k " + k.describe() + ", v " + v.describe() + " do not agree");
   }
   if (bias) {
-    need_float("attention", "bias", *bias);
+    need_float(c, "attention", "bias", *bias);
     need_contiguous("attention", "bias", *bias);
     const Tensor& b = *bias;
     if (b.dim() != 4 || (b.size(0) != 1 && b.size(0) != q.size(0)) || (b.size(1) != 1 && b.size(1) != q.size(1)) ||
@@ -111,19 +125,19 @@ Tensor attention(Ctx& c, const Tensor& q, const Tensor& k, const Tensor& v, floa
 }
 
 Tensor layer_norm(Ctx& c, const Tensor& x, const Tensor* w, const Tensor* b, float eps) {
-  need_float("layer_norm", "x", x);
+  need_float(c, "layer_norm", "x", x);
   need_contiguous("layer_norm", "x", x);
-  need_vector("layer_norm", "weight", w, x.size(-1));
-  need_vector("layer_norm", "bias", b, x.size(-1));
+  need_vector(c, "layer_norm", "weight", w, x.size(-1));
+  need_vector(c, "layer_norm", "bias", b, x.size(-1));
   Tensor out = c.empty(x.shape(), DType::F32);
   c.backend->layer_norm(x, w, b, eps, out);
   return out;
 }
 
 Tensor rms_norm(Ctx& c, const Tensor& x, const Tensor* w, float eps) {
-  need_float("rms_norm", "x", x);
+  need_float(c, "rms_norm", "x", x);
   need_contiguous("rms_norm", "x", x);
-  need_vector("rms_norm", "weight", w, x.size(-1));
+  need_vector(c, "rms_norm", "weight", w, x.size(-1));
   Tensor out = c.empty(x.shape(), DType::F32);
   c.backend->rms_norm(x, w, eps, out);
   return out;
@@ -131,10 +145,10 @@ Tensor rms_norm(Ctx& c, const Tensor& x, const Tensor* w, float eps) {
 
 namespace {
 // x [B, L, D] and a per-batch vector v [B, 1, D] for the fused modulation ops.
-void need_rows_and_batch_vector(const char* op, const Tensor& x, const char* vname, const Tensor& v) {
-  need_float(op, "x", x);
+void need_rows_and_batch_vector(const Ctx& c, const char* op, const Tensor& x, const char* vname, const Tensor& v) {
+  need_float(c, op, "x", x);
   need_contiguous(op, "x", x);
-  need_float(op, vname, v);
+  need_float(c, op, vname, v);
   need_contiguous(op, vname, v);
   if (x.dim() != 3) fail(op, "x " + x.describe() + " must be [B, L, D]");
   if (v.dim() != 3 || v.size(0) != x.size(0) || v.size(1) != 1 || v.size(2) != x.size(2)) {
@@ -144,16 +158,16 @@ void need_rows_and_batch_vector(const char* op, const Tensor& x, const char* vna
 }  // namespace
 
 Tensor layer_norm_modulate(Ctx& c, const Tensor& x, const Tensor& shift, const Tensor& scale, float eps) {
-  need_rows_and_batch_vector("layer_norm_modulate", x, "shift", shift);
-  need_rows_and_batch_vector("layer_norm_modulate", x, "scale", scale);
+  need_rows_and_batch_vector(c, "layer_norm_modulate", x, "shift", shift);
+  need_rows_and_batch_vector(c, "layer_norm_modulate", x, "scale", scale);
   Tensor out = c.empty(x.shape(), DType::F32);
   c.backend->layer_norm_modulate(x, shift, scale, eps, out);
   return out;
 }
 
 Tensor add_gated(Ctx& c, const Tensor& x, const Tensor& gate, const Tensor& y) {
-  need_rows_and_batch_vector("add_gated", x, "gate", gate);
-  need_float("add_gated", "y", y);
+  need_rows_and_batch_vector(c, "add_gated", x, "gate", gate);
+  need_float(c, "add_gated", "y", y);
   need_contiguous("add_gated", "y", y);
   if (y.shape() != x.shape()) fail("add_gated", "y " + y.describe() + " must have x's shape " + x.describe());
   Tensor out = c.empty(x.shape(), DType::F32);
@@ -162,24 +176,24 @@ Tensor add_gated(Ctx& c, const Tensor& x, const Tensor& gate, const Tensor& y) {
 }
 
 Tensor group_norm(Ctx& c, const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, bool silu) {
-  need_float("group_norm", "x", x);
+  need_float(c, "group_norm", "x", x);
   need_contiguous("group_norm", "x", x);
   if (x.dim() != 4) fail("group_norm", "x " + x.describe() + " must be [B, C, H, W]");
   if (groups <= 0 || x.size(1) % groups != 0) {
     fail("group_norm", "channels " + std::to_string(x.size(1)) + " of " + x.describe() + " do not split into " +
                            std::to_string(groups) + " groups");
   }
-  need_vector("group_norm", "weight", w, x.size(1));
-  need_vector("group_norm", "bias", b, x.size(1));
+  need_vector(c, "group_norm", "weight", w, x.size(1));
+  need_vector(c, "group_norm", "bias", b, x.size(1));
   Tensor out = c.empty(x.shape(), DType::F32);
   c.backend->group_norm(x, groups, w, b, eps, silu, out);
   return out;
 }
 
 Tensor rope(Ctx& c, const Tensor& x, const Tensor& cos, const Tensor& sin) {
-  need_float("rope", "x", x);
-  need_float("rope", "cos", cos);
-  need_float("rope", "sin", sin);
+  need_float(c, "rope", "x", x);
+  need_float(c, "rope", "cos", cos);
+  need_float(c, "rope", "sin", sin);
   for (const Tensor* t : {&x, &cos, &sin}) need_contiguous("rope", "input", *t);
   if (x.dim() != 4 || x.size(3) % 2 != 0) fail("rope", "x " + x.describe() + " must be [B, H, L, D] with even D");
   if (cos.shape() != sin.shape() || cos.dim() != 3 || (cos.size(0) != 1 && cos.size(0) != x.size(0)) ||
@@ -197,7 +211,7 @@ Tensor silu(Ctx& c, const Tensor& x) { return unary(c, Unary::silu, "silu", x); 
 Tensor quick_gelu(Ctx& c, const Tensor& x) { return unary(c, Unary::quick_gelu, "quick_gelu", x); }
 
 Tensor softmax(Ctx& c, const Tensor& x) {
-  need_float("softmax", "x", x);
+  need_float(c, "softmax", "x", x);
   need_contiguous("softmax", "x", x);
   Tensor out = c.empty(x.shape(), DType::F32);
   c.backend->softmax(x, out);
@@ -210,13 +224,14 @@ Tensor mul(Ctx& c, const Tensor& a, const Tensor& b) { return binary(c, Binary::
 Tensor div(Ctx& c, const Tensor& a, const Tensor& b) { return binary(c, Binary::div, "div", a, b); }
 
 Tensor conv2d(Ctx& c, const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p) {
-  need_float("conv2d", "x", x);
+  need_float(c, "conv2d", "x", x);
+  need_here(c, "conv2d", "w", w);
   need_contiguous("conv2d", "x", x);
   need_contiguous("conv2d", "w", w);
   if (x.dim() != 4 || w.dim() != 4 || w.size(1) != x.size(1) || is_quantized(w.dtype()) || !info(w.dtype()).floating) {
     fail("conv2d", "x " + x.describe() + " [B, Cin, H, W] and w " + w.describe() + " [Cout, Cin, kh, kw] do not agree");
   }
-  need_vector("conv2d", "bias", bias, w.size(0));
+  need_vector(c, "conv2d", "bias", bias, w.size(0));
   if (p.stride < 1 || p.pad_top < 0 || p.pad_left < 0 || p.pad_bottom < 0 || p.pad_right < 0) fail("conv2d", "bad stride or padding");
   int64_t oh = (x.size(2) + p.pad_top + p.pad_bottom - w.size(2)) / p.stride + 1;
   int64_t ow = (x.size(3) + p.pad_left + p.pad_right - w.size(3)) / p.stride + 1;
@@ -227,7 +242,7 @@ Tensor conv2d(Ctx& c, const Tensor& x, const Tensor& w, const Tensor* bias, cons
 }
 
 Tensor upsample_nearest2x(Ctx& c, const Tensor& x) {
-  need_float("upsample_nearest2x", "x", x);
+  need_float(c, "upsample_nearest2x", "x", x);
   need_contiguous("upsample_nearest2x", "x", x);
   if (x.dim() != 4) fail("upsample_nearest2x", "x " + x.describe() + " must be [B, C, H, W]");
   Tensor out = c.empty({x.size(0), x.size(1), 2 * x.size(2), 2 * x.size(3)}, DType::F32);
@@ -243,7 +258,7 @@ Tensor concat(Ctx& c, const std::vector<Tensor>& xs, int dim) {
   Shape out_shape = xs[0].shape();
   out_shape[static_cast<size_t>(dim)] = 0;
   for (const Tensor& t : xs) {
-    need_float("concat", "input", t);
+    need_float(c, "concat", "input", t);
     need_contiguous("concat", "input", t);
     bool ok = t.dim() == nd;
     for (int d = 0; ok && d < nd; ++d) ok = d == dim || t.size(d) == xs[0].size(d);
@@ -256,6 +271,7 @@ Tensor concat(Ctx& c, const std::vector<Tensor>& xs, int dim) {
 }
 
 Tensor to_dtype(Ctx& c, const Tensor& x, DType dtype) {
+  need_here(c, "to_dtype", "x", x);
   if (!info(dtype).floating || is_quantized(dtype)) {
     fail("to_dtype", "cannot convert " + x.describe() + " to " + name(dtype));
   }
@@ -267,38 +283,80 @@ Tensor to_dtype(Ctx& c, const Tensor& x, DType dtype) {
 
 Tensor contiguous(Ctx& c, const Tensor& x) { return x.is_contiguous() ? x : to_dtype(c, x, x.dtype()); }
 
+namespace {
+// Host ids (any dtype the tokenizer or a file gives) -> I32 on the context's device, each
+// checked to be a whole number in [0, V).
+Tensor ids_on_device(Ctx& c, const char* op, const Tensor& ids, int64_t V) {
+  if (ids.device() != Device::CPU) fail(op, "ids " + ids.describe() + " must be on the host (they are the job's input)");
+  std::vector<float> idv = ids.to_floats();
+  Tensor host = Tensor::empty({static_cast<int64_t>(idv.size())}, DType::I32);
+  for (size_t i = 0; i < idv.size(); ++i) {
+    float f = idv[i];
+    if (!(f >= 0 && f < static_cast<float>(V)) || f != std::floor(f)) {
+      fail(op, "id " + std::to_string(f) + " at position " + std::to_string(i) + " is outside the vocabulary of " + std::to_string(V));
+    }
+    host.data<int32_t>()[i] = static_cast<int32_t>(f);
+  }
+  return to_device(c, host);
+}
+}  // namespace
+
+Tensor to_device(Ctx& c, const Tensor& t) {
+  if (!t.defined()) fail("to_device", "undefined tensor");
+  if (t.device() == c.backend->device()) return t;
+  Ctx host;   // a strided host view is made contiguous on the host first
+  Tensor src = t.is_contiguous() ? t : to_dtype(host, t, t.dtype());
+  Tensor out = c.empty(src.shape(), src.dtype());
+  c.backend->transfer(src, out);
+  return out;
+}
+
+Tensor to_host(Ctx& c, const Tensor& t) {
+  if (!t.defined()) fail("to_host", "undefined tensor");
+  if (t.device() == Device::CPU) return t;
+  Tensor src = t.is_contiguous() ? t : to_dtype(c, t, t.dtype());
+  Tensor out = Tensor::empty(src.shape(), src.dtype());
+  c.backend->transfer(src, out);
+  return out;
+}
+
+Tensor constant(Ctx& c, const Shape& shape, const std::vector<float>& values) {
+  return to_device(c, Tensor::from_floats(shape, values));
+}
+
+Tensor zeros(Ctx& c, const Shape& shape, DType dtype) {
+  if (c.backend->device() == Device::CPU && !c.arena) return Tensor::zeros(shape, dtype);
+  Tensor out = c.empty(shape, dtype);
+  c.backend->zero(out);
+  return out;
+}
+
 Tensor embedding(Ctx& c, const Tensor& table, const Tensor& ids) {
+  need_here(c, "embedding", "table", table);
   if (table.dim() != 2 || !info(table.dtype()).floating || !table.is_contiguous()) {
     fail("embedding", "table " + table.describe() + " must be a contiguous [V, H] float or block matrix");
   }
   if (ids.dim() != 2) fail("embedding", "ids " + ids.describe() + " must be [B, T]");
-  std::vector<float> idv = ids.to_floats();
-  int64_t V = table.size(0), H = table.size(1);
-  Tensor out = c.empty({ids.size(0), ids.size(1), H}, DType::F32);
-  size_t row_bytes = bytes_for(table.dtype(), H);
-  for (size_t i = 0; i < idv.size(); ++i) {
-    float f = idv[i];
-    if (!(f >= 0 && f < static_cast<float>(V)) || f != std::floor(f)) {
-      fail("embedding", "id " + std::to_string(f) + " at position " + std::to_string(i) + " is outside the vocabulary of " + std::to_string(V));
-    }
-    to_f32(table.dtype(), table.data<uint8_t>() + static_cast<size_t>(f) * row_bytes, out.data<float>() + i * static_cast<size_t>(H), H);
-  }
+  Tensor dev_ids = ids_on_device(c, "embedding", ids, table.size(0));
+  Tensor out = c.empty({ids.size(0), ids.size(1), table.size(1)}, DType::F32);
+  if (out.numel()) c.backend->embedding(table, dev_ids, out);
   return out;
 }
 
 Tensor arange_ids(Ctx& c, int64_t B, int64_t T) {
-  Tensor out = c.empty({B, T}, DType::F32);
+  Tensor out = Tensor::empty({B, T}, DType::F32);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < T; ++t) out.data<float>()[b * T + t] = static_cast<float>(t);
   return out;
 }
 
 Tensor gather_rows_at_argmax(Ctx& c, const Tensor& x, const Tensor& ids) {
-  need_float("gather_rows_at_argmax", "x", x);
+  need_float(c, "gather_rows_at_argmax", "x", x);
   need_contiguous("gather_rows_at_argmax", "x", x);
   if (x.dim() != 3 || ids.dim() != 2 || ids.size(0) != x.size(0) || ids.size(1) != x.size(1)) {
     fail("gather_rows_at_argmax", "x " + x.describe() + " and ids " + ids.describe() + " do not agree");
   }
+  if (ids.device() != Device::CPU) fail("gather_rows_at_argmax", "ids " + ids.describe() + " must be on the host");
   std::vector<float> idv = ids.to_floats();
   int64_t B = x.size(0), T = x.size(1), H = x.size(2);
   Tensor out = c.empty({B, H}, DType::F32);
@@ -307,7 +365,9 @@ Tensor gather_rows_at_argmax(Ctx& c, const Tensor& x, const Tensor& ids) {
     for (int64_t t = 1; t < T; ++t) {
       if (idv[static_cast<size_t>(b * T + t)] > idv[static_cast<size_t>(b * T + best)]) best = t;
     }
-    std::memcpy(out.data<float>() + b * H, x.data<float>() + (b * T + best) * H, static_cast<size_t>(H) * 4);
+    // One row, copied on the device (a [1, 1, H] view into x).
+    Tensor row = out.slice(0, b, 1).reshape({1, 1, H});
+    c.backend->copy(x.slice(0, b, 1).slice(1, best, 1), row);
   }
   return out;
 }
@@ -328,51 +388,37 @@ int t5_bucket(int64_t i, int64_t j, int num_buckets, int max_distance) {
 }
 
 Tensor t5_position_bias(Ctx& c, const Tensor& table, int64_t Lq, int64_t Lk, int max_distance, const Tensor* mask) {
-  need_float("t5_position_bias", "table", table);
+  need_float(c, "t5_position_bias", "table", table);
+  need_contiguous("t5_position_bias", "table", table);
   if (table.dim() != 2) fail("t5_position_bias", "table " + table.describe() + " must be [buckets, heads]");
   int64_t buckets = table.size(0), heads = table.size(1);
   int64_t B = mask ? mask->size(0) : 1;
   if (mask && (mask->dim() != 2 || mask->size(1) != Lk)) fail("t5_position_bias", "mask " + mask->describe() + " must be [B, Lk]");
-  std::vector<float> tv = table.to_floats(), mv = mask ? mask->to_floats() : std::vector<float>();
+  // Which bucket each (query, key) pair falls in depends on the positions alone: integer
+  // results of the reference's float32 logs, taken on the host where they match it exactly.
+  Tensor bk = Tensor::empty({Lq, Lk}, DType::I32);
+  for (int64_t i = 0; i < Lq; ++i)
+    for (int64_t j = 0; j < Lk; ++j) bk.data<int32_t>()[i * Lk + j] = t5_bucket(i, j, static_cast<int>(buckets), max_distance);
+  Tensor dev_buckets = to_device(c, bk);
+  Tensor dev_mask;
+  if (mask) dev_mask = to_device(c, mask->dtype() == DType::F32 ? *mask : Tensor::from_floats(mask->shape(), mask->to_floats()));
   Tensor out = c.empty({B, heads, Lq, Lk}, DType::F32);
-  float* o = out.data<float>();
-  const float lowest = std::numeric_limits<float>::lowest();
-  for (int64_t i = 0; i < Lq; ++i) {
-    for (int64_t j = 0; j < Lk; ++j) {
-      int bk = t5_bucket(i, j, static_cast<int>(buckets), max_distance);
-      for (int64_t b = 0; b < B; ++b) {
-        float add = mask ? (1.0f - mv[static_cast<size_t>(b * Lk + j)]) * lowest : 0.0f;
-        for (int64_t h = 0; h < heads; ++h) o[((b * heads + h) * Lq + i) * Lk + j] = tv[static_cast<size_t>(bk * heads + h)] + add;
-      }
-    }
-  }
+  c.backend->position_bias(table, dev_buckets, mask ? &dev_mask : nullptr, out);
   return out;
 }
 
-// The two table builders below run on the host: they are tiny (B x 256, B x L x D/2) and
-// their exact float32 arithmetic matters more than their speed.
 Tensor timestep_embedding(Ctx& c, const Tensor& t, int dim, float time_factor, float max_period) {
+  need_float(c, "timestep_embedding", "t", t);
+  need_contiguous("timestep_embedding", "t", t);
   if (t.dim() != 1 || dim % 2 != 0) fail("timestep_embedding", "t " + t.describe() + " must be [B]; dim even");
-  std::vector<float> tv = t.to_floats();
-  int half = dim / 2;
-  std::vector<float> freqs(static_cast<size_t>(half));
-  const float neg_log = static_cast<float>(-std::log(static_cast<double>(max_period)));
-  for (int i = 0; i < half; ++i) freqs[static_cast<size_t>(i)] = std::exp(static_cast<float>(i) * neg_log / static_cast<float>(half));
-  std::vector<float> out(tv.size() * static_cast<size_t>(dim));
-  for (size_t b = 0; b < tv.size(); ++b) {
-    float scaled = time_factor * tv[b];
-    for (int i = 0; i < half; ++i) {
-      float arg = scaled * freqs[static_cast<size_t>(i)];
-      out[b * static_cast<size_t>(dim) + static_cast<size_t>(i)] = std::cos(arg);
-      out[b * static_cast<size_t>(dim) + static_cast<size_t>(half + i)] = std::sin(arg);
-    }
-  }
-  Tensor r = c.empty({t.size(0), dim}, DType::F32);
-  std::memcpy(r.data<float>(), out.data(), out.size() * 4);
-  return r;
+  Tensor out = c.empty({t.size(0), dim}, DType::F32);
+  c.backend->timestep_embedding(t, time_factor, max_period, out);
+  return out;
 }
 
 std::pair<Tensor, Tensor> rope_tables(Ctx& c, const Tensor& ids, const std::vector<int>& axes_dim, double theta) {
+  need_float(c, "rope_tables", "ids", ids);
+  need_contiguous("rope_tables", "ids", ids);
   if (ids.dim() != 3 || ids.size(2) != static_cast<int64_t>(axes_dim.size())) {
     fail("rope_tables", "ids " + ids.describe() + " must be [B, L, " + std::to_string(axes_dim.size()) + "]");
   }
@@ -381,26 +427,39 @@ std::pair<Tensor, Tensor> rope_tables(Ctx& c, const Tensor& ids, const std::vect
     if (d <= 0 || d % 2 != 0) fail("rope_tables", "axis width " + std::to_string(d) + " is not a positive even number");
     pairs += d / 2;
   }
-  std::vector<float> idv = ids.to_floats();
-  int64_t B = ids.size(0), L = ids.size(1), A = ids.size(2);
-  Tensor cs = c.empty({B, L, pairs}, DType::F32), sn = c.empty({B, L, pairs}, DType::F32);
-  float* co = cs.data<float>();
-  float* so = sn.data<float>();
-  for (int64_t bl = 0; bl < B * L; ++bl) {
-    int j0 = 0;
-    for (int64_t a = 0; a < A; ++a) {
-      int d = axes_dim[static_cast<size_t>(a)];
-      double pos = idv[static_cast<size_t>(bl * A + a)];
-      for (int j = 0; j < d / 2; ++j) {
-        double omega = 1.0 / std::pow(theta, static_cast<double>(2 * j) / d);
-        double angle = pos * omega;
-        co[bl * pairs + j0 + j] = static_cast<float>(std::cos(angle));
-        so[bl * pairs + j0 + j] = static_cast<float>(std::sin(angle));
-      }
-      j0 += d / 2;
+  Tensor cs = c.empty({ids.size(0), ids.size(1), pairs}, DType::F32), sn = c.empty({ids.size(0), ids.size(1), pairs}, DType::F32);
+  c.backend->rope_tables(ids, axes_dim, theta, cs, sn);
+  return {cs, sn};
+}
+
+Tensor to_u8(Ctx& c, const Tensor& image) {
+  need_float(c, "to_u8", "image", image);
+  need_contiguous("to_u8", "image", image);
+  if (image.dim() != 4 || image.size(1) != 3) fail("to_u8", "image " + image.describe() + " must be [B, 3, H, W]");
+  Tensor out = c.empty({image.size(0), image.size(2), image.size(3), 3}, DType::U8);
+  c.backend->to_u8(image, out);
+  return out;
+}
+
+void blend_tile(Ctx& c, const Tensor& tile, const Tensor& wy, const Tensor& wx, int64_t b, int64_t y0, int64_t x0,
+                Tensor& acc, Tensor* wsum) {
+  for (auto [n, t] : {std::pair{"tile", &tile}, {"wy", &wy}, {"wx", &wx}, {"acc", &acc}}) {
+    need_float(c, "blend_tile", n, *t);
+    need_contiguous("blend_tile", n, *t);
+  }
+  if (tile.dim() != 4 || tile.size(0) != 1 || acc.dim() != 4 || acc.size(1) != tile.size(1) || wy.numel() != tile.size(2) ||
+      wx.numel() != tile.size(3) || b < 0 || b >= acc.size(0) || y0 < 0 || x0 < 0 || y0 + tile.size(2) > acc.size(2) ||
+      x0 + tile.size(3) > acc.size(3)) {
+    fail("blend_tile", "tile " + tile.describe() + " at (" + std::to_string(b) + ", " + std::to_string(y0) + ", " + std::to_string(x0) +
+                           ") does not fit acc " + acc.describe() + " with weights " + wy.describe() + " / " + wx.describe());
+  }
+  if (wsum) {
+    need_float(c, "blend_tile", "wsum", *wsum);
+    if (wsum->dim() != 2 || wsum->size(0) != acc.size(2) || wsum->size(1) != acc.size(3)) {
+      fail("blend_tile", "wsum " + wsum->describe() + " must be [H, W] of acc " + acc.describe());
     }
   }
-  return {cs, sn};
+  c.backend->blend_tile(tile, wy, wx, b, y0, x0, acc, wsum);
 }
 
 }  // namespace ops

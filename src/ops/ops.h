@@ -15,13 +15,27 @@ namespace fluxpipe {
 
 struct Ctx {
   Backend* backend = &cpu_backend();
-  Arena* arena = nullptr;          // null: outputs are fresh allocations
+  Arena* arena = nullptr;          // host outputs come from it when set (CPU backend only); else fresh allocations
   Compute compute = Compute::F32;
 
+  // An uninitialised tensor on the backend's device.
   Tensor empty(const Shape& shape, DType dtype) const;
 };
 
+// Every op's tensor inputs must live on the context's device (an error names the op and the
+// tensor otherwise), except where a comment says "host": token ids and the like are the job's
+// inputs, read and checked on the host, and uploaded by the op.
 namespace ops {
+
+// ---- moving data (the only ops that cross between host and device) ----
+// `t` on the context's device: `t` itself when it is there already, else a contiguous copy.
+Tensor to_device(Ctx& c, const Tensor& t);
+// `t` on the host: itself when it is there already, else a contiguous copy (waits for the device).
+Tensor to_host(Ctx& c, const Tensor& t);
+// F32 `values` of `shape` on the context's device (constants such as a step's dt).
+Tensor constant(Ctx& c, const Shape& shape, const std::vector<float>& values);
+// Zero-filled, on the context's device.
+Tensor zeros(Ctx& c, const Shape& shape, DType dtype);
 
 // x [..., K], w [N, K], bias [N] -> [..., N] F32.
 Tensor linear(Ctx& c, const Tensor& x, const Tensor& w, const Tensor* bias = nullptr);
@@ -56,19 +70,26 @@ Tensor timestep_embedding(Ctx& c, const Tensor& t, int dim, float time_factor = 
 // omega_j = theta^(-2j/d_a); returns {cos, sin}, each [B, L, sum(axes_dim)/2], computed in
 // double from the float ids and rounded to float32.
 std::pair<Tensor, Tensor> rope_tables(Ctx& c, const Tensor& ids, const std::vector<int>& axes_dim, double theta);
-// Rows of `table` [V, H] (any float or block dtype) picked by `ids` [B, T] (integer or float
-// values) -> [B, T, H] F32. UserError naming the first id outside [0, V).
+// Rows of `table` [V, H] (any float or block dtype) picked by `ids` [B, T] (host; integer or
+// float values) -> [B, T, H] F32. UserError naming the first id outside [0, V).
 Tensor embedding(Ctx& c, const Tensor& table, const Tensor& ids);
-// Position ids 0..T-1 for each of B rows -> [B, T] (F32 values).
+// Position ids 0..T-1 for each of B rows -> [B, T] (F32 values, on the host: ids for embedding).
 Tensor arange_ids(Ctx& c, int64_t B, int64_t T);
 // x [B, T, H] -> [B, H]: for each b the row at the first position of the largest id in ids[b]
-// (CLIP's pooling: the first end-of-text token).
+// (host ids; CLIP's pooling: the first end-of-text token).
 Tensor gather_rows_at_argmax(Ctx& c, const Tensor& x, const Tensor& ids);
 // T5's bidirectional relative-position bucket of key j for query i (HF's arithmetic, float32 logs).
 int t5_bucket(int64_t i, int64_t j, int num_buckets, int max_distance);
 // T5's attention bias: table [buckets, heads] -> [1, heads, Lq, Lk] (bias[h,i,j] = table[bucket(i,j), h]);
-// with mask [B, Lk] (1 = attend), [B, heads, Lq, Lk] with (1 - mask) * lowest float added.
+// with mask [B, Lk] (host or device; 1 = attend), [B, heads, Lq, Lk] with (1 - mask) * lowest float added.
+// The bucket of each (i, j) is integer arithmetic on positions alone, computed on the host.
 Tensor t5_position_bias(Ctx& c, const Tensor& table, int64_t Lq, int64_t Lk, int max_distance, const Tensor* mask);
+// The 8-bit image: image F32 [B, 3, H, W] in [-1, 1] -> U8 [B, H, W, 3] (see Backend::to_u8).
+Tensor to_u8(Ctx& c, const Tensor& image);
+// Tiled decoding's blend (see Backend::blend_tile): adds the weighted tile into acc (and the
+// weights into wsum when given) in place. wy/wx on the context's device.
+void blend_tile(Ctx& c, const Tensor& tile, const Tensor& wy, const Tensor& wx, int64_t b, int64_t y0, int64_t x0,
+                Tensor& acc, Tensor* wsum);
 // A contiguous copy in `dtype` (dense float types).
 Tensor to_dtype(Ctx& c, const Tensor& x, DType dtype);
 Tensor contiguous(Ctx& c, const Tensor& x);

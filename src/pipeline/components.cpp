@@ -15,6 +15,7 @@
 #include "models/flux/flux.h"
 #include "models/text/encoders.h"
 #include "models/vae/vae.h"
+#include "pipeline/device_select.h"
 #include "pipeline/memory_plan.h"
 #include "pipeline/noise.h"
 #include "pipeline/sampler.h"
@@ -88,7 +89,10 @@ ComponentReport run_component(const ComponentRun& r) {
   auto started = std::chrono::steady_clock::now();
   Arena arena;
   Ctx c;
-  c.arena = &arena;
+  std::string device_said;
+  c.backend = &resolve_device(r.device, &device_said);
+  if (c.backend->device() == Device::CPU) c.arena = &arena;
+  auto here = [&](io::WeightSet w) { return weights_on(*c.backend, w); };
   if (r.compute == "bf16") c.compute = Compute::BF16;
   else if (r.compute != "f32") fail("--compute must be f32 or bf16, got '" + r.compute + "'");
   if (r.output.empty()) fail("--output is required");
@@ -103,9 +107,9 @@ ComponentReport run_component(const ComponentRun& r) {
     if (r.inputs.empty()) fail("--inputs is required");
     io::WeightSet in = io::load_weights(r.inputs);
     std::optional<nlohmann::json> params = read_params(r.config);
-    auto get = [&](const std::string& n) { return as_f32(c, input(in, n, r.inputs)); };
+    auto get = [&](const std::string& n) { return as_f32(c, ops::to_device(c, input(in, n, r.inputs))); };
     if (r.component == "transformer") {
-      io::WeightSet w = transformer_weights(r.weights);
+      io::WeightSet w = here(transformer_weights(r.weights));
       flux::Model model(flux::Config::from_weights(w, params ? &*params : nullptr), w);
       Tensor guidance;
       if (model.config().guidance_embed) guidance = get("guidance");
@@ -113,26 +117,26 @@ ComponentReport run_component(const ComponentRun& r) {
                                guidance.defined() ? &guidance : nullptr);
       out.push_back({"output", o});
     } else if (r.component == "vae-decode" || r.component == "vae-encode") {
-      io::WeightSet w = ae_weights(r.weights);
+      io::WeightSet w = here(ae_weights(r.weights));
       vae::Model ae(vae::Config::from_weights(w, params ? &*params : nullptr), w);
       if (r.component == "vae-decode") out.push_back({"decode.out", ae.decode(c, get("decode.z"))});
       else out.push_back({"encode.out", ae.encode(c, get("encode.x"))});
     } else if (r.component == "clip") {
-      io::WeightSet w = io::text_encoder_weights(io::load_weights(r.weights));
+      io::WeightSet w = here(io::text_encoder_weights(io::load_weights(r.weights)));
       text::ClipTextModel clip(text::ClipConfig::from_weights(w, params ? &*params : nullptr), w);
       text::ClipOutput o = clip.forward(c, input(in, "input_ids", r.inputs));
       out.push_back({"last_hidden_state", o.last_hidden_state});
       out.push_back({"pooler_output", o.pooler_output});
     } else if (r.component == "t5") {
-      io::WeightSet w = io::text_encoder_weights(io::load_weights(r.weights));
+      io::WeightSet w = here(io::text_encoder_weights(io::load_weights(r.weights)));
       text::T5Encoder t5(text::T5Config::from_weights(w, params ? &*params : nullptr), w);
       Tensor mask;
       if (r.mask) mask = input(in, "attention_mask", r.inputs);
       out.push_back({"last_hidden_state", t5.forward(c, input(in, "input_ids", r.inputs), r.mask ? &mask : nullptr)});
     } else if (r.component == "sample") {
       if (r.ae.empty()) fail("sample needs --ae (autoencoder weights)");
-      io::WeightSet tw = transformer_weights(r.weights);
-      io::WeightSet aw = ae_weights(r.ae);
+      io::WeightSet tw = here(transformer_weights(r.weights));
+      io::WeightSet aw = here(ae_weights(r.ae));
       std::optional<nlohmann::json> ae_params = read_params(r.ae_config);
       flux::Model model(flux::Config::from_weights(tw, params ? &*params : nullptr), tw);
       vae::Model ae(vae::Config::from_weights(aw, ae_params ? &*ae_params : nullptr), aw);
@@ -140,11 +144,11 @@ ComponentReport run_component(const ComponentRun& r) {
       if (noise.dim() != 4) fail("noise " + noise.describe() + " must be [B, 16, h, w]");
       int64_t B = noise.size(0), h = noise.size(2), w = noise.size(3);
       Tensor txt = get("txt");
-      Tensor txt_ids = in.has("txt_ids") ? get("txt_ids") : sampling::text_ids(B, txt.size(1));
-      sampling::DenoiseInputs d{sampling::pack(c, noise), sampling::image_ids(B, h, w), txt, txt_ids, get("vec"),
+      Tensor txt_ids = in.has("txt_ids") ? get("txt_ids") : ops::to_device(c, sampling::text_ids(B, txt.size(1)));
+      sampling::DenoiseInputs d{sampling::pack(c, noise), ops::to_device(c, sampling::image_ids(B, h, w)), txt, txt_ids, get("vec"),
                                 sampling::schedule(r.steps, (h / 2) * (w / 2), model.config().guidance_embed),
                                 std::nullopt, Tensor(), Tensor(), 1.0f};
-      if (model.config().guidance_embed) d.guidance = in.has("guidance") ? get("guidance").to_floats()[0] : r.guidance;
+      if (model.config().guidance_embed) d.guidance = in.has("guidance") ? input(in, "guidance", r.inputs).to_floats()[0] : r.guidance;
       Tensor final = sampling::denoise(c, model, d);
       Tensor latents = sampling::unpack(c, final, h, w);
       Tensor image = ae.decode(c, latents);
@@ -152,7 +156,7 @@ ComponentReport run_component(const ComponentRun& r) {
       out.push_back({"latents_unpacked", latents});
       out.push_back({"image", image});
       // The reference stores the 8-bit image as float values 0..255.
-      out.push_back({"image_u8", ops::to_dtype(c, sampling::to_u8(image), DType::F32)});
+      out.push_back({"image_u8", ops::to_dtype(c, ops::to_u8(c, image), DType::F32)});
     } else {
       fail("unknown component '" + r.component + "' (transformer, vae-decode, vae-encode, sample, randn, clip, t5)");
     }
@@ -161,8 +165,9 @@ ComponentReport run_component(const ComponentRun& r) {
   // Copies out of the arena (the file writer needs the tensors after the arena is gone).
   io::NamedTensors owned;
   for (auto& [n, t] : out) {
-    Tensor copy = Tensor::zeros(t.shape(), t.dtype());
-    std::memcpy(copy.data<uint8_t>(), t.data<uint8_t>(), t.nbytes());
+    Tensor host = ops::to_host(c, t);
+    Tensor copy = Tensor::zeros(host.shape(), host.dtype());
+    std::memcpy(copy.data<uint8_t>(), host.data<uint8_t>(), host.nbytes());
     owned.push_back({n, copy});
     rep.written.push_back(n);
   }
@@ -170,6 +175,7 @@ ComponentReport run_component(const ComponentRun& r) {
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   rep.peak_rss_bytes = peak_rss_bytes();
   rep.arena_peak_bytes = arena.peak();
+  rep.device = device_said;
   return rep;
 }
 

@@ -1,4 +1,5 @@
-// `fluxpipe devices`: the CPU as the engine sees it (the CUDA backend is not built yet).
+// `fluxpipe devices`: the CPU and the CUDA GPUs as the engine sees them; and `--device`, which
+// picks one of them for an engine (pipeline/device_select.h).
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -7,6 +8,8 @@
 #include "backend/cpu/gemm_int8.h"
 #include "backend/cpu/isa.h"
 #include "core/thread_pool.h"
+#include "core/error.h"
+#include "pipeline/device_select.h"
 #include "pipeline/memory_plan.h"
 #include "pipeline/pipeline.h"
 
@@ -59,7 +62,65 @@ std::vector<DeviceReport> devices() {
     }
     r.facts.push_back({std::string(t == DType::Q8_0 ? "q8_0" : "q4_0") + " weights", what});
   }
-  return {r};
+  std::vector<DeviceReport> out{r};
+  std::string why;
+  std::vector<CudaDeviceInfo> gpus = cuda_devices(&why);
+  if (gpus.empty()) {
+    out.push_back({"cuda", {{"status", why}}});
+  }
+  for (const CudaDeviceInfo& g : gpus) {
+    auto version = [](int v) { return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10); };
+    out.push_back({"cuda:" + std::to_string(g.index),
+                   {{"model", g.name},
+                    {"compute capability", std::to_string(g.cc_major) + "." + std::to_string(g.cc_minor)},
+                    {"memory", gib(g.total_bytes) + " total, " + gib(g.free_bytes) + " free"},
+                    {"driver", "CUDA " + version(g.driver_version)},
+                    {"runtime", "CUDA " + version(g.runtime_version)}}});
+  }
+  return out;
+}
+
+bool build_has_cuda() { return cuda_built(); }
+
+Backend& resolve_device(const std::string& spec, std::string* said) {
+  std::string why;
+  if (spec == "cpu") {
+    if (said) *said = "cpu";
+    return cpu_backend();
+  }
+  if (spec == "auto" || spec.empty()) {
+    std::vector<CudaDeviceInfo> gpus = cuda_devices(&why);
+    if (gpus.empty()) {
+      if (said) *said = "cpu (" + why + ")";
+      return cpu_backend();
+    }
+    Backend& b = cuda_backend(0);
+    if (said) *said = b.name() + " (the first CUDA GPU)";
+    return b;
+  }
+  int index = -1;
+  if (spec == "cuda") index = 0;
+  else if (spec.rfind("cuda:", 0) == 0 && spec.size() > 5 && spec.size() < 9 &&
+           spec.find_first_not_of("0123456789", 5) == std::string::npos) index = std::stoi(spec.substr(5));
+  if (index < 0) throw UserError("[device] '" + spec + "' is not auto, cpu, cuda or cuda:N");
+  Backend& b = cuda_backend(index);
+  if (said) *said = b.name();
+  return b;
+}
+
+io::WeightSet weights_on(Backend& backend, const io::WeightSet& w) {
+  if (backend.device() == Device::CPU) return w;
+  io::WeightSet out;
+  out.metadata = w.metadata;
+  out.files = w.files;
+  for (const auto& [name, t] : w.tensors) {
+    if (!t.is_contiguous()) throw InternalError("[device] weight '" + name + "' " + t.describe() + " is not contiguous");
+    Tensor d = Tensor::view_of(backend.allocate(std::max<size_t>(t.nbytes(), 1)), 0, t.shape(), t.dtype());
+    backend.transfer(t, d);
+    out.tensors.emplace(name, d);
+  }
+  backend.synchronize();
+  return out;
 }
 
 }  // namespace fluxpipe

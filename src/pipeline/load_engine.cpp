@@ -12,6 +12,7 @@
 #include "models/flux/flux.h"
 #include "models/text/encoders.h"
 #include "models/vae/vae.h"
+#include "pipeline/device_select.h"
 #include "pipeline/memory_plan.h"
 #include "pipeline/model_files.h"
 #include "pipeline/noise.h"
@@ -26,8 +27,11 @@ const nlohmann::json* opt(const std::optional<nlohmann::json>& j) { return j ? &
 
 class FluxEngine final : public Engine {
  public:
-  FluxEngine(ModelFiles files, const EngineOptions& options)
+  // `files` already on `backend`'s device; `gpu_free` the GPU memory free before they were copied.
+  FluxEngine(ModelFiles files, const EngineOptions& options, Backend& backend, std::string device_said, size_t gpu_free)
       : options_(options),
+        backend_(&backend),
+        device_said_(std::move(device_said)),
         files_(std::move(files)),
         flux_(flux::Config::from_weights(files_.transformer, opt(files_.transformer_params)), files_.transformer),
         ae_(vae::Config::from_weights(files_.ae, opt(files_.ae_params)), files_.ae),
@@ -47,6 +51,14 @@ class FluxEngine final : public Engine {
     // What the process holds already (code, libraries, tokenizers; the weights are mapped but not
     // yet read) plus room for kernel scratch and the JIT code oneDNN makes.
     size_t held = options_.held_bytes ? options_.held_bytes : resident_bytes() + (size_t{256} << 20);
+    if (on_gpu()) {
+      // On a GPU every part stays resident: the budget is what was free there, and the weights
+      // plus the backend's scratch (products' workspace, attention scores and im2col columns in
+      // chunks of at most 1 GiB) are held from the start.
+      budget = options_.vram_budget ? std::min(options_.vram_budget, gpu_free) : gpu_free;
+      held = io::total_bytes(files_.transformer) + io::total_bytes(files_.ae) + io::total_bytes(files_.clip) +
+             io::total_bytes(files_.t5) + (size_t{2} << 30);
+    }
     planner_ = std::make_unique<MemoryPlanner>(budget, held);
     auto part = [&](const char* name, const io::WeightSet& w) {
       return planner_->add_part(name, io::total_bytes(w), [&w] { io::release_resident_pages(w); });
@@ -66,7 +78,8 @@ class FluxEngine final : public Engine {
     const int64_t m = cfg_run(job) ? 2 : 1;   // true CFG runs the model on both conditionings
     const size_t budget = planner_->budget(), held = planner_->reserved();
     const size_t room = budget > held ? budget - held : 0;
-    const size_t weights = planner_->part_bytes(part_transformer_);
+    // On the CPU the transformer's pages can be evicted and re-read; on a GPU they are counted in `held`.
+    const size_t weights = on_gpu() ? 0 : planner_->part_bytes(part_transformer_);
     auto act_at = [&](int64_t width, int64_t height) {
       int64_t tokens = image_tokens(width, height);
       return [=, this](int64_t b) { return denoise_activation_bytes(b * m, tokens, t5_len(), flux_.config().hidden); };
@@ -82,8 +95,11 @@ class FluxEngine final : public Engine {
       else std::snprintf(s, sizeof s, "%.1f GiB", static_cast<double>(b) / static_cast<double>(size_t{1} << 30));
       return std::string(s);
     };
-    std::string budget_text = "the engine plans each job within a memory budget of " + gib(budget) + ", " + gib(held) +
-                              " of which the process itself holds";
+    std::string budget_text = on_gpu() ? "the engine plans each job within " + gib(budget) +
+                                             " of GPU memory (--vram-budget; default what was free at load), " + gib(held) +
+                                             " of which its weights and scratch hold"
+                                       : "the engine plans each job within a memory budget of " + gib(budget) + ", " + gib(held) +
+                                             " of which the process itself holds";
     int64_t side = 0;
     for (int64_t s = 16; s <= 16384 && act_at(s, s)(1) <= room; s += 16) side = s;
     std::string reason = "a " + std::to_string(job.width) + "x" + std::to_string(job.height) + " image needs about " +
@@ -99,6 +115,7 @@ class FluxEngine final : public Engine {
     JobFit fit = check_fit(job);
     if (!fit.fits) throw UserError(fit.reason);
     Ctx c;
+    c.backend = backend_;
     c.compute = Compute::BF16;
     const int64_t B = static_cast<int64_t>(job.seeds.size());
     const int64_t batch = std::clamp<int64_t>(fit.batch, 1, B);
@@ -125,7 +142,7 @@ class FluxEngine final : public Engine {
     };
     plan_.clear();
     const bool cfg = cfg_run(job);
-    note_released(planner_->enter({part_clip_, part_t5_}, text_activation_bytes(t5_.config().d_model)), "text encoding");
+    enter({part_clip_, part_t5_}, text_activation_bytes(t5_.config().d_model), "text encoding");
     Tensor txt, vec, neg_txt, neg_vec;
     encode(job.prompt, &txt, &vec);
     if (cfg) encode(job.negative_prompt, &neg_txt, &neg_vec);
@@ -143,16 +160,15 @@ class FluxEngine final : public Engine {
       std::vector<int64_t> seeds(job.seeds.begin() + first, job.seeds.begin() + first + n);
       sampling::RenderRequest rr{repeat(txt, n), repeat(vec, n), repeat(neg_txt, n), repeat(neg_vec, n),
                                  job.true_cfg_scale, seeds, job.width, job.height, job.steps, 3.5f};
-      note_released(planner_->enter({part_transformer_}, denoise_activation_bytes(cfg ? 2 * n : n, image_tokens(job.width, job.height),
-                                                                                   t5_len(), flux_.config().hidden)),
-                    "denoising");
+      enter({part_transformer_}, denoise_activation_bytes(cfg ? 2 * n : n, image_tokens(job.width, job.height), t5_len(), flux_.config().hidden),
+            "denoising");
       auto start = std::chrono::steady_clock::now();
       auto hook = [&](int done, int total) { return on_step(k * total + done, batches * total); };
       Tensor z = sampling::render_latents(c, flux_, ae_, rr, hook);   // [n, z, h, w]
       block_cache::trim();
       denoise_s += seconds_since(start);
       start = std::chrono::steady_clock::now();
-      Tensor u8 = sampling::to_u8(decode(c, z));                      // [n, H, W, 3]
+      Tensor u8 = sampling::to_u8(c, decode(c, z));                      // [n, H, W, 3]
       block_cache::trim();   // the batch's activation blocks go back to the system
       decode_s += seconds_since(start);
       int64_t H = u8.size(1), W = u8.size(2);
@@ -175,6 +191,7 @@ class FluxEngine final : public Engine {
     return s.empty() ? "kept every part resident" : s;
   }
   std::vector<std::pair<std::string, double>> last_stage_seconds() const override { return stages_; }
+  std::string device_name() const override { return device_said_; }
 
  private:
   int t5_len() const { return flux_.config().guidance_embed ? 512 : 256; }   // dev reads 512 tokens, schnell 256
@@ -183,6 +200,16 @@ class FluxEngine final : public Engine {
   int64_t image_tokens(int64_t width, int64_t height) const {
     const int64_t f = ae_.spatial_factor();
     return ((height + 2 * f - 1) / (2 * f)) * ((width + 2 * f - 1) / (2 * f));
+  }
+  bool on_gpu() const { return backend_->device() != Device::CPU; }
+  // Before a phase: the planner releases host parts it must (on a GPU nothing is released).
+  void enter(const std::vector<int>& parts, size_t activation_bytes, const char* phase) {
+    if (!on_gpu()) note_released(planner_->enter(parts, activation_bytes), phase);
+  }
+  // Memory for a decode's activations with the autoencoder resident (and, on a GPU, everything).
+  size_t decode_room() const {
+    if (!on_gpu()) return planner_->room_with_only({part_ae_});
+    return planner_->budget() > planner_->reserved() ? planner_->budget() - planner_->reserved() : 0;
   }
   // Records the parts a phase released (once each, however many batches).
   void note_released(const std::vector<std::string>& names, const char* before) {
@@ -199,18 +226,18 @@ class FluxEngine final : public Engine {
     const size_t whole = decode_activation_bytes(1, pixels) * static_cast<size_t>(B);
     bool tiled = options_.vae_tiling == Tiling::on;
     if (options_.vae_tiling == Tiling::automatic) {
-      tiled = whole > planner_->room_with_only({part_ae_});
+      tiled = whole > decode_room();
     }
     if (!tiled) {
-      note_released(planner_->enter({part_ae_}, whole), "decoding");
+      enter({part_ae_}, whole, "decoding");
       return ae_.decode(c, z);
     }
     // Tiles sized to what is left once everything but the autoencoder is released (if needed).
-    size_t room = planner_->room_with_only({part_ae_});
+    size_t room = decode_room();
     int64_t tile = decode_tile_for(room, f);
     if (options_.vae_tiling == Tiling::on) tile = std::min<int64_t>(tile, 64);   // forced: 512-pixel tiles at most
     const int64_t overlap = std::max<int64_t>(4, tile / 4);
-    note_released(planner_->enter({part_ae_}, decode_activation_bytes(1, tile * tile * f * f)), "decoding");
+    enter({part_ae_}, decode_activation_bytes(1, tile * tile * f * f), "decoding");
     size_t tiles = vae::tile_spans(z.size(2), tile, overlap).size() * vae::tile_spans(z.size(3), tile, overlap).size();
     std::string line = "decoded in " + std::to_string(tiles * static_cast<size_t>(B)) + " tiles of " + std::to_string(tile * f) +
                        " pixels (overlap " + std::to_string(overlap * f) + ")";
@@ -231,6 +258,8 @@ class FluxEngine final : public Engine {
   }
 
   EngineOptions options_;
+  Backend* backend_;
+  std::string device_said_;
   ModelFiles files_;
   flux::Model flux_;
   vae::Model ae_;
@@ -259,7 +288,18 @@ std::unique_ptr<Engine> load_engine(const std::string& model_path, const EngineO
   // start (naming the variable) and not the first job.
   (void)cpu::active_isa();
   (void)cpu::gemm_int8_available(DType::Q8_0);
-  return std::make_unique<FluxEngine>(find_model_files(model_path), options);
+  std::string said;
+  Backend& backend = resolve_device(options.device, &said);
+  ModelFiles files = find_model_files(model_path);
+  size_t gpu_free = 0;
+  if (backend.device() != Device::CPU) {
+    std::string why;
+    for (const CudaDeviceInfo& d : cuda_devices(&why)) {
+      if (backend.name().rfind("cuda:" + std::to_string(d.index) + " ", 0) == 0) gpu_free = d.free_bytes;
+    }
+    for (io::WeightSet* w : {&files.transformer, &files.ae, &files.clip, &files.t5}) *w = weights_on(backend, *w);
+  }
+  return std::make_unique<FluxEngine>(std::move(files), options, backend, said, gpu_free);
 }
 
 }  // namespace fluxpipe

@@ -78,6 +78,9 @@ class Engine {
   // What the memory plan did in the last generate(), in words ("kept every part resident",
   // "released the T5 encoder before denoising; decoded in 4 tiles of 64"); empty if nothing to say.
   virtual std::string last_memory_plan() const { return {}; }
+  // Where it computes, as chosen at load: "cpu", "cuda:0 (NVIDIA H200)", with the reason for an
+  // automatic choice ("cpu (no CUDA GPU is present)").
+  virtual std::string device_name() const { return "cpu"; }
 };
 
 enum class Tiling { automatic, on, off };
@@ -89,6 +92,16 @@ struct EngineOptions {
   size_t memory_budget = 0;
   // Tiled decoding: automatic when a whole decode would not fit the budget, always, or never.
   Tiling vae_tiling = Tiling::automatic;
+  // Where the engine computes: "auto" (the first CUDA GPU when the build has CUDA and one is
+  // present, else the CPU), "cpu", "cuda" or "cuda:N". On a GPU the weights are copied there once
+  // at load, every part stays resident, and a job is planned within the GPU memory that was free
+  // at load (memory_budget then applies to the host only, which holds nothing of note).
+  // The CLI and the server default to "auto" (FLUXPIPE_DEVICE); a program embedding the engine
+  // gets the CPU unless it asks.
+  std::string device = "cpu";
+  // On a GPU: the device memory a job is planned within, in bytes; 0: what was free there at
+  // load. A job whose working memory does not fit beside the weights is refused before it starts.
+  size_t vram_budget = 0;
   // Memory the process holds besides the model and a job's activations, counted against the
   // budget; 0: measured at load (the resident set then, plus 256 MiB for kernel scratch and the
   // code oneDNN generates). Set by callers that account for it themselves (the tests do, to
@@ -144,13 +157,15 @@ struct ComponentRun {
   std::vector<int64_t> shape;    // randn
   std::string dtype = "f32";     // randn: f32 | bf16
   bool mask = false;             // t5: use `attention_mask` (Flux does not)
+  std::string device = "cpu";    // as EngineOptions::device; inputs and weights are copied there, outputs back
 };
 
 struct ComponentReport {
   std::vector<std::string> written;   // tensor names
   double seconds = 0;
   size_t peak_rss_bytes = 0;          // VmHWM of the process
-  size_t arena_peak_bytes = 0;        // activations
+  size_t arena_peak_bytes = 0;        // activations (CPU)
+  std::string device;                 // where it ran ("cpu", "cuda:0 (...)")
 };
 
 // `fluxpipe quantize`: reads weights (any layout; a FLUX transformer is renamed to BFL names),
@@ -162,15 +177,19 @@ int quantize_file(const std::string& input, const std::string& output, const std
 // The process's peak resident memory (VmHWM), in bytes.
 size_t peak_rss_bytes();
 
-// `fluxpipe devices`: what the engine can run on here. One entry per device (the CPU today):
-// its name, and lines of "what: value" — model, threads, memory, the instruction-set level
-// detected and in force (FLUXPIPE_ISA), which product kernels run for bf16 and for Q8_0/Q4_0
-// weights. Throws UserError when FLUXPIPE_ISA names a level this CPU lacks.
+// `fluxpipe devices`: what the engine can run on here, as lines of "what: value" per device.
+// The CPU: model, threads, memory, the instruction-set level detected and in force
+// (FLUXPIPE_ISA), which product kernels run for bf16 and for Q8_0/Q4_0 weights. Each CUDA GPU
+// ("cuda:N"): name, compute capability, total and free memory, driver and runtime versions; or
+// one "cuda" entry whose status says why there is none (no CUDA in this build, no driver, no
+// GPU). Throws UserError when FLUXPIPE_ISA names a level this CPU lacks.
 struct DeviceReport {
   std::string name;
   std::vector<std::pair<std::string, std::string>> facts;
 };
 std::vector<DeviceReport> devices();
+// Whether this build has the CUDA backend (whether a GPU is present is devices()'s business).
+bool build_has_cuda();
 
 // Throws UserError naming the missing input, file or option.
 ComponentReport run_component(const ComponentRun& run);

@@ -72,29 +72,32 @@ Tensor denoise(Ctx& c, const flux::Model& model, const DenoiseInputs& in, const 
   int64_t B = in.img.size(0);
   Tensor img = in.img;
   Tensor guidance;
-  if (in.guidance) guidance = Tensor::from_floats({B}, std::vector<float>(static_cast<size_t>(B), *in.guidance));
+  if (in.guidance) guidance = ops::constant(c, {B}, std::vector<float>(static_cast<size_t>(B), *in.guidance));
   int total = static_cast<int>(in.timesteps.size()) - 1;
   for (int i = 0; i < total; ++i) {
     float t_curr = in.timesteps[static_cast<size_t>(i)], t_prev = in.timesteps[static_cast<size_t>(i) + 1];
-    Tensor t = Tensor::from_floats({B}, std::vector<float>(static_cast<size_t>(B), t_curr));
+    Tensor t = ops::constant(c, {B}, std::vector<float>(static_cast<size_t>(B), t_curr));
     Tensor pred = model.forward(c, img, in.img_ids, in.txt, in.txt_ids, t, in.vec, guidance.defined() ? &guidance : nullptr);
     if (in.neg_txt.defined()) {
       Tensor neg = model.forward(c, img, in.img_ids, in.neg_txt, in.txt_ids, t, in.neg_vec, guidance.defined() ? &guidance : nullptr);
-      pred = ops::add(c, neg, ops::mul(c, ops::sub(c, pred, neg), Tensor::from_floats({1}, {in.true_cfg})));
+      pred = ops::add(c, neg, ops::mul(c, ops::sub(c, pred, neg), ops::constant(c, {1}, {in.true_cfg})));
     }
     float dt = static_cast<float>(static_cast<double>(t_prev) - static_cast<double>(t_curr));
-    img = ops::add(c, img, ops::mul(c, pred, Tensor::from_floats({1}, {dt})));
+    img = ops::add(c, img, ops::mul(c, pred, ops::constant(c, {1}, {dt})));
     if (trace) {
       trace("step." + std::to_string(i) + ".pred", pred);
       trace("step." + std::to_string(i) + ".latent", img);
     }
+    // The step is done when the device says so (a GPU queues work ahead of the host): progress
+    // reports finished steps, and a cancel takes effect at the next one.
+    c.backend->synchronize();
     if (hook && !hook(i + 1, total)) throw Cancelled();
   }
   return img;
 }
 
 Tensor render(Ctx& c, const flux::Model& model, const vae::Model& ae, const RenderRequest& r, const StepHook& hook) {
-  return to_u8(ae.decode(c, render_latents(c, model, ae, r, hook)));
+  return to_u8(c, ae.decode(c, render_latents(c, model, ae, r, hook)));
 }
 
 Tensor render_latents(Ctx& c, const flux::Model& model, const vae::Model& ae, const RenderRequest& r, const StepHook& hook) {
@@ -107,8 +110,11 @@ Tensor render_latents(Ctx& c, const flux::Model& model, const vae::Model& ae, co
   const int64_t h = 2 * ((r.height + 2 * f - 1) / (2 * f)), w = 2 * ((r.width + 2 * f - 1) / (2 * f));
   std::vector<Tensor> noises;
   for (int64_t seed : r.seeds) noises.push_back(torch_randn(static_cast<uint64_t>(seed), {1, ae.config().z_channels, h, w}, DType::F32));
-  Tensor noise = B == 1 ? noises[0] : ops::concat(c, noises, 0);
-  DenoiseInputs in{pack(c, noise), image_ids(B, h, w), r.txt, text_ids(B, r.txt.size(1)), r.vec,
+  // The noise is drawn on the host (PyTorch's CPU generator) and uploaded once: the job's input.
+  Ctx host;
+  Tensor noise = B == 1 ? noises[0] : ops::concat(host, noises, 0);
+  DenoiseInputs in{pack(c, ops::to_device(c, noise)), ops::to_device(c, image_ids(B, h, w)), r.txt,
+                   ops::to_device(c, text_ids(B, r.txt.size(1))), r.vec,
                    schedule(r.steps, (h / 2) * (w / 2), model.config().guidance_embed), std::nullopt, Tensor(), Tensor(), 1.0f};
   if (model.config().guidance_embed) in.guidance = r.guidance;
   if (r.neg_txt.defined()) {
@@ -119,21 +125,6 @@ Tensor render_latents(Ctx& c, const flux::Model& model, const vae::Model& ae, co
   return unpack(c, denoise(c, model, in, hook), h, w);
 }
 
-Tensor to_u8(const Tensor& image) {
-  if (image.dim() != 4 || image.size(1) != 3) throw UserError("[to_u8] image " + image.describe() + " must be [B, 3, H, W]");
-  int64_t B = image.size(0), H = image.size(2), W = image.size(3);
-  std::vector<float> v = image.to_floats();
-  Tensor out = Tensor::zeros({B, H, W, 3}, DType::U8);
-  uint8_t* o = out.data<uint8_t>();
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t ch = 0; ch < 3; ++ch)
-      for (int64_t y = 0; y < H; ++y)
-        for (int64_t x = 0; x < W; ++x) {
-          float f = v[static_cast<size_t>(((b * 3 + ch) * H + y) * W + x)];
-          f = std::min(1.0f, std::max(-1.0f, f));
-          o[((b * H + y) * W + x) * 3 + ch] = static_cast<uint8_t>(127.5f * (f + 1.0f));
-        }
-  return out;
-}
+Tensor to_u8(Ctx& c, const Tensor& image) { return ops::to_host(c, ops::to_u8(c, image)); }
 
 }  // namespace fluxpipe::sampling

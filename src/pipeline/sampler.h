@@ -66,7 +66,8 @@ Tensor render(Ctx& c, const flux::Model& model, const vae::Model& ae, const Rend
 // render() up to the denoised latent [B, z_channels, h, w], for callers that decode it themselves.
 Tensor render_latents(Ctx& c, const flux::Model& model, const vae::Model& ae, const RenderRequest& r, const StepHook& hook = {});
 
-// image [B, 3, H, W] in [-1, 1] -> U8 [B, H, W, 3]: clamp, 127.5 * (x + 1), truncated.
-Tensor to_u8(const Tensor& image);
+// image [B, 3, H, W] in [-1, 1] -> U8 [B, H, W, 3] on the host: clamp, 127.5 * (x + 1),
+// truncated, on the context's device; only the 8-bit image crosses to the host.
+Tensor to_u8(Ctx& c, const Tensor& image);
 
 }  // namespace fluxpipe::sampling

@@ -111,6 +111,10 @@ const std::vector<Option>& options() {
        [](ServeOptions& o, const std::string& v) { o.engine.memory_budget = parse_bytes("serve", "--memory-budget", v); }},
       {"--vae-tiling", "FLUXPIPE_VAE_TILING", "auto|on|off", "tiled decoding: when a whole decode would not fit (default auto)",
        [](ServeOptions& o, const std::string& v) { o.engine.vae_tiling = parse_tiling("serve", v); }},
+      {"--device", "FLUXPIPE_DEVICE", "auto|cpu|cuda|cuda:N", "where jobs compute (default auto: the first CUDA GPU, else the CPU)",
+       [](ServeOptions& o, const std::string& v) { o.engine.device = v; }},
+      {"--vram-budget", "FLUXPIPE_VRAM_BUDGET", "SIZE", "on a GPU: the device memory a job is planned within (default: what is free at load)",
+       [](ServeOptions& o, const std::string& v) { o.engine.vram_budget = parse_bytes("serve", "--vram-budget", v); }},
       {"--public-url", "FLUXPIPE_PUBLIC_URL", "URL", "base of image download URLs (default http://HOST:PORT)",
        [](ServeOptions& o, const std::string& v) {
          o.public_url = v;

@@ -28,7 +28,11 @@ struct ServeOptions {
   std::string model_path;                // empty: no model, generation answers 503; or a model name
   std::string models_dir;                // pulled models (resolved by the CLI); empty: the default
   bool pull_model = false;               // the CLI pulls a model name not pulled yet
-  EngineOptions engine;                  // memory budget, tiled decoding
+  EngineOptions engine = [] {            // memory budget, tiled decoding, device (default auto)
+    EngineOptions e;
+    e.device = "auto";
+    return e;
+  }();
   std::string public_url;                // base of download URLs; default http://<listen>
   std::string server_id = "local";       // the pool this server's runner serves
   std::vector<std::string> known_server_ids;   // other pools a request may name (for routing)

@@ -3,21 +3,28 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <filesystem>
+#include <fstream>
+
 #include "golden.h"
+#include "gpu.h"
 #include "test_util.h"
 
 namespace fluxpipe::testing {
 namespace {
 
+// The device every `run` of a test goes to (the CPU tests name it: auto would take a GPU).
+thread_local std::string g_device = "cpu";
+
 int run(const std::string& args) {
-  std::string cmd = std::string(FLUXPIPE_BIN) + " run " + args + " > /dev/null 2>&1";
+  std::string cmd = std::string(FLUXPIPE_BIN) + " run " + args + " --device " + g_device + " > /dev/null 2>&1";
   int status = std::system(cmd.c_str());
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 std::string tiny(const std::string& f) { return testdata("flux-tiny/" + f); }
 
-TEST(RunCommand, TransformerVaeSampleAndRandnMatchTheReference) {
+void transformer_vae_sample_and_randn() {
   TempDir dir;
   std::string out = dir.path() + "/out.safetensors";
   ASSERT_EQ(run("transformer --weights " + tiny("transformer.safetensors") + " --inputs " + tiny("transformer_io.safetensors") +
@@ -46,7 +53,7 @@ TEST(RunCommand, TransformerVaeSampleAndRandnMatchTheReference) {
   expect_matches(io::load_weights(out).at("noise"), want.at("noise"), 1e-6, 1e-6, "randn seed 42");
 }
 
-TEST(RunCommand, ClipAndT5MatchTheReference) {
+void clip_and_t5() {
   TempDir dir;
   std::string out = dir.path() + "/out.safetensors";
   std::string t = testdata("text-tiny/");
@@ -60,6 +67,42 @@ TEST(RunCommand, ClipAndT5MatchTheReference) {
   expect_matches(io::load_weights(out).at("last_hidden_state"), t5w.at("last_hidden_state_unmasked"), 5e-5, 0, "run t5");
   ASSERT_EQ(run("t5 --mask --weights " + t + "t5.safetensors --config " + t + "t5_config.json --inputs " + t + "t5_io.safetensors --output " + out), 0);
   expect_matches(io::load_weights(out).at("last_hidden_state"), t5w.at("last_hidden_state_masked"), 5e-5, 0, "run t5 --mask");
+}
+
+TEST(RunCommand, TransformerVaeSampleAndRandnMatchTheReference) { transformer_vae_sample_and_randn(); }
+TEST(RunCommand, ClipAndT5MatchTheReference) { clip_and_t5(); }
+
+// The same golden sets, the same tolerances, computed on the GPU (`--device cuda`).
+TEST(RunCommandCuda, TransformerVaeSampleAndRandnMatchTheReferenceOnTheGpu) {
+  FLUXPIPE_NEED_GPU();
+  g_device = "cuda";
+  transformer_vae_sample_and_randn();
+  g_device = "cpu";
+}
+TEST(RunCommandCuda, ClipAndT5MatchTheReferenceOnTheGpu) {
+  FLUXPIPE_NEED_GPU();
+  g_device = "cuda";
+  clip_and_t5();
+  g_device = "cpu";
+}
+
+TEST(RunCommandCuda, DeviceCudaWithoutAGpuFailsNamingWhyAndWritesNothing) {
+  std::string why = gpu_absent_reason();
+  if (why.empty()) GTEST_SKIP() << "a CUDA GPU is present: this checks the machines without one";
+  TempDir dir;
+  std::string out = dir.path() + "/out.safetensors", err = dir.path() + "/err.txt";
+  std::string cmd = std::string(FLUXPIPE_BIN) + " run transformer --weights " + tiny("transformer.safetensors") + " --inputs " +
+                    tiny("transformer_io.safetensors") + " --config " + tiny("transformer_params.json") + " --output " + out +
+                    " --device cuda > /dev/null 2> " + err;
+  int status = std::system(cmd.c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_NE(WEXITSTATUS(status), 0);
+  std::ifstream in(err);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("cuda:0"), std::string::npos) << text;
+  EXPECT_NE(text.find(why), std::string::npos) << text;
+  EXPECT_FALSE(std::filesystem::exists(out));
+  EXPECT_FALSE(std::filesystem::exists(out + ".tmp"));
 }
 
 TEST(RunCommand, TokenizePrintsTheIds) {

@@ -63,7 +63,7 @@ TEST(Sampling, FullSchnellRunDownToTheEightBitImage) {
   expect_matches(latents, g.at("latents_unpacked"), 1e-4, 1e-4, "latents_unpacked");
   Tensor image = m.ae.decode(c, latents);
   expect_matches(image, g.at("image"), 1e-4, 1e-4, "image");
-  Tensor u8 = sampling::to_u8(image);
+  Tensor u8 = sampling::to_u8(c, image);
   std::vector<float> a = u8.to_floats(), b = g.at("image_u8").to_floats();
   ASSERT_EQ(a.size(), b.size());
   int off_by_one = 0;

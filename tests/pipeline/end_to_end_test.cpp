@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "gpu.h"
 #include "io/weights.h"
 #include "test_util.h"
 
@@ -319,6 +320,134 @@ TEST_F(EndToEnd, ServeWithTheModelAnswersTheV3Flow) {
   EXPECT_EQ(warned["status"], "SUCCESS");
   EXPECT_NE(warned.value("warnings", json::array()).dump().find("truncated"), std::string::npos) << warned.dump();
   EXPECT_EQ(stop_serve(pid), 0);
+}
+
+// ---- on a GPU (skipped without one) ----
+
+// RGB bytes of a PNG (empty when it does not decode).
+std::vector<uint8_t> png_rgb(const std::string& bytes) {
+  png_image img;
+  std::memset(&img, 0, sizeof img);
+  img.version = PNG_IMAGE_VERSION;
+  if (!png_image_begin_read_from_memory(&img, bytes.data(), bytes.size())) return {};
+  img.format = PNG_FORMAT_RGB;
+  std::vector<uint8_t> rgb(PNG_IMAGE_SIZE(img));
+  if (!png_image_finish_read(&img, nullptr, rgb.data(), 0, nullptr)) rgb.clear();
+  return rgb;
+}
+
+double psnr(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
+  double se = 0;
+  for (size_t i = 0; i < a.size(); ++i) se += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+  double mse = se / static_cast<double>(a.size());
+  return mse == 0 ? INFINITY : 10.0 * std::log10(255.0 * 255.0 / mse);
+}
+
+TEST_F(EndToEnd, OnTheGpuEveryLayoutIsDeterministicAndCloseToTheCpuImage) {
+  FLUXPIPE_NEED_GPU();
+  TempDir out;
+  std::string bfl_gpu;
+  for (const char* layout : {"bfl", "diffusers", "comfyui", "gguf"}) {
+    TempDir m;
+    ASSERT_EQ(sh(std::string(FLUXPIPE_BIN) + " make-test-model " + m.path() + " --layout " + layout), 0) << layout;
+    std::string base = std::string(FLUXPIPE_BIN) + " generate cat --model " + m.path() + " --width 96 --height 64 --steps 2 --seed 4";
+    std::string gpu = out.path() + "/" + layout + "-gpu.png", again = out.path() + "/" + layout + "-again.png",
+                cpu = out.path() + "/" + layout + "-cpu.png";
+    std::string said = capture(base + " --device cuda -o " + gpu);
+    EXPECT_NE(said.find("device: cuda:0"), std::string::npos) << said;
+    ASSERT_EQ(sh(base + " --device cuda -o " + again), 0) << layout;
+    ASSERT_EQ(sh(base + " --device cpu -o " + cpu), 0) << layout;
+    EXPECT_EQ(slurp(gpu), slurp(again)) << layout << ": the same seed on the GPU must give a byte-identical image";
+    std::vector<uint8_t> g = png_rgb(slurp(gpu)), c = png_rgb(slurp(cpu));
+    ASSERT_EQ(g.size(), 96u * 64u * 3u) << layout;
+    ASSERT_EQ(g.size(), c.size()) << layout;
+    double db = psnr(g, c);
+    std::printf("%s: GPU vs CPU image PSNR %.1f dB\n", layout, db);
+    // Both compute in bf16 with F32 accumulation, in another order: the images differ in a few
+    // low bits. (Bound set before the first GPU run; adjust to what the run measures.)
+    EXPECT_GE(db, 30.0) << layout;
+    if (std::string(layout) == "bfl") bfl_gpu = slurp(gpu);
+    if (std::string(layout) == "diffusers" || std::string(layout) == "comfyui") EXPECT_EQ(slurp(gpu), bfl_gpu) << layout;
+  }
+}
+
+TEST_F(EndToEnd, OnTheGpuServeAnswersWithAPngCancelsAndRefusesWhatDoesNotFit) {
+  FLUXPIPE_NEED_GPU();
+  TempDir data;
+  std::string key = capture(std::string(FLUXPIPE_BIN) + " keys add --data " + data.path());
+  key = key.substr(key.rfind("fpk_"), 52);
+  int port = free_port();
+  pid_t pid = start_serve(data.path(), model_->path(), port, {"--device", "cuda"});
+  httplib::Client c("127.0.0.1", port);
+  c.set_read_timeout(60, 0);
+  auto status = [&](const std::string& id) { return json::parse(c.Get("/generate/v3/status/" + id, {{"API-Key", key}})->body); };
+  auto poll = [&](const std::string& id) {
+    json j;
+    for (int i = 0; i < 2400; ++i) {
+      j = status(id);
+      if (j["status"] != "PENDING") break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+    return j;
+  };
+  json body = {{"prompt", "a toucan"}, {"width", 64}, {"height", 80}, {"samples", 1}, {"num_inference_steps", 2}, {"seed", 3}};
+  auto res = c.Post("/generate/v3", {{"API-Key", key}}, body.dump(), "application/json");
+  ASSERT_EQ(res->status, 200) << res->body;
+  json done = poll(json::parse(res->body)["id"]);
+  ASSERT_EQ(done["status"], "SUCCESS") << done.dump();
+  std::string url = done["download_urls"][0];
+  auto img = c.Get(url.substr(url.find("/v3/images/")));
+  ASSERT_EQ(img->status, 200);
+  EXPECT_EQ(read_png(img->body).width, 64);
+  // The largest job the API takes, cancelled once it is running: it stops at the next step.
+  json big = {{"prompt", "a toucan"}, {"width", 1536}, {"height", 1536}, {"samples", 4}, {"num_inference_steps", 50}, {"seed", 3}};
+  res = c.Post("/generate/v3", {{"API-Key", key}}, big.dump(), "application/json");
+  ASSERT_EQ(res->status, 200) << res->body;
+  std::string id = json::parse(res->body)["id"];
+  json running;
+  for (int i = 0; i < 2400; ++i) {
+    running = status(id);
+    if (running.value("state", "") == "running" && running.contains("progress") && running["progress"]["done"].get<int>() > 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(running.value("state", ""), "running") << running.dump();
+  ASSERT_EQ(c.Delete("/generate/v3/status/" + id, {{"API-Key", key}})->status, 200);
+  json ended = poll(id);
+  EXPECT_EQ(ended.value("state", ""), "cancelled") << ended.dump();
+  EXPECT_EQ(stop_serve(pid), 0);
+  // A GPU budget that cannot hold the job: refused at submission, saying why.
+  TempDir data2;
+  key = capture(std::string(FLUXPIPE_BIN) + " keys add --data " + data2.path());
+  key = key.substr(key.rfind("fpk_"), 52);
+  port = free_port();
+  pid = start_serve(data2.path(), model_->path(), port, {"--device", "cuda", "--vram-budget", "1K"});
+  httplib::Client c2("127.0.0.1", port);
+  res = c2.Post("/generate/v3", {{"API-Key", key}}, body.dump(), "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 400) << res->body;
+  EXPECT_NE(res->body.find("of GPU memory"), std::string::npos) << res->body;
+  EXPECT_EQ(stop_serve(pid), 0);
+}
+
+TEST_F(EndToEnd, DeviceCudaWithoutAGpuFailsClearlyAndWritesNothing) {
+  std::string why = gpu_absent_reason();
+  if (why.empty()) GTEST_SKIP() << "a CUDA GPU is present: this checks the machines without one";
+  TempDir out;
+  std::string cmd = std::string(FLUXPIPE_BIN) + " generate cat --model " + model_->path() + " --width 64 --height 64 --steps 1 --device cuda -o " +
+                    out.path() + "/x.png";
+  EXPECT_NE(sh(cmd), 0);
+  std::string said = capture(cmd);
+  EXPECT_NE(said.find("[device] cuda:0: " + why), std::string::npos) << said;
+  EXPECT_FALSE(std::filesystem::exists(out.path() + "/x.png"));
+  EXPECT_NE(capture(std::string(FLUXPIPE_BIN) + " generate cat --model " + model_->path() + " --device tpu -o " + out.path() + "/x.png")
+                .find("'tpu' is not auto, cpu, cuda or cuda:N"),
+            std::string::npos);
+  // auto falls back to the CPU and says why.
+  std::string fallback = capture(std::string(FLUXPIPE_BIN) + " generate cat --model " + model_->path() +
+                                 " --width 64 --height 64 --steps 1 -o " + out.path() + "/y.png");
+  EXPECT_NE(fallback.find("device: cpu (" + why + ")"), std::string::npos) << fallback;
+  std::string listed = capture(std::string(FLUXPIPE_BIN) + " devices");
+  EXPECT_NE(listed.find(why), std::string::npos) << listed;
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "backend/cpu/onednn_conv.h"
 #include "backend/cpu/onednn_gemm.h"
 #include "backend/cpu/scratch.h"
+#include "backend/cpu/table_ops.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 
@@ -66,6 +67,17 @@ class CpuBackend final : public Backend {
  public:
   std::string name() const override { return "cpu"; }
   Device device() const override { return Device::CPU; }
+
+  std::shared_ptr<Storage> allocate(size_t bytes) override { return allocate_cpu(bytes, false); }
+  void transfer(const Tensor& src, Tensor& dst) override {
+    if (src.device() != Device::CPU || dst.device() != Device::CPU) {
+      throw InternalError("[transfer] the CPU backend copies host tensors only, not " + src.describe() + " to " + dst.describe());
+    }
+    if (src.nbytes()) std::memcpy(dst.data<uint8_t>(), src.data<uint8_t>(), src.nbytes());
+  }
+  void zero(Tensor& out) override {
+    if (out.nbytes()) std::memset(out.data<uint8_t>(), 0, out.nbytes());
+  }
 
   void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, Compute c) override {
     int64_t M = x.size(0), K = x.size(1), N = w.size(0);
@@ -519,6 +531,22 @@ class CpuBackend final : public Backend {
     }
     std::vector<float> f = x.to_floats();
     from_f32(out.dtype(), f.data(), out.data<uint8_t>(), out.numel());
+  }
+
+  void embedding(const Tensor& table, const Tensor& ids, Tensor& out) override { cpu::embedding(table, ids, out); }
+  void position_bias(const Tensor& table, const Tensor& buckets, const Tensor* mask, Tensor& out) override {
+    cpu::position_bias(table, buckets, mask, out);
+  }
+  void timestep_embedding(const Tensor& t, float time_factor, float max_period, Tensor& out) override {
+    cpu::timestep_embedding(t, time_factor, max_period, out);
+  }
+  void rope_tables(const Tensor& ids, const std::vector<int>& axes_dim, double theta, Tensor& cos, Tensor& sin) override {
+    cpu::rope_tables(ids, axes_dim, theta, cos, sin);
+  }
+  void to_u8(const Tensor& image, Tensor& out) override { cpu::to_u8(image, out); }
+  void blend_tile(const Tensor& tile, const Tensor& wy, const Tensor& wx, int64_t b, int64_t y0, int64_t x0, Tensor& acc,
+                  Tensor* wsum) override {
+    cpu::blend_tile(tile, wy, wx, b, y0, x0, acc, wsum);
   }
 };
 

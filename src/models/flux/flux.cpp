@@ -201,7 +201,7 @@ Tensor Model::forward(Ctx& c, const Tensor& img_tokens, const Tensor& img_ids, c
   Rope pe{pe_cos, pe_sin};   // [B, L, Hd/2]
   if (trace) {
     // The reference's layout: [B, 1, L, Hd/2, 2, 2] = [[cos, -sin], [sin, cos]].
-    std::vector<float> cs = pe.cos.to_floats(), sn = pe.sin.to_floats();
+    std::vector<float> cs = ops::to_host(c, pe.cos).to_floats(), sn = ops::to_host(c, pe.sin).to_floats();
     std::vector<float> m(cs.size() * 4);
     for (size_t i = 0; i < cs.size(); ++i) {
       m[4 * i] = cs[i];

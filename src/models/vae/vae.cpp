@@ -127,7 +127,7 @@ Tensor Model::decode(Ctx& c, const Tensor& z, const models::Trace& trace) const 
   if (z.dim() != 4 || z.size(1) != cfg_.z_channels) {
     fail("decode: z " + z.describe() + " must be [B, " + std::to_string(cfg_.z_channels) + ", h, w]");
   }
-  Tensor scale = Tensor::from_floats({1}, {cfg_.scale_factor}), shift = Tensor::from_floats({1}, {cfg_.shift_factor});
+  Tensor scale = ops::constant(c, {1}, {cfg_.scale_factor}), shift = ops::constant(c, {1}, {cfg_.shift_factor});
   // z / scale + shift, as a division (not a multiply by the reciprocal) like the reference.
   Tensor x = ops::add(c, ops::div(c, z, scale), shift);
   emit("decoder_in", x);
@@ -202,7 +202,7 @@ Tensor decode_in_tiles(Ctx& c, const Tensor& z, int64_t f, int64_t tile, int64_t
   const std::vector<Span> ys = tile_spans(h, tile, overlap), xs = tile_spans(w, tile, overlap);
   const int64_t H = h * f, W = w * f;
   Tensor zc = z.is_contiguous() ? z : ops::contiguous(c, z);
-  std::vector<float> acc(static_cast<size_t>(B * 3 * H * W), 0.0f), wsum(static_cast<size_t>(H * W), 0.0f);
+  Tensor acc = ops::zeros(c, {B, 3, H, W}, DType::F32), wsum = ops::zeros(c, {H, W}, DType::F32);
   for (int64_t b = 0; b < B; ++b) {
     for (size_t ty = 0; ty < ys.size(); ++ty) {
       for (size_t tx = 0; tx < xs.size(); ++tx) {
@@ -215,31 +215,14 @@ Tensor decode_in_tiles(Ctx& c, const Tensor& z, int64_t f, int64_t tile, int64_t
                std::to_string(tw) + "]");
         }
         img = img.is_contiguous() ? img : ops::contiguous(c, img);
-        std::vector<float> wy = ramp(y0, y1, ty > 0 ? ys[ty - 1].end * f : y0, ty + 1 < ys.size() ? ys[ty + 1].begin * f : y1);
-        std::vector<float> wx = ramp(x0, x1, tx > 0 ? xs[tx - 1].end * f : x0, tx + 1 < xs.size() ? xs[tx + 1].begin * f : x1);
-        const float* src = img.data<float>();
-        for (int64_t ch = 0; ch < 3; ++ch) {
-          for (int64_t y = 0; y < th; ++y) {
-            float* dst = acc.data() + ((b * 3 + ch) * H + y0 + y) * W + x0;
-            const float* row = src + (ch * th + y) * tw;
-            for (int64_t x = 0; x < tw; ++x) dst[x] += wy[static_cast<size_t>(y)] * wx[static_cast<size_t>(x)] * row[x];
-          }
-        }
-        if (b == 0) {
-          for (int64_t y = 0; y < th; ++y) {
-            float* ws = wsum.data() + (y0 + y) * W + x0;
-            for (int64_t x = 0; x < tw; ++x) ws[x] += wy[static_cast<size_t>(y)] * wx[static_cast<size_t>(x)];
-          }
-        }
+        // The ramps depend on the tile geometry alone: made on the host, used where the tile is.
+        Tensor wy = ops::constant(c, {th}, ramp(y0, y1, ty > 0 ? ys[ty - 1].end * f : y0, ty + 1 < ys.size() ? ys[ty + 1].begin * f : y1));
+        Tensor wx = ops::constant(c, {tw}, ramp(x0, x1, tx > 0 ? xs[tx - 1].end * f : x0, tx + 1 < xs.size() ? xs[tx + 1].begin * f : x1));
+        ops::blend_tile(c, img, wy, wx, b, y0, x0, acc, b == 0 ? &wsum : nullptr);
       }
     }
   }
-  Tensor out = Tensor::empty({B, 3, H, W}, DType::F32);
-  float* o = out.data<float>();
-  for (int64_t i = 0; i < B * 3; ++i) {
-    for (int64_t p = 0; p < H * W; ++p) o[i * H * W + p] = acc[static_cast<size_t>(i * H * W + p)] / wsum[static_cast<size_t>(p)];
-  }
-  return out;
+  return ops::div(c, acc, wsum);   // [B, 3, H, W] / [H, W]
 }
 
 Tensor Model::encode(Ctx& c, const Tensor& x, const models::Trace& trace) const {
@@ -267,7 +250,7 @@ Tensor Model::encode(Ctx& c, const Tensor& x, const models::Trace& trace) const 
   Tensor moments = conv(c, ops::silu(c, h), enc_.conv_out);
   emit("moments", moments);
   Tensor mean = ops::contiguous(c, moments.slice(1, 0, cfg_.z_channels));
-  Tensor scale = Tensor::from_floats({1}, {cfg_.scale_factor}), shift = Tensor::from_floats({1}, {cfg_.shift_factor});
+  Tensor scale = ops::constant(c, {1}, {cfg_.scale_factor}), shift = ops::constant(c, {1}, {cfg_.shift_factor});
   return ops::mul(c, scale, ops::sub(c, mean, shift));
 }
 

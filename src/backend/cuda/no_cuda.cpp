@@ -1,0 +1,21 @@
+// The CUDA entry points of a build made without the CUDA toolkit (-DFLUXPIPE_CUDA=off, or auto
+// with no nvcc found): there is no GPU backend to hand out, and every answer says so.
+#include "backend/backend.h"
+#include "core/error.h"
+
+namespace fluxpipe {
+
+namespace {
+const char* kWhy = "this fluxpipe was built without CUDA (rebuild with the CUDA toolkit installed, -DFLUXPIPE_CUDA=on)";
+}
+
+bool cuda_built() { return false; }
+
+std::vector<CudaDeviceInfo> cuda_devices(std::string* why) {
+  if (why) *why = kWhy;
+  return {};
+}
+
+Backend& cuda_backend(int) { throw UserError(std::string("[device] ") + kWhy); }
+
+}  // namespace fluxpipe
