@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "gpu.h"
 #include "ops/ops.h"
+#include "random_tensors.h"
 
 namespace fluxpipe {
 namespace {
@@ -27,20 +28,8 @@ struct Tolerance {
 };
 constexpr Tolerance kTol{};
 
-Tensor randn(const Shape& shape, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, scale);
-  std::vector<float> v(static_cast<size_t>(numel(shape)));
-  for (float& x : v) x = nd(rng);
-  return Tensor::from_floats(shape, v);
-}
-
-Tensor convert(const Tensor& t, DType d) {
-  Tensor out = Tensor::zeros(t.shape(), d);
-  std::vector<float> f = t.to_floats();
-  from_f32(d, f.data(), out.data<uint8_t>(), t.numel());
-  return out;
-}
+using testing::convert;
+using testing::randn;
 
 struct Gpu {
   Ctx c;
