@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <list>
 
 #include "backend/cpu/gemm_int8.h"
 #include "backend/cpu/isa.h"
@@ -120,14 +121,22 @@ class FluxEngine final : public Engine {
     const int64_t B = static_cast<int64_t>(job.seeds.size());
     const int64_t batch = std::clamp<int64_t>(fit.batch, 1, B);
     const int batches = static_cast<int>((B + batch - 1) / batch);
-    // The prompt's conditioning, once: [1, Lt, ctx] tokens and the [1, vec_in] pooled vector.
+    // The prompt's conditioning, once: [1, Lt, ctx] tokens and the [1, vec_in] pooled vector —
+    // from the text cache when this prompt was encoded lately.
     auto encode = [&](const std::string& prompt, Tensor* txt, Tensor* vec) {
+      if (const Encoded* hit = text_cache_find(prompt)) {
+        *txt = hit->txt;
+        *vec = hit->vec;
+        truncated_ = truncated_ || hit->truncated;
+        return;
+      }
       tokenizer::Encoding ce = clip_tok_.encode(prompt, static_cast<int>(std::min<int64_t>(77, clip_.config().positions)));
       tokenizer::Encoding te = t5_tok_.encode(prompt, t5_len());
       std::vector<float> cid(ce.ids.begin(), ce.ids.end()), tid(te.ids.begin(), te.ids.end());
       *vec = clip_.forward(c, Tensor::from_floats({1, static_cast<int64_t>(cid.size())}, cid)).pooler_output;
       *txt = t5_.forward(c, Tensor::from_floats({1, static_cast<int64_t>(tid.size())}, tid));
       truncated_ = truncated_ || ce.truncated || te.truncated;
+      text_cache_put(prompt, {*txt, *vec, ce.truncated || te.truncated});
     };
     // The same conditioning for every image of a batch: [n, ...].
     auto repeat = [&](const Tensor& t, int64_t n) {
@@ -142,12 +151,14 @@ class FluxEngine final : public Engine {
     };
     plan_.clear();
     const bool cfg = cfg_run(job);
-    enter({part_clip_, part_t5_}, text_activation_bytes(t5_.config().d_model), "text encoding");
+    // The encoders are paged in (or kept) only when a prompt is not in the text cache.
+    const bool encoders_run = !text_cache_find(job.prompt) || (cfg && !text_cache_find(job.negative_prompt));
+    if (encoders_run) enter({part_clip_, part_t5_}, text_activation_bytes(t5_.config().d_model), "text encoding");
     Tensor txt, vec, neg_txt, neg_vec;
     encode(job.prompt, &txt, &vec);
     if (cfg) encode(job.negative_prompt, &neg_txt, &neg_vec);
     block_cache::trim();   // each phase starts with no kept activation blocks (see core/block_cache.h)
-    stages_.push_back({"text encoders", seconds_since(mark)});
+    stages_.push_back({encoders_run ? "text encoders" : "text encoders (cached)", seconds_since(mark)});
     if (batches > 1) {
       plan_.push_back("denoised in " + std::to_string(batches) + " batches of at most " + std::to_string(batch) +
                       " images (the budget does not hold all " + std::to_string(B) + " at once)");
@@ -202,6 +213,25 @@ class FluxEngine final : public Engine {
     return ((height + 2 * f - 1) / (2 * f)) * ((width + 2 * f - 1) / (2 * f));
   }
   bool on_gpu() const { return backend_->device() != Device::CPU; }
+
+  // ---- the text cache: prompt -> its CLIP and T5 outputs, the most recently used first ----
+  struct Encoded {
+    Tensor txt, vec;   // [1, Lt, ctx], [1, vec_in] on the engine's device (fresh allocations, not an arena's)
+    bool truncated = false;
+  };
+  const Encoded* text_cache_find(const std::string& prompt) {
+    for (auto it = text_cache_.begin(); it != text_cache_.end(); ++it) {
+      if (it->first != prompt) continue;
+      text_cache_.splice(text_cache_.begin(), text_cache_, it);   // most recent first
+      return &text_cache_.front().second;
+    }
+    return nullptr;
+  }
+  void text_cache_put(const std::string& prompt, Encoded e) {
+    if (options_.text_cache == 0) return;
+    text_cache_.emplace_front(prompt, std::move(e));
+    while (text_cache_.size() > options_.text_cache) text_cache_.pop_back();
+  }
   // Before a phase: the planner releases host parts it must (on a GPU nothing is released).
   void enter(const std::vector<int>& parts, size_t activation_bytes, const char* phase) {
     if (!on_gpu()) note_released(planner_->enter(parts, activation_bytes), phase);
@@ -272,6 +302,7 @@ class FluxEngine final : public Engine {
   std::unique_ptr<MemoryPlanner> planner_;
   int part_transformer_ = 0, part_ae_ = 0, part_clip_ = 0, part_t5_ = 0;
   std::vector<std::string> plan_;
+  std::list<std::pair<std::string, Encoded>> text_cache_;   // at most options_.text_cache entries
 };
 
 }  // namespace

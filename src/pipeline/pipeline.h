@@ -102,6 +102,10 @@ struct EngineOptions {
   // On a GPU: the device memory a job is planned within, in bytes; 0: what was free there at
   // load. A job whose working memory does not fit beside the weights is refused before it starts.
   size_t vram_budget = 0;
+  // Prompts whose CLIP and T5 outputs are kept (most recently used), so that a prompt seen again —
+  // the same prompt with other seeds, as clients ask — skips the text encoders; 0: none (the
+  // default here; the server keeps 8: with schnell's 256 T5 tokens 4 MiB each, 8 MiB with dev's 512).
+  size_t text_cache = 0;
   // Memory the process holds besides the model and a job's activations, counted against the
   // budget; 0: measured at load (the resident set then, plus 256 MiB for kernel scratch and the
   // code oneDNN generates). Set by callers that account for it themselves (the tests do, to

@@ -314,7 +314,7 @@ int ApiServer::start() {
   }
   s.maintenance = std::thread([&s] { s.maintenance_loop(); });
   std::string what = s.options.role == "api" ? std::string("role api: jobs run on workers")
-                     : s.engine             ? "model " + s.engine->model_name()
+                     : s.engine             ? "model " + s.engine->model_name() + " on " + s.engine->device_name()
                                             : std::string("no model: generation answers 503");
   log("info", "fluxpipe serving on " + host + ":" + std::to_string(port) + " (node " + s.options.node_id + ", store " +
                   redact_store_location(s.options.store_location.empty() ? "sqlite:" + s.options.data_dir + "/fluxpipe.db"

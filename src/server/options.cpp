@@ -113,6 +113,8 @@ const std::vector<Option>& options() {
        [](ServeOptions& o, const std::string& v) { o.engine.vae_tiling = parse_tiling("serve", v); }},
       {"--device", "FLUXPIPE_DEVICE", "auto|cpu|cuda|cuda:N", "where jobs compute (default auto: the first CUDA GPU, else the CPU)",
        [](ServeOptions& o, const std::string& v) { o.engine.device = v; }},
+      {"--text-cache", "FLUXPIPE_TEXT_CACHE", "N", "prompts whose encoder outputs are kept, so a prompt seen again skips the encoders (default 8; 0 = none)",
+       [](ServeOptions& o, const std::string& v) { o.engine.text_cache = static_cast<size_t>(parse_integer("serve", "--text-cache", v, 0, 4096)); }},
       {"--vram-budget", "FLUXPIPE_VRAM_BUDGET", "SIZE", "on a GPU: the device memory a job is planned within (default: what is free at load)",
        [](ServeOptions& o, const std::string& v) { o.engine.vram_budget = parse_bytes("serve", "--vram-budget", v); }},
       {"--public-url", "FLUXPIPE_PUBLIC_URL", "URL", "base of image download URLs (default http://HOST:PORT)",

@@ -28,9 +28,10 @@ struct ServeOptions {
   std::string model_path;                // empty: no model, generation answers 503; or a model name
   std::string models_dir;                // pulled models (resolved by the CLI); empty: the default
   bool pull_model = false;               // the CLI pulls a model name not pulled yet
-  EngineOptions engine = [] {            // memory budget, tiled decoding, device (default auto)
+  EngineOptions engine = [] {            // memory budget, tiled decoding, device (default auto), text cache (8)
     EngineOptions e;
     e.device = "auto";
+    e.text_cache = 8;
     return e;
   }();
   std::string public_url;                // base of download URLs; default http://<listen>

@@ -345,5 +345,36 @@ TEST(MemoryPlan, SamplesRunInBatchesThatFitAndGiveTheSameImages) {
   EXPECT_NE(all[0].rgb, all[1].rgb);
 }
 
+// The text cache (EngineOptions::text_cache): a prompt seen again skips the encoders and gives
+// the image the encoders would have given; the least recently used prompt goes first.
+TEST(TextCache, APromptSeenAgainSkipsTheEncodersAndChangesNoImage) {
+  TempDir dir;
+  write_test_model(dir.path());
+  auto ok = [](int, int) { return true; };
+  auto first_stage = [](const Engine& e) { return e.last_stage_seconds().at(0).first; };
+  EngineOptions one;
+  one.text_cache = 1;
+  auto e = load_engine(dir.path(), one);
+  GenerateJob a = lighthouse(1, {7}), a_other_seed = lighthouse(1, {8}), b = lighthouse(1, {7});
+  b.prompt = "a harbour at night";
+  std::vector<Image> fresh = e->generate(a, ok);
+  EXPECT_EQ(first_stage(*e), "text encoders");
+  std::vector<Image> cached = e->generate(a, ok);
+  EXPECT_EQ(first_stage(*e), "text encoders (cached)");
+  EXPECT_EQ(cached.at(0).rgb, fresh.at(0).rgb);
+  std::vector<Image> other = e->generate(a_other_seed, ok);
+  EXPECT_EQ(first_stage(*e), "text encoders (cached)");
+  EXPECT_NE(other.at(0).rgb, fresh.at(0).rgb);
+  e->generate(b, ok);
+  EXPECT_EQ(first_stage(*e), "text encoders");
+  EXPECT_EQ(e->generate(a, ok).at(0).rgb, fresh.at(0).rgb);
+  EXPECT_EQ(first_stage(*e), "text encoders") << "a capacity of one keeps only the latest prompt";
+  // Without a cache (the engine's default) every job encodes, to the same image.
+  auto plain = load_engine(dir.path());
+  EXPECT_EQ(plain->generate(a, ok).at(0).rgb, fresh.at(0).rgb);
+  plain->generate(a, ok);
+  EXPECT_EQ(first_stage(*plain), "text encoders");
+}
+
 }  // namespace
 }  // namespace fluxpipe::testing

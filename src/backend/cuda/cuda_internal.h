@@ -109,16 +109,17 @@ void group_norm(const float* x, int64_t B, int64_t C, int64_t HW, int groups, co
                 float* out, double* stats, cudaStream_t s);
 void rope(const float* x, const float* cos, const float* sin, float* out, int64_t B, int64_t H, int64_t L, int64_t D,
           bool cos_per_batch, cudaStream_t s);
-// In place over rows of n: softmax. With `bias` (F32 [bB, bH, Lq, Lk] broadcast over batch and
-// head: strides in elements, 0 when broadcast) added first and `causal` masking j > i; rows are
-// indexed (bh, i) with bh = b * H + h. Writes F32 to out_f32 or BF16 to out_bf16 (one of them).
+// Softmax over each row of n, written as F32 to out_f32 or BF16 to out_bf16 (one of them; may be x).
 void softmax_rows(const float* x, int64_t rows, int64_t n, float* out_f32, uint16_t* out_bf16, cudaStream_t s);
+// The attention's softmax over scores [nBH, Lq, Lk] of heads BH0.. BH0 + nBH (bh = b * H + h):
+// `bias` (F32 [bB, bH, Lq, Lk]; strides in elements, 0 where it broadcasts) added first, keys
+// j > i masked when `causal`; a fully masked row gives zeros.
 void attention_softmax(const float* scores, int64_t BH0, int64_t nBH, int64_t H, int64_t Lq, int64_t Lk, const float* bias,
                        int64_t bias_sb, int64_t bias_sh, bool causal, float* out_f32, uint16_t* out_bf16, cudaStream_t s);
 // x [Cin, H, W] -> col [Cin*kh*kw, P] for output rows [oy0, oy1) (P = (oy1 - oy0) * OW), F32 or BF16.
 void im2col(const float* x, int64_t Cin, int64_t H, int64_t W, int64_t kh, int64_t kw, int stride, int pad_top, int pad_left,
             int64_t OW, int64_t oy0, int64_t oy1, float* col_f32, uint16_t* col_bf16, cudaStream_t s);
-// out[r, c] += bias[c]  (rows of n) or, with per_row, out[r, :] += bias[r % nb].
+// out[r, c] += bias[c] over rows of n; out[b, c, p] += bias[c] over channels of HW values.
 void add_bias_cols(float* out, const float* bias, int64_t rows, int64_t n, cudaStream_t s);
 void add_bias_channels(float* out, const float* bias, int64_t B, int64_t C, int64_t HW, cudaStream_t s);
 void upsample_nearest2x(const float* x, float* out, int64_t BC, int64_t H, int64_t W, cudaStream_t s);
