@@ -28,6 +28,12 @@ cp /tmp/fp/bin/fluxpipe_tests /tmp/fp/bin/fluxpipe-test-server "$build/tests/"
 cp /tmp/fp/bin/flux_bench "$build/bench/"
 mkdir -p "$shared" && tar -xJf .device/testdata.tar.xz -C "$shared"
 export LD_LIBRARY_PATH=/tmp/fp/lib:/usr/local/cuda/lib64
+# cuBLASLt comes from the machine (the bundle leaves NVIDIA's libraries out): the toolkit's, or
+# the one PyTorch's wheels carry.
+if ! LD_LIBRARY_PATH=$LD_LIBRARY_PATH ldconfig -p 2>/dev/null | grep -q libcublasLt.so.13 && [ ! -e /usr/local/cuda/lib64/libcublasLt.so.13 ]; then
+  lt=$(find / -name 'libcublasLt.so.13*' -not -path '/proc/*' 2>/dev/null | head -1)
+  [ -n "$lt" ] && export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$(dirname "$lt") && echo "cuBLASLt from $lt"
+fi
 missing=$(ldd "$build/fluxpipe" "$build/tests/fluxpipe_tests" | grep 'not found' | sort -u)
 [ -z "$missing" ] || { echo "missing libraries:"; echo "$missing"; }
 

@@ -16,6 +16,6 @@ std::vector<CudaDeviceInfo> cuda_devices(std::string* why) {
   return {};
 }
 
-Backend& cuda_backend(int) { throw UserError(std::string("[device] ") + kWhy); }
+Backend& cuda_backend(int index) { throw UserError("[device] cuda:" + std::to_string(index) + ": " + kWhy); }
 
 }  // namespace fluxpipe
