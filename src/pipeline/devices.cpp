@@ -82,29 +82,30 @@ std::vector<DeviceReport> devices() {
 
 bool build_has_cuda() { return cuda_built(); }
 
-Backend& resolve_device(const std::string& spec, std::string* said) {
-  std::string why;
+Backend& resolve_device(const std::string& spec, std::string* said, size_t* gpu_free) {
+  if (gpu_free) *gpu_free = 0;
   if (spec == "cpu") {
     if (said) *said = "cpu";
     return cpu_backend();
-  }
-  if (spec == "auto" || spec.empty()) {
-    std::vector<CudaDeviceInfo> gpus = cuda_devices(&why);
-    if (gpus.empty()) {
-      if (said) *said = "cpu (" + why + ")";
-      return cpu_backend();
-    }
-    Backend& b = cuda_backend(0);
-    if (said) *said = b.name() + " (the first CUDA GPU)";
-    return b;
   }
   int index = -1;
   if (spec == "cuda") index = 0;
   else if (spec.rfind("cuda:", 0) == 0 && spec.size() > 5 && spec.size() < 9 &&
            spec.find_first_not_of("0123456789", 5) == std::string::npos) index = std::stoi(spec.substr(5));
-  if (index < 0) throw UserError("[device] '" + spec + "' is not auto, cpu, cuda or cuda:N");
-  Backend& b = cuda_backend(index);
-  if (said) *said = b.name();
+  const bool automatic = spec == "auto" || spec.empty();
+  if (index < 0 && !automatic) throw UserError("[device] '" + spec + "' is not auto, cpu, cuda or cuda:N");
+  std::string why;
+  std::vector<CudaDeviceInfo> gpus = cuda_devices(&why);
+  if (automatic && gpus.empty()) {
+    if (said) *said = "cpu (" + why + ")";
+    return cpu_backend();
+  }
+  if (automatic) index = 0;
+  Backend& b = cuda_backend(index);   // says why when there is no such GPU
+  for (const CudaDeviceInfo& g : gpus) {
+    if (g.index == index && gpu_free) *gpu_free = g.free_bytes;
+  }
+  if (said) *said = b.name() + (automatic ? " (the first CUDA GPU)" : "");
   return b;
 }
 

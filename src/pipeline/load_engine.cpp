@@ -320,14 +320,10 @@ std::unique_ptr<Engine> load_engine(const std::string& model_path, const EngineO
   (void)cpu::active_isa();
   (void)cpu::gemm_int8_available(DType::Q8_0);
   std::string said;
-  Backend& backend = resolve_device(options.device, &said);
+  size_t gpu_free = 0;   // before the weights are copied there
+  Backend& backend = resolve_device(options.device, &said, &gpu_free);
   ModelFiles files = find_model_files(model_path);
-  size_t gpu_free = 0;
   if (backend.device() != Device::CPU) {
-    std::string why;
-    for (const CudaDeviceInfo& d : cuda_devices(&why)) {
-      if (backend.name().rfind("cuda:" + std::to_string(d.index) + " ", 0) == 0) gpu_free = d.free_bytes;
-    }
     for (io::WeightSet* w : {&files.transformer, &files.ae, &files.clip, &files.t5}) *w = weights_on(backend, *w);
   }
   return std::make_unique<FluxEngine>(std::move(files), options, backend, said, gpu_free);

@@ -239,9 +239,10 @@ class CudaBackend final : public Backend {
       }
       return;
     }
+    // Contiguous sources of any dtype (block types included) decode element by element.
+    if (x.is_contiguous() && out.dtype() == DType::F32) return cuda::to_f32(x.dtype(), x.data<void>(), out.data<float>(), x.numel(), stream_);
+    if (x.is_contiguous() && out.dtype() == DType::BF16) return cuda::to_bf16(x.dtype(), x.data<void>(), out.data<uint16_t>(), x.numel(), stream_);
     if (is_quantized(x.dtype())) {
-      if (out.dtype() == DType::F32) return cuda::to_f32(x.dtype(), x.data<void>(), out.data<float>(), x.numel(), stream_);
-      if (out.dtype() == DType::BF16) return cuda::to_bf16(x.dtype(), x.data<void>(), out.data<uint16_t>(), x.numel(), stream_);
       Tensor f = scratch(x.shape(), DType::F32);
       cuda::to_f32(x.dtype(), x.data<void>(), f.data<float>(), x.numel(), stream_);
       if (cuda::from_f32(out.dtype(), f.data<float>(), out.data<void>(), x.numel(), stream_)) return;
@@ -297,8 +298,7 @@ class CudaBackend final : public Backend {
   Tensor as_bf16(const Tensor& t) {
     if (t.dtype() == DType::BF16 && t.is_contiguous()) return t;
     Tensor o = scratch(t.shape(), DType::BF16);
-    if (t.dtype() == DType::F32 && t.is_contiguous()) cuda::f32_to_bf16(t.data<float>(), o.data<uint16_t>(), t.numel(), stream_);
-    else copy(t, o);
+    copy(t, o);
     return o;
   }
   // Element strides of contiguous `t` read at the (right-aligned) positions of `shape`; 0 where

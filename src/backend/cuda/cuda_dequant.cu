@@ -4,14 +4,13 @@
 // the tests compare each against the CPU's reference decoder.
 #include <cuda_fp16.h>
 
+#include "backend/cuda/cuda_device.cuh"
 #include "backend/cuda/cuda_internal.h"
 #include "core/error.h"
 
 namespace fluxpipe::cuda {
 namespace {
 
-constexpr int kThreads = 256;
-inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
 __device__ inline float f16(const uint8_t* p) {
   __half_raw r;
@@ -133,24 +132,16 @@ __device__ float element(DType t, const uint8_t* p, int64_t i) {
   return 0.0f;
 }
 
-// Round to nearest even, quiet NaNs kept: core/dtype.cpp's f32_to_bf16.
-__device__ inline uint16_t bf16_bits(float f) {
-  uint32_t x = __float_as_uint(f);
-  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((x >> 16) | 0x40);
-  x += 0x7FFF + ((x >> 16) & 1);
-  return static_cast<uint16_t>(x >> 16);
-}
-
 __global__ void k_to_f32(DType t, const uint8_t* src, float* dst, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  FLUXPIPE_GRID_STRIDE(i, n)
     dst[i] = element(t, src, i);
 }
 __global__ void k_to_bf16(DType t, const uint8_t* src, uint16_t* dst, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+  FLUXPIPE_GRID_STRIDE(i, n)
     dst[i] = bf16_bits(element(t, src, i));
 }
 __global__ void k_from_f32(DType t, const float* src, uint8_t* dst, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+  FLUXPIPE_GRID_STRIDE(i, n) {
     float f = src[i];
     if (t == DType::F32) reinterpret_cast<float*>(dst)[i] = f;
     else if (t == DType::BF16) reinterpret_cast<uint16_t*>(dst)[i] = bf16_bits(f);
@@ -160,7 +151,7 @@ __global__ void k_from_f32(DType t, const float* src, uint8_t* dst, int64_t n) {
 __global__ void k_gather_rows(DType t, const uint8_t* table, int64_t H, int64_t row_bytes, const int32_t* ids, float* out) {
   const int64_t n = blockIdx.y;
   const uint8_t* row = table + static_cast<int64_t>(ids[n]) * row_bytes;
-  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < H; j += int64_t(gridDim.x) * blockDim.x)
+  FLUXPIPE_GRID_STRIDE(j, H)
     out[n * H + j] = element(t, row, j);
 }
 
@@ -169,7 +160,7 @@ struct Strides8 {
   long long shape[8], stride[8];
 };
 __global__ void k_strided(DType from, const uint8_t* src, Strides8 s, DType to, uint8_t* dst, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+  FLUXPIPE_GRID_STRIDE(i, n) {
     int64_t rem = i, off = 0;
     for (int d = s.nd - 1; d >= 0; --d) {
       off += (rem % s.shape[d]) * s.stride[d];
@@ -181,9 +172,6 @@ __global__ void k_strided(DType from, const uint8_t* src, Strides8 s, DType to, 
     else reinterpret_cast<__half*>(dst)[i] = __float2half_rn(f);
   }
 }
-
-// Enough blocks to fill the GPU, few enough that each thread strides over several elements.
-unsigned grid(int64_t n) { return std::min<unsigned>(blocks_for(n), 65535u * 8u); }
 
 }  // namespace
 
@@ -206,7 +194,7 @@ bool from_f32(DType t, const float* src, void* dst, int64_t n, cudaStream_t s) {
 }
 void gather_rows(DType t, const void* table, int64_t H, const int32_t* ids, int64_t N, float* out, cudaStream_t s) {
   if (N == 0 || H == 0) return;
-  dim3 g(std::min<unsigned>(blocks_for(H), 64u), static_cast<unsigned>(N));
+  dim3 g(std::min<unsigned>(grid(H), 64u), static_cast<unsigned>(N));
   k_gather_rows<<<g, kThreads, 0, s>>>(t, static_cast<const uint8_t*>(table), H, static_cast<int64_t>(bytes_for(t, H)), ids, out);
   FLUXPIPE_CUDA_LAUNCHED("embedding");
 }

@@ -39,9 +39,7 @@ class MemoryCache {
   std::shared_ptr<Storage> allocate(size_t bytes, const char* op);
   // Gives every cached block back to the driver.
   void empty();
-  size_t held_bytes() const;    // in use + cached
-  size_t in_use_bytes() const;
-  size_t peak_in_use_bytes() const;
+  size_t in_use_bytes() const;   // handed out and not yet released
 
  private:
   struct Impl;
@@ -123,7 +121,6 @@ void im2col(const float* x, int64_t Cin, int64_t H, int64_t W, int64_t kh, int64
 void add_bias_cols(float* out, const float* bias, int64_t rows, int64_t n, cudaStream_t s);
 void add_bias_channels(float* out, const float* bias, int64_t B, int64_t C, int64_t HW, cudaStream_t s);
 void upsample_nearest2x(const float* x, float* out, int64_t BC, int64_t H, int64_t W, cudaStream_t s);
-void f32_to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s);
 void position_bias(const float* table, int64_t heads, const int32_t* buckets, int64_t Lq, int64_t Lk, const float* mask,
                    int64_t B, float* out, cudaStream_t s);
 void timestep_embedding(const float* t, int64_t B, int64_t dim, float time_factor, float max_period, float* out,

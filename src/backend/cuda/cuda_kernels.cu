@@ -6,25 +6,12 @@
 #include <cfloat>
 #include <cmath>
 
+#include "backend/cuda/cuda_device.cuh"
 #include "backend/cuda/cuda_internal.h"
 #include "core/error.h"
 
 namespace fluxpipe::cuda {
 namespace {
-
-constexpr int kThreads = 256;
-unsigned grid(int64_t n) {
-  int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(b < 1 ? 1 : (b > 65535 * 8 ? 65535 * 8 : b));
-}
-#define GRID_STRIDE(i, n) for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
-
-__device__ inline uint16_t bf16_bits(float f) {
-  uint32_t x = __float_as_uint(f);
-  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((x >> 16) | 0x40);
-  x += 0x7FFF + ((x >> 16) & 1);
-  return static_cast<uint16_t>(x >> 16);
-}
 
 // Sum over the block of one value per thread (kThreads threads); every thread gets the total.
 template <typename T>
@@ -62,7 +49,7 @@ __device__ inline float unary_f(UnaryOp op, float x) {
   return x;
 }
 __global__ void k_unary(UnaryOp op, const float* x, float* out, int64_t n) {
-  GRID_STRIDE(i, n) out[i] = unary_f(op, x[i]);
+  FLUXPIPE_GRID_STRIDE(i, n) out[i] = unary_f(op, x[i]);
 }
 
 struct Bcast {
@@ -79,7 +66,7 @@ __device__ inline float binary_f(BinaryOp op, float a, float b) {
   return a;
 }
 __global__ void k_binary(BinaryOp op, const float* a, const float* b, float* out, Bcast s, int64_t n) {
-  GRID_STRIDE(i, n) {
+  FLUXPIPE_GRID_STRIDE(i, n) {
     int64_t rem = i, oa = 0, ob = 0;
     for (int d = s.nd - 1; d >= 0; --d) {
       int64_t k = rem % s.shape[d];
@@ -91,7 +78,7 @@ __global__ void k_binary(BinaryOp op, const float* a, const float* b, float* out
   }
 }
 __global__ void k_binary_same(BinaryOp op, const float* a, const float* b, float* out, int64_t n) {
-  GRID_STRIDE(i, n) out[i] = binary_f(op, a[i], b[i]);
+  FLUXPIPE_GRID_STRIDE(i, n) out[i] = binary_f(op, a[i], b[i]);
 }
 
 // ---- rows ----
@@ -143,7 +130,7 @@ __global__ void k_rms_norm(const float* x, const float* w, float eps, float* out
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) o[i] = xr[i] * inv * (w ? w[i] : 1.0f);
 }
 __global__ void k_add_gated(const float* x, const float* gate, const float* y, float* out, int64_t L, int64_t D, int64_t n) {
-  GRID_STRIDE(i, n) {
+  FLUXPIPE_GRID_STRIDE(i, n) {
     const int64_t bidx = i / (L * D), d = i % D;
     out[i] = __fadd_rn(x[i], __fmul_rn(gate[bidx * D + d], y[i]));
   }
@@ -169,7 +156,7 @@ __global__ void k_group_stats(const float* x, int64_t count, double* stats) {
 }
 __global__ void k_group_apply(const float* x, int64_t C, int64_t HW, int64_t cg, int groups, const float* w, const float* b,
                               float eps, bool silu, const double* stats, float* out, int64_t n) {
-  GRID_STRIDE(i, n) {
+  FLUXPIPE_GRID_STRIDE(i, n) {
     const int64_t ch = (i / HW) % C, bidx = i / (HW * C), g = bidx * groups + ch / cg;
     const double cnt = static_cast<double>(cg * HW);
     const double mean = stats[2 * g] / cnt;
@@ -184,7 +171,7 @@ __global__ void k_group_apply(const float* x, int64_t C, int64_t HW, int64_t cg,
 
 __global__ void k_rope(const float* x, const float* cs, const float* sn, float* out, int64_t H, int64_t L, int64_t P,
                        bool per_batch, int64_t n_pairs) {
-  GRID_STRIDE(i, n_pairs) {
+  FLUXPIPE_GRID_STRIDE(i, n_pairs) {
     const int64_t p = i % P, r = i / P, l = r % L, bidx = r / (H * L);
     const int64_t t = ((per_batch ? bidx : 0) * L + l) * P + p;
     const float c = cs[t], s = sn[t], x0 = x[2 * i], x1 = x[2 * i + 1];
@@ -234,7 +221,7 @@ __global__ void k_softmax(const float* x, int64_t n, int64_t H, int64_t Lq, int6
 
 __global__ void k_im2col(const float* x, int64_t H, int64_t W, int64_t kh, int64_t kw, int stride, int pad_top, int pad_left,
                          int64_t OW, int64_t oy0, int64_t P, float* col_f32, uint16_t* col_bf16, int64_t n) {
-  GRID_STRIDE(i, n) {
+  FLUXPIPE_GRID_STRIDE(i, n) {
     const int64_t p = i % P, k = i / P;   // col[k, p], k = (ci, ky, kx)
     const int64_t kx = k % kw, ky = (k / kw) % kh, ci = k / (kw * kh);
     const int64_t oy = oy0 + p / OW, ox = p % OW;
@@ -245,32 +232,29 @@ __global__ void k_im2col(const float* x, int64_t H, int64_t W, int64_t kh, int64
   }
 }
 __global__ void k_add_bias_cols(float* out, const float* bias, int64_t n, int64_t total) {
-  GRID_STRIDE(i, total) out[i] += bias[i % n];
+  FLUXPIPE_GRID_STRIDE(i, total) out[i] += bias[i % n];
 }
 __global__ void k_add_bias_channels(float* out, const float* bias, int64_t C, int64_t HW, int64_t total) {
-  GRID_STRIDE(i, total) out[i] += bias[(i / HW) % C];
+  FLUXPIPE_GRID_STRIDE(i, total) out[i] += bias[(i / HW) % C];
 }
 __global__ void k_upsample(const float* x, float* out, int64_t H, int64_t W, int64_t total) {
-  GRID_STRIDE(i, total) {
+  FLUXPIPE_GRID_STRIDE(i, total) {
     const int64_t ox = i % (2 * W), oy = (i / (2 * W)) % (2 * H), bc = i / (4 * H * W);
     out[i] = x[(bc * H + oy / 2) * W + ox / 2];
   }
-}
-__global__ void k_f32_to_bf16(const float* x, uint16_t* out, int64_t n) {
-  GRID_STRIDE(i, n) out[i] = bf16_bits(x[i]);
 }
 
 // ---- tables ----
 __global__ void k_position_bias(const float* table, int64_t heads, const int32_t* buckets, int64_t Lq, int64_t Lk,
                                 const float* mask, float* out, int64_t total) {
-  GRID_STRIDE(i, total) {
+  FLUXPIPE_GRID_STRIDE(i, total) {
     const int64_t j = i % Lk, qi = (i / Lk) % Lq, h = (i / (Lk * Lq)) % heads, bidx = i / (Lk * Lq * heads);
     float add = mask ? (1.0f - mask[bidx * Lk + j]) * -FLT_MAX : 0.0f;
     out[i] = table[static_cast<int64_t>(buckets[qi * Lk + j]) * heads + h] + add;
   }
 }
 __global__ void k_timestep(const float* t, int64_t dim, float time_factor, float neg_log, float* out, int64_t total) {
-  GRID_STRIDE(i, total) {
+  FLUXPIPE_GRID_STRIDE(i, total) {
     const int64_t half = dim / 2, bidx = i / half, k = i % half;
     const float freq = expf(static_cast<float>(k) * neg_log / static_cast<float>(half));
     const float arg = (time_factor * t[bidx]) * freq;
@@ -282,7 +266,7 @@ struct Axes {
   int n, dim[8];
 };
 __global__ void k_rope_tables(const float* ids, int64_t BL, Axes axes, int pairs, double theta, float* cs, float* sn) {
-  GRID_STRIDE(i, BL * pairs) {
+  FLUXPIPE_GRID_STRIDE(i, BL * pairs) {
     const int64_t bl = i / pairs;
     int j = static_cast<int>(i % pairs), a = 0;
     while (a < axes.n && j >= axes.dim[a] / 2) j -= axes.dim[a++] / 2;
@@ -295,7 +279,7 @@ __global__ void k_rope_tables(const float* ids, int64_t BL, Axes axes, int pairs
   }
 }
 __global__ void k_to_u8(const float* img, int64_t H, int64_t W, uint8_t* out, int64_t total) {
-  GRID_STRIDE(i, total) {   // i over [B, H, W, 3]
+  FLUXPIPE_GRID_STRIDE(i, total) {   // i over [B, H, W, 3]
     const int64_t ch = i % 3, x = (i / 3) % W, y = (i / (3 * W)) % H, bidx = i / (3 * W * H);
     float f = img[((bidx * 3 + ch) * H + y) * W + x];
     f = fminf(1.0f, fmaxf(-1.0f, f));
@@ -304,7 +288,7 @@ __global__ void k_to_u8(const float* img, int64_t H, int64_t W, uint8_t* out, in
 }
 __global__ void k_blend(const float* tile, int64_t C, int64_t th, int64_t tw, const float* wy, const float* wx, float* acc,
                         int64_t H, int64_t W, int64_t bidx, int64_t y0, int64_t x0, float* wsum, int64_t total) {
-  GRID_STRIDE(i, total) {   // i over [C, th, tw]
+  FLUXPIPE_GRID_STRIDE(i, total) {   // i over [C, th, tw]
     const int64_t x = i % tw, y = (i / tw) % th, ch = i / (tw * th);
     const float wgt = __fmul_rn(wy[y], wx[x]);
     float* a = acc + ((bidx * C + ch) * H + y0 + y) * W + x0 + x;
@@ -424,11 +408,6 @@ void upsample_nearest2x(const float* x, float* out, int64_t BC, int64_t H, int64
   if (!n) return;
   k_upsample<<<grid(n), kThreads, 0, s>>>(x, out, H, W, n);
   FLUXPIPE_CUDA_LAUNCHED("upsample_nearest2x");
-}
-void f32_to_bf16(const float* x, uint16_t* out, int64_t n, cudaStream_t s) {
-  if (!n) return;
-  k_f32_to_bf16<<<grid(n), kThreads, 0, s>>>(x, out, n);
-  FLUXPIPE_CUDA_LAUNCHED("to_bf16");
 }
 void position_bias(const float* table, int64_t heads, const int32_t* buckets, int64_t Lq, int64_t Lk, const float* mask,
                    int64_t B, float* out, cudaStream_t s) {

@@ -28,7 +28,7 @@ size_t round_size(size_t bytes) {
 struct MemoryCache::Impl {
   mutable std::mutex mu;
   std::multimap<size_t, void*> free_blocks;   // size -> block
-  size_t cached = 0, in_use = 0, peak = 0;
+  size_t cached = 0, in_use = 0;
 };
 
 MemoryCache::MemoryCache(int device) : device_(device), impl_(std::make_shared<Impl>()) {}
@@ -67,7 +67,6 @@ std::shared_ptr<Storage> MemoryCache::allocate(size_t bytes, const char* op) {
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     impl_->in_use += got;
-    impl_->peak = std::max(impl_->peak, impl_->in_use);
   }
   auto s = std::make_shared<Storage>();
   s->device = Device::CUDA;
@@ -97,17 +96,9 @@ void MemoryCache::empty() {
   for (auto& [size, p] : blocks) cudaFree(p);
 }
 
-size_t MemoryCache::held_bytes() const {
-  std::lock_guard<std::mutex> lock(impl_->mu);
-  return impl_->in_use + impl_->cached;
-}
 size_t MemoryCache::in_use_bytes() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   return impl_->in_use;
-}
-size_t MemoryCache::peak_in_use_bytes() const {
-  std::lock_guard<std::mutex> lock(impl_->mu);
-  return impl_->peak;
 }
 
 }  // namespace fluxpipe::cuda
