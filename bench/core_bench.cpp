@@ -3,6 +3,7 @@
 //   - GEMM at FLUX.1's shapes for BF16, F16, Q8_0, Q4_0 and Q4_K weights (BF16 compute), as
 //     GFLOP/s, as a fraction of the measured BF16 peak, and as ratios to oneDNN's bf16 matmul,
 //     to ops::linear forced onto its oneDNN path, and to OpenBLAS sgemm on the same shapes;
+//     "own": ops::linear forced onto our kernels (AMX, or AVX-512 BF16), BF16 weights;
 //   - attention at L = 512, 1280, 4352 with 24 heads of 128.
 //
 //   build/bench/core_bench [--threads 2] [--quick] [--reps 3] [--m M] [--shape K,N] [--attention]
@@ -155,7 +156,7 @@ int main(int argc, char** argv) {
               "ops::linear forced onto its oneDNN path (F32 activations rounded to bf16, weights read in place\n"
               "or widened to bf16 in column chunks); BF16..Q4_K: ops::linear as the engine runs it (%s).\n",
               cpu::gemm_has_amx() ? "our AMX kernel, weights widened tile by tile" : "oneDNN for M >= 64");
-  std::printf("%5s %6s %6s | %6s %6s | %6s %6s | %6s %6s %6s %6s %6s | BF16/peak | BF16/dnnl BF16/lib BF16/blas | Q8/lib Q8/BF16 Q4_0/BF16 Q4K/BF16 F16/BF16\n",
+  std::printf("%5s %6s %6s | %6s %6s | %6s %6s | %6s %6s %6s %6s %6s | BF16/peak | BF16/dnnl BF16/lib BF16/blas | Q8/lib Q8/BF16 Q4_0/BF16 Q4K/BF16 F16/BF16 |   own own/dnnl\n",
               "M", "K", "N", "dnnl", "sgemm", "lib", "lib Q8", "BF16", "F16", "Q8_0", "Q4_0", "Q4_K");
   Ctx ctx;
   ctx.compute = Compute::BF16;
@@ -194,18 +195,24 @@ int main(int argc, char** argv) {
             cpu::gemm_force_path(cpu::GemmPath::automatic);
           }};
       for (size_t d = 0; d < ws.size(); ++d) variants.push_back([&, d] { ops::linear(ctx, x, ws[d]); });
+      variants.push_back([&] {   // our own kernels (AMX or AVX-512 BF16) forced, BF16 weights
+        cpu::gemm_force_path(cpu::GemmPath::own);
+        ops::linear(ctx, x, ws[0]);
+        cpu::gemm_force_path(cpu::GemmPath::automatic);
+      });
       std::vector<double> t = best_interleaved(variants, reps);
       double t_dnnl = t[0], t_blas = t[1];
       double lib_bf16 = flop / t[2] / 1e9, lib_q8 = flop / t[3] / 1e9;
       double gf[5];
       for (int d = 0; d < 5; ++d) gf[d] = flop / t[4 + static_cast<size_t>(d)] / 1e9;
+      double own = flop / t[4 + ws.size()] / 1e9;
       double dn = onednn ? flop / t_dnnl / 1e9 : std::nan(""), bl = flop / t_blas / 1e9;
       gemm_sum += gf[0];
       ++gemm_count;
-      std::printf("%5lld %6lld %6lld | %6.0f %6.0f | %6.0f %6.0f | %6.0f %6.0f %6.0f %6.0f %6.0f |   %5.1f%%  |   %5.2f    %5.2f    %5.2f  |  %5.2f  %5.2f  %5.2f  %5.2f  %5.2f\n",
+      std::printf("%5lld %6lld %6lld | %6.0f %6.0f | %6.0f %6.0f | %6.0f %6.0f %6.0f %6.0f %6.0f |   %5.1f%%  |   %5.2f    %5.2f    %5.2f  |  %5.2f  %5.2f  %5.2f  %5.2f  %5.2f | %5.0f  %5.2f\n",
                   static_cast<long long>(M), static_cast<long long>(K), static_cast<long long>(N), dn, bl, lib_bf16, lib_q8,
                   gf[0], gf[1], gf[2], gf[3], gf[4], 100.0 * gf[0] * 1e9 / bfN, gf[0] / dn, gf[0] / lib_bf16, gf[0] / bl,
-                  gf[2] / lib_q8, gf[2] / gf[0], gf[3] / gf[0], gf[4] / gf[0], gf[1] / gf[0]);
+                  gf[2] / lib_q8, gf[2] / gf[0], gf[3] / gf[0], gf[4] / gf[0], gf[1] / gf[0], own, own / dn);
       std::fflush(stdout);
     }
   }

@@ -113,6 +113,30 @@ TEST(Kernels, LinearBf16PathAgainstReference) {
   }
 }
 
+// Our BF16 kernels forced for products large enough to go to oneDNN otherwise: rows that do not
+// fill the 6-row tiles, several K chunks (the last ragged), 64-column tiles with a partial last
+// one and a lone 32-column panel, bf16 and Q8_0 weights (packed through widening), and more
+// column blocks than threads (the weights of the next block are fetched ahead). The same bf16
+// inputs through the reference.
+TEST(Kernels, OwnBf16KernelsOverKChunksAndRaggedTilesMatchTheReference) {
+  cpu::gemm_force_path(cpu::GemmPath::own);
+  cpu::gemm_int8_allow(false);
+  Ctx c;
+  c.compute = Compute::BF16;
+  for (int64_t N : {100, 90, 300}) {
+    for (DType d : {DType::BF16, DType::Q8_0}) {
+      Tensor x = randn({70, 1120}, 40), w = convert(randn({N, 1120}, 41, 0.1f), d);
+      Tensor want = Tensor::zeros({70, N}, DType::F32);
+      cpu::ref::linear(convert(x, DType::BF16), convert(convert(w, DType::F32), DType::BF16), nullptr, want);
+      expect_close(ops::linear(c, x, w), want, 1e-4, 1e-4,
+                   std::string("own bf16 kernels, N=") + std::to_string(N) + " w=" + name(d) + " (" +
+                       cpu::gemm_kernel_name(Compute::BF16) + ")");
+    }
+  }
+  cpu::gemm_int8_allow(true);
+  cpu::gemm_force_path(cpu::GemmPath::automatic);
+}
+
 // FLUXPIPE_ISA's levels (backend/cpu/isa.h): at every level this CPU has, the kernels it allows
 // compute the reference's products, elementwise ops and attention; the kernel name follows.
 TEST(Kernels, EveryIsaLevelThisCpuHasMatchesTheReference) {
