@@ -270,9 +270,9 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void ukernel_bf16_avx512(
 }
 
 // The same product over two adjacent panels (64 columns) and up to 6 rows: 24 accumulators, 4
-// panel loads and 6 broadcasts per 24 dot products instead of 2 and 8 per 16 above. Zen 4
-// issues a 512-bit dot product per cycle and each broadcast costs an issue slot beside them, so
-// fewer broadcasts per product is the whole gain (measured in bench/core_bench, "own" column).
+// panel loads and 6 broadcasts per 24 dot products instead of 2 and 8 per 16 above. (On Zen 4 both
+// tiles reach the dot-product peak with their operands in L1/L2; the wide one halves the
+// broadcasts, which leaves more issue slots to the prefetches the caller interleaves.)
 constexpr int MR_WIDE = 6;
 
 template <int R>
