@@ -48,6 +48,14 @@ class Backend {
   virtual void zero(Tensor& out) = 0;
   // Waits until all queued work is done (the CPU computes as it is called: nothing to wait for).
   virtual void synchronize() {}
+  // Drops copies this backend made of weights on `of` to compute faster (the CPU backend keeps
+  // BF16 weights of file mappings reordered for its products, in place of the mapped pages);
+  // they are made again on next use. The memory plan calls this when it releases a part.
+  // Returns the bytes freed.
+  virtual size_t release_weight_copies(const Storage& of) {
+    (void)of;
+    return 0;
+  }
 
   // out[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]); x F32 or BF16, w any float or block dtype.
   virtual void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, Compute c) = 0;

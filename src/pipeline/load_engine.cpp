@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <list>
+#include <set>
 
 #include "backend/cpu/gemm_int8.h"
 #include "backend/cpu/isa.h"
@@ -62,7 +63,14 @@ class FluxEngine final : public Engine {
     }
     planner_ = std::make_unique<MemoryPlanner>(budget, held);
     auto part = [&](const char* name, const io::WeightSet& w) {
-      return planner_->add_part(name, io::total_bytes(w), [&w] { io::release_resident_pages(w); });
+      return planner_->add_part(name, io::total_bytes(w), [this, &w] {
+        io::release_resident_pages(w);
+        // The backend's reordered copies of these weights hold their memory in place of the pages.
+        std::set<const Storage*> storages;
+        for (const auto& [n, t] : w.tensors) {
+          if (t.defined() && storages.insert(t.storage().get()).second) backend_->release_weight_copies(*t.storage());
+        }
+      });
     };
     part_transformer_ = part("transformer", files_.transformer);
     part_ae_ = part("autoencoder", files_.ae);

@@ -13,11 +13,14 @@
 #include "backend/cpu/gemm.h"
 #include "backend/cpu/gemm_int8.h"
 #include "backend/cpu/isa.h"
+#include "backend/cpu/onednn_gemm.h"
 #include "backend/cpu/reference.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "io/weights.h"
 #include "ops/ops.h"
 #include "random_tensors.h"
+#include "test_util.h"
 
 namespace fluxpipe {
 namespace {
@@ -133,6 +136,52 @@ TEST(Kernels, OwnBf16KernelsOverKChunksAndRaggedTilesMatchTheReference) {
                        cpu::gemm_kernel_name(Compute::BF16) + ")");
     }
   }
+  cpu::gemm_int8_allow(true);
+  cpu::gemm_force_path(cpu::GemmPath::automatic);
+}
+
+// BF16 weights of a file mapping, reordered once for oneDNN and kept (onednn_gemm.h): the same
+// products bit for bit as on the plain weights, against the reference too; the mapped weights
+// still read right after their pages were dropped; a release frees the copy and the next product
+// remakes it; and weights loaded anew (a new file at the same path, likely at the same address)
+// are never served another file's copy.
+TEST(Kernels, PackedBf16WeightsGiveThePlainProductsAndFollowTheirStorage) {
+  if (!cpu::isa_at_least(cpu::Isa::avx512bf16)) GTEST_SKIP() << "the oneDNN bf16 path needs AVX-512 BF16 ("
+                                                              << cpu::isa_name(cpu::active_isa()) << " here)";
+  cpu::gemm_force_path(cpu::GemmPath::onednn);
+  cpu::gemm_int8_allow(false);
+  Ctx c;
+  c.compute = Compute::BF16;
+  testing::TempDir dir;
+  const std::string path = dir.path() + "/w.safetensors";
+  cpu::release_packed_weights(nullptr);
+  for (uint64_t seed : {50, 51}) {
+    const int64_t M = 70, N = 300, K = 3072;   // N x K x 2 bytes: many whole pages to drop
+    io::write_safetensors(path, {{"w", convert(randn({N, K}, seed, 0.1f), DType::BF16)}});
+    io::WeightSet ws = io::load_weights(path);
+    const Tensor& w = ws.tensors.at("w");
+    ASSERT_TRUE(w.storage()->file_mapped);
+    const std::vector<float> w_before = w.to_floats();
+    Tensor x = randn({M, K}, seed + 10);
+    Tensor want = Tensor::zeros({M, N}, DType::F32);
+    cpu::ref::linear(convert(x, DType::BF16), w, nullptr, want);
+
+    cpu::set_pack_weights(false);
+    const size_t kept = cpu::packed_weight_bytes();   // the previous file's copy, its storage gone
+    const std::vector<float> plain = ops::linear(c, x, w).to_floats();
+    EXPECT_EQ(cpu::packed_weight_bytes(), kept);
+    cpu::set_pack_weights(true);
+    Tensor packed = ops::linear(c, x, w);
+    EXPECT_GE(cpu::packed_weight_bytes(), static_cast<size_t>(N * K * 2)) << "no packed copy was made";
+    EXPECT_EQ(packed.to_floats(), plain) << "seed " << seed;
+    expect_close(packed, want, 1e-4, 1e-4, "packed bf16 weights, seed " + std::to_string(seed));
+    EXPECT_EQ(w.to_floats(), w_before) << "the mapped weights after their pages were dropped";
+    EXPECT_EQ(ops::linear(c, x, w).to_floats(), plain) << "second product on the kept copy";
+    EXPECT_GE(cpu::release_packed_weights(w.storage().get()), static_cast<size_t>(N * K * 2));
+    EXPECT_EQ(cpu::packed_weight_bytes(), 0u);
+    EXPECT_EQ(ops::linear(c, x, w).to_floats(), plain) << "remade after the release";
+  }
+  cpu::release_packed_weights(nullptr);
   cpu::gemm_int8_allow(true);
   cpu::gemm_force_path(cpu::GemmPath::automatic);
 }

@@ -24,7 +24,7 @@ namespace {
 using cpu::BMatrix;
 
 BMatrix as_b(const Tensor& w) {
-  return {w.dtype(), w.data<uint8_t>(), static_cast<int64_t>(bytes_for(w.dtype(), w.size(-1)))};
+  return {w.dtype(), w.data<uint8_t>(), static_cast<int64_t>(bytes_for(w.dtype(), w.size(-1))), &w.storage()};
 }
 
 void for_rows(int64_t rows, int64_t cost_per_row, const std::function<void(int64_t, int64_t)>& fn) {
@@ -78,6 +78,7 @@ class CpuBackend final : public Backend {
   void zero(Tensor& out) override {
     if (out.nbytes()) std::memset(out.data<uint8_t>(), 0, out.nbytes());
   }
+  size_t release_weight_copies(const Storage& of) override { return cpu::release_packed_weights(&of); }
 
   void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, Compute c) override {
     int64_t M = x.size(0), K = x.size(1), N = w.size(0);

@@ -13,16 +13,20 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 #include "backend/backend.h"
 
 namespace fluxpipe::cpu {
 
 // The B operand: row n (an output column) holds K elements at data + n * row_bytes.
+// `owner`, when set, is the storage `data` lies in: it lets the oneDNN path keep BF16 weights of
+// a file mapping reordered into its own layout (onednn_gemm.h) and notice when they are gone.
 struct BMatrix {
   DType dtype;
   const uint8_t* data;
   int64_t row_bytes;
+  const std::shared_ptr<Storage>* owner = nullptr;
 };
 
 // REQUIRES: K is a multiple of B's block size; lda >= K; ldc >= N.

@@ -1,8 +1,13 @@
 #include "backend/cpu/onednn_gemm.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -42,6 +47,111 @@ struct Engine {
 Engine& engine() {
   static Engine e;
   return e;
+}
+
+// BF16 weights [N, K] of a file mapping, reordered once into the layout oneDNN's kernel reads.
+// `owner` notices when their storage is gone, so a new tensor at the same address is never
+// mistaken for the old one.
+struct PackedWeights {
+  std::weak_ptr<Storage> owner;
+  int64_t N, K;
+  dnnl::memory::desc desc;
+  Tensor data;   // U8, desc.get_size() bytes
+};
+
+// Products on packed weights, by (M, N, K, ldc): the primitive made for the packed layout.
+struct PackedProduct {
+  dnnl::memory::desc weights;
+  dnnl::matmul mm;
+};
+
+struct PackCache {
+  std::mutex mu;
+  bool on = [] {
+    const char* v = std::getenv("FLUXPIPE_PACK_WEIGHTS");
+    return !(v && std::string(v) == "0");
+  }();
+  std::multimap<const void*, PackedWeights> weights;   // by weight address
+  size_t bytes = 0;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, PackedProduct> products;
+};
+
+PackCache& pack_cache() {
+  static PackCache p;
+  return p;
+}
+
+// Drops the process's pages of [p, p + n) of a file mapping, whole pages only (a page shared with
+// a neighbouring tensor may still be wanted); they are read back from the file if touched again.
+void drop_mapped_pages(const void* p, size_t n) {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  uintptr_t b = reinterpret_cast<uintptr_t>(p), e = b + n;
+  b = (b + page - 1) / page * page;
+  e = e / page * page;
+  if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);   // advice: failure only costs memory
+}
+
+// The packed copy of B (BF16 rows of K, in a file mapping), made on first use; an undefined
+// result when oneDNN offers no blocked layout for this shape.
+std::pair<dnnl::memory::desc, Tensor> packed_weights(Engine& e, const BMatrix& B, int64_t M, int64_t N, int64_t K) {
+  using dt = dnnl::memory::data_type;
+  PackCache& pc = pack_cache();
+  std::lock_guard lock(pc.mu);
+  const std::shared_ptr<Storage>& storage = *B.owner;
+  auto range = pc.weights.equal_range(B.data);
+  for (auto it = range.first; it != range.second; ++it) {
+    if (it->second.owner.lock() == storage && it->second.N == N && it->second.K == K) return {it->second.desc, it->second.data};
+  }
+  for (auto it = pc.weights.begin(); it != pc.weights.end();) {   // entries whose weights are gone
+    if (it->second.owner.expired()) {
+      pc.bytes -= it->second.data.nbytes();
+      it = pc.weights.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  dnnl::memory::desc a({M, K}, dt::bf16, dnnl::memory::dims{K, 1});
+  dnnl::memory::desc any({K, N}, dt::bf16, dnnl::memory::format_tag::any);
+  dnnl::memory::desc c({M, N}, dt::f32, dnnl::memory::dims{N, 1});
+  dnnl::memory::desc plain({K, N}, dt::bf16, dnnl::memory::dims{1, K});
+  dnnl::memory::desc want = dnnl::matmul::primitive_desc(dnnl::matmul::desc(a, any, c), e.eng).weights_desc();
+  if (want == plain) return {};
+  PackedWeights p{storage, N, K, want, Tensor::empty({static_cast<int64_t>(want.get_size())}, DType::U8)};
+  dnnl::memory src(plain, e.eng, const_cast<uint8_t*>(B.data)), dst(want, e.eng, p.data.data<uint8_t>());
+  dnnl::stream stream(e.eng);
+  dnnl::reorder(src, dst).execute(stream, src, dst);
+  stream.wait();
+  drop_mapped_pages(B.data, static_cast<size_t>(N * K * 2));
+  pc.bytes += p.data.nbytes();
+  auto it = pc.weights.emplace(B.data, std::move(p));
+  return {it->second.desc, it->second.data};
+}
+
+// C = A · Bᵀ with B's packed copy; false when there is none (then nothing was done).
+bool packed_product(Engine& e, const uint16_t* a, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N, int64_t K) {
+  using dt = dnnl::memory::data_type;
+  auto [desc, data] = packed_weights(e, B, M, N, K);
+  if (!data.defined()) return false;
+  dnnl::matmul mm;
+  {
+    PackCache& pc = pack_cache();
+    std::lock_guard lock(pc.mu);
+    auto key = std::make_tuple(M, N, K, ldc);
+    auto it = pc.products.find(key);
+    if (it == pc.products.end() || !(it->second.weights == desc)) {
+      dnnl::memory::desc am({M, K}, dt::bf16, dnnl::memory::dims{K, 1}), cm({M, N}, dt::f32, dnnl::memory::dims{ldc, 1});
+      if (pc.products.size() > 256) pc.products.clear();
+      it = pc.products.insert_or_assign(key, PackedProduct{desc, dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(am, desc, cm), e.eng))}).first;
+    }
+    mm = it->second.mm;
+  }
+  dnnl::stream stream(e.eng);
+  dnnl::memory am(dnnl::memory::desc({M, K}, dt::bf16, dnnl::memory::dims{K, 1}), e.eng, const_cast<uint16_t*>(a));
+  dnnl::memory bm(desc, e.eng, data.data<uint8_t>());
+  dnnl::memory cm(dnnl::memory::desc({M, N}, dt::f32, dnnl::memory::dims{ldc, 1}), e.eng, C);
+  mm.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+  stream.wait();
+  return true;
 }
 
 // Strided bf16 products with an output scale, cached by everything that shapes the primitive.
@@ -110,6 +220,10 @@ bool onednn_gemm_bf16(const float* A, int64_t lda, const BMatrix& B, float* C, i
     Engine& e = engine();
     uint16_t* a = scratch<uint16_t>(2, static_cast<size_t>(M * K));
     convert_rows_bf16(A, lda, M, K, a, K);
+    if (B.dtype == DType::BF16 && B.row_bytes == K * 2 && B.owner && *B.owner && (*B.owner)->file_mapped && pack_cache().on &&
+        packed_product(e, a, B, C, ldc, M, N, K)) {
+      return true;
+    }
     // Column chunks of about 16 MiB of bf16 weights: BF16 weights are read in place, others are
     // widened into a buffer that oneDNN reads while it is still in the last-level cache. BF16
     // weights go in whole below 512 rows. (Measured, best of 6: for BF16 weights, chunks were 10-25%
@@ -193,6 +307,35 @@ bool onednn_gemm_f32(const float* A, int64_t lda, const BMatrix& B, float* C, in
   } catch (const dnnl::error&) {
     return false;
   }
+}
+
+size_t release_packed_weights(const Storage* of) {
+  PackCache& pc = pack_cache();
+  std::lock_guard lock(pc.mu);
+  size_t freed = 0;
+  for (auto it = pc.weights.begin(); it != pc.weights.end();) {
+    auto owner = it->second.owner.lock();
+    if (!of || !owner || owner.get() == of) {
+      freed += it->second.data.nbytes();
+      it = pc.weights.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  pc.bytes -= freed;
+  return freed;
+}
+
+size_t packed_weight_bytes() {
+  PackCache& pc = pack_cache();
+  std::lock_guard lock(pc.mu);
+  return pc.bytes;
+}
+
+void set_pack_weights(bool on) {
+  PackCache& pc = pack_cache();
+  std::lock_guard lock(pc.mu);
+  pc.on = on;
 }
 
 }  // namespace fluxpipe::cpu
