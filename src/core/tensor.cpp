@@ -1,5 +1,8 @@
 #include "core/tensor.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "core/block_cache.h"
 
 #include <cstdlib>
@@ -47,6 +50,15 @@ std::shared_ptr<Storage> allocate_cpu(size_t bytes, bool zero) {
   s->bytes = bytes;
   s->release = [capacity](Storage& st) { block_cache::give(st.data, capacity); };
   return s;
+}
+
+size_t drop_mapped_pages(const void* data, size_t bytes) {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  uintptr_t b = reinterpret_cast<uintptr_t>(data), e = b + bytes;
+  b = (b + page - 1) / page * page;
+  e = e / page * page;
+  if (e <= b) return 0;
+  return madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED) == 0 ? e - b : 0;
 }
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype) {

@@ -95,5 +95,9 @@ class Tensor {
 // Allocates `bytes` of 64-byte aligned CPU memory, zeroed unless `zero` is false. Large
 // blocks come from (and go back to) core/block_cache.h.
 std::shared_ptr<Storage> allocate_cpu(size_t bytes, bool zero = true);
+// Drops the process's pages of [data, data + bytes) of a file mapping, whole pages inside the
+// range only (a page shared with a neighbouring tensor may still be wanted); they are read back
+// from the file when touched again. Returns the bytes advised (0 when madvise refused).
+size_t drop_mapped_pages(const void* data, size_t bytes);
 
 }  // namespace fluxpipe

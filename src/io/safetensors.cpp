@@ -76,16 +76,9 @@ size_t total_bytes(const WeightSet& w) {
 }
 
 size_t release_resident_pages(const WeightSet& w) {
-  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   size_t advised = 0;
   for (const auto& [name, t] : w.tensors) {
-    if (!t.defined() || !t.storage()->file_mapped || t.nbytes() == 0) continue;
-    // Whole pages inside the tensor only: a page shared with a neighbour may belong to another part.
-    uintptr_t b = reinterpret_cast<uintptr_t>(t.data<uint8_t>()), e = b + t.nbytes();
-    b = (b + page - 1) / page * page;
-    e = e / page * page;
-    if (e <= b) continue;
-    if (madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED) == 0) advised += e - b;
+    if (t.defined() && t.storage()->file_mapped) advised += drop_mapped_pages(t.data<uint8_t>(), t.nbytes());
   }
   return advised;
 }

@@ -1,12 +1,11 @@
 #include "backend/cpu/onednn_gemm.h"
 
-#include <sys/mman.h>
-#include <unistd.h>
-
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -67,28 +66,19 @@ struct PackedProduct {
 
 struct PackCache {
   std::mutex mu;
-  bool on = [] {
+  std::atomic<bool> on = [] {
     const char* v = std::getenv("FLUXPIPE_PACK_WEIGHTS");
     return !(v && std::string(v) == "0");
   }();
   std::multimap<const void*, PackedWeights> weights;   // by weight address
   size_t bytes = 0;
   std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, PackedProduct> products;
+  std::set<std::pair<int64_t, int64_t>> plain_only;   // (N, K) for which oneDNN wants the plain layout
 };
 
 PackCache& pack_cache() {
   static PackCache p;
   return p;
-}
-
-// Drops the process's pages of [p, p + n) of a file mapping, whole pages only (a page shared with
-// a neighbouring tensor may still be wanted); they are read back from the file if touched again.
-void drop_mapped_pages(const void* p, size_t n) {
-  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  uintptr_t b = reinterpret_cast<uintptr_t>(p), e = b + n;
-  b = (b + page - 1) / page * page;
-  e = e / page * page;
-  if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);   // advice: failure only costs memory
 }
 
 // The packed copy of B (BF16 rows of K, in a file mapping), made on first use; an undefined
@@ -110,12 +100,16 @@ std::pair<dnnl::memory::desc, Tensor> packed_weights(Engine& e, const BMatrix& B
       ++it;
     }
   }
+  if (pc.plain_only.count({N, K})) return {};
   dnnl::memory::desc a({M, K}, dt::bf16, dnnl::memory::dims{K, 1});
   dnnl::memory::desc any({K, N}, dt::bf16, dnnl::memory::format_tag::any);
   dnnl::memory::desc c({M, N}, dt::f32, dnnl::memory::dims{N, 1});
   dnnl::memory::desc plain({K, N}, dt::bf16, dnnl::memory::dims{1, K});
   dnnl::memory::desc want = dnnl::matmul::primitive_desc(dnnl::matmul::desc(a, any, c), e.eng).weights_desc();
-  if (want == plain) return {};
+  if (want == plain) {   // asked once per shape, not on every product
+    pc.plain_only.insert({N, K});
+    return {};
+  }
   PackedWeights p{storage, N, K, want, Tensor::empty({static_cast<int64_t>(want.get_size())}, DType::U8)};
   dnnl::memory src(plain, e.eng, const_cast<uint8_t*>(B.data)), dst(want, e.eng, p.data.data<uint8_t>());
   dnnl::stream stream(e.eng);
@@ -332,10 +326,6 @@ size_t packed_weight_bytes() {
   return pc.bytes;
 }
 
-void set_pack_weights(bool on) {
-  PackCache& pc = pack_cache();
-  std::lock_guard lock(pc.mu);
-  pc.on = on;
-}
+void set_pack_weights(bool on) { pack_cache().on = on; }
 
 }  // namespace fluxpipe::cpu
