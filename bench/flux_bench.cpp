@@ -4,7 +4,7 @@
 //       writes a random-weight checkpoint of the real FLUX.1 width (hidden 3072, 24 heads of
 //       128, context 4096, vec 768) with D double and S single blocks, in BFL names: BF16 as
 //       safetensors, Q8_0 / Q4_0 as GGUF (norm scales and biases stay F32 there).
-//   build/bench/flux_bench vae [--sizes 256,512] [--compute bf16|f32] [--reps 2]
+//   build/bench/flux_bench vae [--sizes 256,512] [--compute bf16|f32] [--reps 2] [--profile 1]
 //       times the autoencoder decode (real decoder shape, random weights) of a size/8 latent.
 //   build/bench/flux_bench t5 [--blocks N,0] [--dtype bf16|q8_0|q4_0] [--reps 2]
 //       times T5-XXL-shaped encoding of 256 tokens with N random layers, scaled to 24.
@@ -219,7 +219,7 @@ int step(const std::string& weights, std::vector<int> sizes, const std::string& 
 
 // The real FLUX.1 autoencoder's decoder shape (ch 128, multipliers 1,2,4,4, 2 ResNet blocks
 // per level plus one, z 16) with random weights, in memory; times decoding a latent.
-int vae_step(const std::vector<int>& sizes, const std::string& compute, int reps) {
+int vae_step(const std::vector<int>& sizes, const std::string& compute, int reps, bool profile) {
   int threads = ThreadPool::global().size();
   double peak = bench::bf16_peak(threads);
   Rng rng{7};
@@ -275,6 +275,18 @@ int vae_step(const std::vector<int>& sizes, const std::string& compute, int reps
     }, reps);
     std::printf("  latent %lldx%lld -> image %dx%d: %.3f s\n", static_cast<long long>(lat), static_cast<long long>(lat), size, size, t);
     std::fflush(stdout);
+    if (profile) {
+      // One more decode through a timing wrapper (every primitive is made by now): where it goes.
+      bench::ProfilingBackend prof(*c.backend);
+      Backend* plain = c.backend;
+      c.backend = &prof;
+      auto t0 = std::chrono::steady_clock::now();
+      ae.decode(c, z);
+      double t_prof = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      c.backend = plain;
+      std::printf(" where one decode's %.3f s go:\n", t_prof);
+      prof.print(t_prof);
+    }
   }
   return 0;
 }
@@ -335,7 +347,9 @@ int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr, "usage: flux_bench write --out DIR [--blocks D,S] [--dtype bf16|q8_0|q4_0]\n"
                          "       flux_bench step --weights FILE [--sizes 256,512,1024] [--compute bf16|f32] [--reps N] [--profile 1]\n"
-                         "                       [--device cpu|cuda|cuda:N]\n");
+                         "                       [--device cpu|cuda|cuda:N]\n"
+                         "       flux_bench vae [--sizes 256,512] [--compute bf16|f32] [--reps N] [--profile 1]\n"
+                         "       flux_bench t5 [--blocks LAYERS,0] [--dtype bf16|q8_0|q4_0] [--reps N]\n");
     return 2;
   }
   std::string mode = argv[1], out = "/tmp", dtype = "bf16", weights, compute = "bf16", device = "cpu";
@@ -370,7 +384,7 @@ int main(int argc, char** argv) {
   try {
     if (mode == "write") return write_checkpoint(out, depth, single, dtype);
     if (mode == "step") return step(weights, sizes, compute, reps, profile, device);
-    if (mode == "vae") return vae_step(sizes, compute, reps);
+    if (mode == "vae") return vae_step(sizes, compute, reps, profile);
     if (mode == "t5") return t5_step(depth, dtype, reps);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "flux_bench: %s\n", e.what());

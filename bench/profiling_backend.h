@@ -1,5 +1,5 @@
 // A Backend that forwards every call to another and adds up the wall time of each op (linear
-// by its K x N, so the table shows which products and which glue ops a step spends its time
+// by its K x N, a convolution by its shape, so the table shows which products and which glue ops a step spends its time
 // in). Bench-only: `flux_bench step --profile 1`. Not thread-safe: one engine thread calls it.
 #pragma once
 
@@ -28,7 +28,8 @@ class ProfilingBackend final : public Backend {
 
   void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, Compute c) override {
     std::string key = "linear K" + std::to_string(w.size(1)) + " N" + std::to_string(w.size(0)) + " " + fluxpipe::name(w.dtype());
-    timed(key, [&] { inner_.linear(x, w, bias, out, c); });
+    double flop = 2.0 * static_cast<double>(x.numel() / x.size(-1)) * static_cast<double>(w.size(0)) * static_cast<double>(w.size(1));
+    timed(key, [&] { inner_.linear(x, w, bias, out, c); }, flop);
   }
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor* bias, bool causal,
                  Tensor& out, Compute c) override {
@@ -49,6 +50,10 @@ class ProfilingBackend final : public Backend {
   void group_norm(const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, bool silu, Tensor& out) override {
     timed("group_norm", [&] { inner_.group_norm(x, groups, w, b, eps, silu, out); });
   }
+  bool has_nhwc() const override { return inner_.has_nhwc(); }
+  void group_norm_nhwc(const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, bool silu, Tensor& out) override {
+    timed("group_norm", [&] { inner_.group_norm_nhwc(x, groups, w, b, eps, silu, out); });
+  }
   void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& out) override {
     timed("rope", [&] { inner_.rope(x, cos, sin, out); });
   }
@@ -64,10 +69,19 @@ class ProfilingBackend final : public Backend {
     timed("softmax", [&] { inner_.softmax(x, out); });
   }
   void conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p, Tensor& out, Compute c) override {
-    timed("conv2d", [&] { inner_.conv2d(x, w, bias, p, out, c); });
+    // By kernel, channels and output size: x [B, Cin, H, W], w [Cout, Cin, k, k], out [B, Cout, Ho, Wo].
+    const bool nhwc = p.layout == Layout::nhwc;
+    std::string key = "conv" + std::to_string(w.size(2)) + "x" + std::to_string(w.size(3)) + " " + std::to_string(w.size(1)) +
+                      "->" + std::to_string(w.size(0)) + " @" + std::to_string(out.size(nhwc ? 1 : 2)) + "x" +
+                      std::to_string(out.size(nhwc ? 2 : 3)) + (nhwc ? " nhwc" : "");
+    double flop = 2.0 * static_cast<double>(out.numel()) * static_cast<double>(w.size(1) * w.size(2) * w.size(3));
+    timed(key, [&] { inner_.conv2d(x, w, bias, p, out, c); }, flop);
   }
   void upsample_nearest2x(const Tensor& x, Tensor& out) override {
     timed("upsample", [&] { inner_.upsample_nearest2x(x, out); });
+  }
+  void upsample_nearest2x_nhwc(const Tensor& x, Tensor& out) override {
+    timed("upsample", [&] { inner_.upsample_nearest2x_nhwc(x, out); });
   }
   void concat(const std::vector<Tensor>& xs, int dim, Tensor& out) override {
     timed(out.numel() >= (1 << 20) ? "concat (1M+ values)" : "concat (small)", [&] { inner_.concat(xs, dim, out); });
@@ -100,9 +114,11 @@ class ProfilingBackend final : public Backend {
     std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
     double ops = 0;
     for (const auto& [k, e] : rows) ops += e.seconds;
-    std::printf("  %-34s %6s %10s %7s\n", "op", "calls", "seconds", "share");
+    std::printf("  %-34s %6s %10s %7s %9s\n", "op", "calls", "seconds", "share", "GFLOP/s");
     for (const auto& [k, e] : rows) {
-      std::printf("  %-34s %6d %10.4f %6.1f%%\n", k.c_str(), e.calls, e.seconds, 100.0 * e.seconds / total_s);
+      std::printf("  %-34s %6d %10.4f %6.1f%%", k.c_str(), e.calls, e.seconds, 100.0 * e.seconds / total_s);
+      if (e.flop > 0) std::printf(" %9.0f", e.flop / e.seconds / 1e9);
+      std::printf("\n");
     }
     std::printf("  %-34s %6s %10.4f %6.1f%%\n", "(outside the backend)", "", total_s - ops, 100.0 * (total_s - ops) / total_s);
   }
@@ -112,13 +128,15 @@ class ProfilingBackend final : public Backend {
   struct Entry {
     int calls = 0;
     double seconds = 0;
+    double flop = 0;  // products and convolutions: multiply-adds x 2, for the rate column
   };
   template <class F>
-  void timed(const std::string& key, F&& f) {
+  void timed(const std::string& key, F&& f, double flop = 0) {
     auto t0 = std::chrono::steady_clock::now();
     f();
     Entry& e = entries_[key];
     ++e.calls;
+    e.flop += flop;
     e.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   Backend& inner_;

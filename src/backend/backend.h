@@ -25,9 +25,16 @@ enum class Compute { F32, BF16 };
 enum class Unary { gelu_tanh, gelu_erf, silu, quick_gelu };
 enum class Binary { add, sub, mul, div };
 
+// Where an image tensor keeps its channels: nchw [B, C, H, W] (the models' and checkpoints'
+// order) or nhwc [B, H, W, C] (channels last: what the CPU's convolutions compute in, so a
+// decoder kept in it skips two transposes per convolution). Only backends whose has_nhwc() is
+// true are ever given nhwc tensors (the ops layer refuses the others).
+enum class Layout { nchw, nhwc };
+
 struct Conv2dParams {
   int stride = 1;
   int pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
+  Layout layout = Layout::nchw;   // of x and out; the weights are always [Cout, Cin, kh, kw]
 };
 
 class Backend {
@@ -76,16 +83,25 @@ class Backend {
   // x [B,C,H,W]; statistics per (batch, group of C/groups channels); `silu` applies SiLU to the
   // result in the same pass (the autoencoder always follows a group norm with SiLU).
   virtual void group_norm(const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, bool silu, Tensor& out) = 0;
+  // Whether this backend takes nhwc image tensors: Conv2dParams::layout, group_norm_nhwc and
+  // upsample_nearest2x_nhwc. The defaults below are never called when it is false.
+  virtual bool has_nhwc() const { return false; }
+  // group_norm of x [B,H,W,C] (the same statistics; summed in another order, so equal to the
+  // nchw op within rounding).
+  virtual void group_norm_nhwc(const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, bool silu, Tensor& out);
   // x [B,H,L,D]; cos/sin [1 or B, L, D/2]; rotates interleaved pairs (x[2i], x[2i+1]).
   virtual void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& out) = 0;
   virtual void unary(Unary op, const Tensor& x, Tensor& out) = 0;
   // a and b broadcast numpy-style to out's shape.
   virtual void binary(Binary op, const Tensor& a, const Tensor& b, Tensor& out) = 0;
   virtual void softmax(const Tensor& x, Tensor& out) = 0;
-  // x [B,Cin,H,W], w [Cout,Cin,kh,kw] (any float dtype), bias [Cout] optional.
+  // x [B,Cin,H,W] (p.layout nhwc: [B,H,W,Cin], and out too), w [Cout,Cin,kh,kw] (any float
+  // dtype), bias [Cout] optional.
   virtual void conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p, Tensor& out,
                       Compute c) = 0;
   virtual void upsample_nearest2x(const Tensor& x, Tensor& out) = 0;
+  // x [B,H,W,C] -> out [B,2H,2W,C].
+  virtual void upsample_nearest2x_nhwc(const Tensor& x, Tensor& out);
   virtual void concat(const std::vector<Tensor>& xs, int dim, Tensor& out) = 0;
   // Copies x (any layout) into out (contiguous), converting the dtype.
   virtual void copy(const Tensor& x, Tensor& out) = 0;

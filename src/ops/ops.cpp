@@ -39,6 +39,12 @@ void need_contiguous(const char* op, const char* what, const Tensor& t) {
   if (!t.is_contiguous()) fail(op, std::string(what) + " " + t.describe() + " must be contiguous");
 }
 
+void need_layout(const Ctx& c, const char* op, Layout layout) {
+  if (layout == Layout::nhwc && !c.backend->has_nhwc()) {
+    fail(op, "channels-last (nhwc) tensors, but the " + c.backend->name() + " backend computes image ops in nchw only");
+  }
+}
+
 void need_vector(const Ctx& c, const char* op, const char* what, const Tensor* t, int64_t n) {
   if (!t) return;
   need_here(c, op, what, *t);
@@ -175,18 +181,25 @@ Tensor add_gated(Ctx& c, const Tensor& x, const Tensor& gate, const Tensor& y) {
   return out;
 }
 
-Tensor group_norm(Ctx& c, const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, bool silu) {
+Tensor group_norm(Ctx& c, const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, bool silu, Layout layout) {
   need_float(c, "group_norm", "x", x);
   need_contiguous("group_norm", "x", x);
-  if (x.dim() != 4) fail("group_norm", "x " + x.describe() + " must be [B, C, H, W]");
-  if (groups <= 0 || x.size(1) % groups != 0) {
-    fail("group_norm", "channels " + std::to_string(x.size(1)) + " of " + x.describe() + " do not split into " +
+  need_layout(c, "group_norm", layout);
+  const bool nhwc = layout == Layout::nhwc;
+  if (x.dim() != 4) fail("group_norm", "x " + x.describe() + (nhwc ? " must be [B, H, W, C]" : " must be [B, C, H, W]"));
+  const int64_t C = x.size(nhwc ? 3 : 1);
+  if (groups <= 0 || C % groups != 0) {
+    fail("group_norm", "channels " + std::to_string(C) + " of " + x.describe() + " do not split into " +
                            std::to_string(groups) + " groups");
   }
-  need_vector(c, "group_norm", "weight", w, x.size(1));
-  need_vector(c, "group_norm", "bias", b, x.size(1));
+  need_vector(c, "group_norm", "weight", w, C);
+  need_vector(c, "group_norm", "bias", b, C);
   Tensor out = c.empty(x.shape(), DType::F32);
-  c.backend->group_norm(x, groups, w, b, eps, silu, out);
+  if (nhwc) {
+    c.backend->group_norm_nhwc(x, groups, w, b, eps, silu, out);
+  } else {
+    c.backend->group_norm(x, groups, w, b, eps, silu, out);
+  }
   return out;
 }
 
@@ -228,27 +241,40 @@ Tensor conv2d(Ctx& c, const Tensor& x, const Tensor& w, const Tensor* bias, cons
   need_here(c, "conv2d", "w", w);
   need_contiguous("conv2d", "x", x);
   need_contiguous("conv2d", "w", w);
-  if (x.dim() != 4 || w.dim() != 4 || w.size(1) != x.size(1) || is_quantized(w.dtype()) || !info(w.dtype()).floating) {
-    fail("conv2d", "x " + x.describe() + " [B, Cin, H, W] and w " + w.describe() + " [Cout, Cin, kh, kw] do not agree");
+  need_layout(c, "conv2d", p.layout);
+  const bool nhwc = p.layout == Layout::nhwc;
+  const int ch = nhwc ? 3 : 1, hd = nhwc ? 1 : 2, wd = nhwc ? 2 : 3;
+  if (x.dim() != 4 || w.dim() != 4 || w.size(1) != x.size(ch) || is_quantized(w.dtype()) || !info(w.dtype()).floating) {
+    fail("conv2d", "x " + x.describe() + (nhwc ? " [B, H, W, Cin]" : " [B, Cin, H, W]") + " and w " + w.describe() +
+                       " [Cout, Cin, kh, kw] do not agree");
   }
   need_vector(c, "conv2d", "bias", bias, w.size(0));
   if (p.stride < 1 || p.pad_top < 0 || p.pad_left < 0 || p.pad_bottom < 0 || p.pad_right < 0) fail("conv2d", "bad stride or padding");
-  int64_t oh = (x.size(2) + p.pad_top + p.pad_bottom - w.size(2)) / p.stride + 1;
-  int64_t ow = (x.size(3) + p.pad_left + p.pad_right - w.size(3)) / p.stride + 1;
+  int64_t oh = (x.size(hd) + p.pad_top + p.pad_bottom - w.size(2)) / p.stride + 1;
+  int64_t ow = (x.size(wd) + p.pad_left + p.pad_right - w.size(3)) / p.stride + 1;
   if (oh <= 0 || ow <= 0) fail("conv2d", "kernel " + w.describe() + " is larger than the padded input " + x.describe());
-  Tensor out = c.empty({x.size(0), w.size(0), oh, ow}, DType::F32);
+  Tensor out = c.empty(nhwc ? Shape{x.size(0), oh, ow, w.size(0)} : Shape{x.size(0), w.size(0), oh, ow}, DType::F32);
   c.backend->conv2d(x, w, bias, p, out, c.compute);
   return out;
 }
 
-Tensor upsample_nearest2x(Ctx& c, const Tensor& x) {
+Tensor upsample_nearest2x(Ctx& c, const Tensor& x, Layout layout) {
   need_float(c, "upsample_nearest2x", "x", x);
   need_contiguous("upsample_nearest2x", "x", x);
-  if (x.dim() != 4) fail("upsample_nearest2x", "x " + x.describe() + " must be [B, C, H, W]");
+  need_layout(c, "upsample_nearest2x", layout);
+  const bool nhwc = layout == Layout::nhwc;
+  if (x.dim() != 4) fail("upsample_nearest2x", "x " + x.describe() + (nhwc ? " must be [B, H, W, C]" : " must be [B, C, H, W]"));
+  if (nhwc) {
+    Tensor out = c.empty({x.size(0), 2 * x.size(1), 2 * x.size(2), x.size(3)}, DType::F32);
+    c.backend->upsample_nearest2x_nhwc(x, out);
+    return out;
+  }
   Tensor out = c.empty({x.size(0), x.size(1), 2 * x.size(2), 2 * x.size(3)}, DType::F32);
   c.backend->upsample_nearest2x(x, out);
   return out;
 }
+
+Layout image_layout(const Ctx& c) { return c.backend->has_nhwc() ? Layout::nhwc : Layout::nchw; }
 
 Tensor concat(Ctx& c, const std::vector<Tensor>& xs, int dim) {
   if (xs.empty()) fail("concat", "no inputs");

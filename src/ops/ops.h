@@ -49,7 +49,9 @@ Tensor rms_norm(Ctx& c, const Tensor& x, const Tensor* w, float eps);
 Tensor layer_norm_modulate(Ctx& c, const Tensor& x, const Tensor& shift, const Tensor& scale, float eps);
 // x + gate * y; x/y [B, L, D], gate [B, 1, D]. Equal, bit for bit, to add(x, mul(gate, y)).
 Tensor add_gated(Ctx& c, const Tensor& x, const Tensor& gate, const Tensor& y);
-Tensor group_norm(Ctx& c, const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, bool silu = false);
+// x [B, C, H, W] (layout nhwc: [B, H, W, C]); statistics per batch and group of C / groups channels.
+Tensor group_norm(Ctx& c, const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, bool silu = false,
+                  Layout layout = Layout::nchw);
 Tensor rope(Ctx& c, const Tensor& x, const Tensor& cos, const Tensor& sin);
 Tensor gelu_tanh(Ctx& c, const Tensor& x);
 Tensor gelu_erf(Ctx& c, const Tensor& x);
@@ -60,8 +62,14 @@ Tensor add(Ctx& c, const Tensor& a, const Tensor& b);
 Tensor sub(Ctx& c, const Tensor& a, const Tensor& b);
 Tensor mul(Ctx& c, const Tensor& a, const Tensor& b);
 Tensor div(Ctx& c, const Tensor& a, const Tensor& b);
+// x [B, Cin, H, W] (p.layout nhwc: [B, H, W, Cin]), w [Cout, Cin, kh, kw] -> [B, Cout, Ho, Wo]
+// ([B, Ho, Wo, Cout]).
 Tensor conv2d(Ctx& c, const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p);
-Tensor upsample_nearest2x(Ctx& c, const Tensor& x);
+// Each pixel repeated 2 x 2; x [B, C, H, W] (nhwc: [B, H, W, C]).
+Tensor upsample_nearest2x(Ctx& c, const Tensor& x, Layout layout = Layout::nchw);
+// The layout image tensors are best kept in on the context's backend: nhwc where it has
+// channels-last ops (the CPU), else nchw.
+Layout image_layout(const Ctx& c);
 Tensor concat(Ctx& c, const std::vector<Tensor>& xs, int dim);
 // Sinusoidal embedding of t [B] -> [B, dim] = [cos(args) | sin(args)], args = factor*t * freqs,
 // freqs[i] = exp(-ln(max_period) * i / (dim/2)), all in float32 as the reference computes it.

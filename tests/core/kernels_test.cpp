@@ -186,6 +186,47 @@ TEST(Kernels, PackedBf16WeightsGiveThePlainProductsAndFollowTheirStorage) {
   cpu::gemm_force_path(cpu::GemmPath::automatic);
 }
 
+// A linear's bias: oneDNN adds it as it writes the product (its bf16 path on weights read in
+// place, widened in column chunks, or kept packed; its F32 path below bf16 instructions), the
+// other paths in a pass after. Either way the result is the product plus the bias, rounded once:
+// bit for bit what an add after an unbiased product gives.
+TEST(Kernels, ABiasAddedInTheProductEqualsAnAddAfter) {
+  const cpu::Isa before = cpu::active_isa();
+  cpu::gemm_int8_allow(false);
+  testing::TempDir dir;
+  const std::string path = dir.path() + "/w.safetensors";
+  const int64_t K = 4096, N = 4160;   // Q8_0 is widened in chunks of 2048 rows here: three chunks
+  io::write_safetensors(path, {{"w", convert(randn({N, K}, 80, 0.05f), DType::BF16)}});
+  io::WeightSet ws = io::load_weights(path);
+  const Tensor& mapped = ws.tensors.at("w");
+  const Tensor in_memory = convert(randn({N, K}, 80, 0.05f), DType::BF16), q8 = convert(randn({N, K}, 81, 0.05f), DType::Q8_0);
+  const Tensor bias = randn({N}, 82);
+  std::vector<cpu::Isa> levels{before};
+  if (before != cpu::Isa::avx2 && static_cast<int>(cpu::detected_isa()) >= static_cast<int>(cpu::Isa::avx2)) {
+    levels.push_back(cpu::Isa::avx2);
+  }
+  for (cpu::Isa level : levels) {
+    cpu::isa_set_for_tests(level);
+    for (Compute comp : {Compute::BF16, Compute::F32}) {
+      Ctx c;
+      c.compute = comp;
+      for (int64_t M : {1, 8, 70}) {
+        Tensor x = randn({M, K}, 83 + M);
+        for (const Tensor* w : {&mapped, &in_memory, &q8}) {
+          const std::string what = std::string("M ") + std::to_string(M) + " " + name(w->dtype()) +
+                                   (w == &mapped ? " mapped" : "") + " at " + cpu::isa_name(level) +
+                                   (comp == Compute::BF16 ? " bf16" : " f32");
+          Tensor after = ops::add(c, ops::linear(c, x, *w), bias);
+          EXPECT_EQ(ops::linear(c, x, *w, &bias).to_floats(), after.to_floats()) << what;
+        }
+      }
+    }
+  }
+  cpu::isa_set_for_tests(before);
+  cpu::release_packed_weights(nullptr);
+  cpu::gemm_int8_allow(true);
+}
+
 // FLUXPIPE_ISA's levels (backend/cpu/isa.h): at every level this CPU has, the kernels it allows
 // compute the reference's products, elementwise ops and attention; the kernel name follows.
 TEST(Kernels, EveryIsaLevelThisCpuHasMatchesTheReference) {
@@ -621,6 +662,59 @@ TEST(Kernels, ConvUpsampleConcatAgainstReference) {
   expect_close(ops::concat(c, {a, b}, 1), want, 0, 0, "concat");
 }
 
+// The channels-last (nhwc) image ops the autoencoder computes in on the CPU, against the nchw
+// reference on the same values transposed: group norm (channel counts on and off the 16-lane
+// path, several 256-pixel chunks, the same bits for any thread count), upsampling, and the
+// convolutions in F32 (the im2col path) and BF16 (oneDNN, nhwc its own layout: no transposes).
+TEST(Kernels, ChannelsLastImageOpsEqualTheNchwOnes) {
+  Ctx c;
+  auto to_nhwc = [&](const Tensor& t) { return ops::contiguous(c, t.permute({0, 2, 3, 1})); };
+  auto to_nchw = [&](const Tensor& t) { return ops::contiguous(c, t.permute({0, 3, 1, 2})); };
+  ASSERT_TRUE(c.backend->has_nhwc());
+  EXPECT_EQ(ops::image_layout(c), Layout::nhwc);
+  for (auto [C, groups] : {std::pair{32, 32}, std::pair{40, 8}, std::pair{128, 32}}) {
+    Tensor x = randn({2, C, 24, 23}, 70, 3.0f), w = randn({C}, 71), b = randn({C}, 72);
+    x = ops::add(c, x, ops::constant(c, {1}, {5.0f}));   // a mean far from zero: the two-pass variance matters
+    Tensor want = Tensor::zeros(x.shape(), DType::F32), want_silu = Tensor::zeros(x.shape(), DType::F32);
+    cpu::ref::group_norm(x, groups, &w, &b, 1e-6f, want);
+    cpu::ref::unary(Unary::silu, want, want_silu);
+    const std::string what = "group_norm nhwc C=" + std::to_string(C);
+    Tensor got = ops::group_norm(c, to_nhwc(x), groups, &w, &b, 1e-6f, false, Layout::nhwc);
+    ASSERT_EQ(got.shape(), (Shape{2, 24, 23, C}));
+    expect_close(to_nchw(got), want, 1e-5, 1e-5, what);
+    ThreadPool::set_global_threads(1);
+    Tensor one = ops::group_norm(c, to_nhwc(x), groups, &w, &b, 1e-6f, true, Layout::nhwc);
+    ThreadPool::set_global_threads(3);
+    Tensor three = ops::group_norm(c, to_nhwc(x), groups, &w, &b, 1e-6f, true, Layout::nhwc);
+    ThreadPool::set_global_threads(0);
+    expect_close(to_nchw(one), want_silu, 1e-5, 1e-5, what + " + silu");
+    EXPECT_EQ(std::memcmp(one.data<float>(), three.data<float>(), one.nbytes()), 0) << what << ": 1 and 3 threads differ";
+  }
+  Tensor x = randn({2, 5, 7, 9}, 73);
+  Tensor up = Tensor::zeros({2, 5, 14, 18}, DType::F32);
+  cpu::ref::upsample_nearest2x(x, up);
+  expect_close(to_nchw(ops::upsample_nearest2x(c, to_nhwc(x), Layout::nhwc)), up, 0, 0, "upsample nhwc");
+
+  Ctx cb;
+  cb.compute = Compute::BF16;
+  Tensor xi = randn({2, 16, 9, 11}, 74);
+  for (int k : {1, 3}) {
+    Tensor w = randn({24, 16, k, k}, 75, 0.2f), b = randn({24}, 76);
+    for (Conv2dParams p : {Conv2dParams{1, k / 2, k / 2, k / 2, k / 2}, Conv2dParams{2, 0, 0, 1, 1}}) {
+      const std::string what = "conv2d nhwc k=" + std::to_string(k) + " stride " + std::to_string(p.stride);
+      Tensor nchw = ops::conv2d(c, xi, w, &b, p);
+      Conv2dParams pl = p;
+      pl.layout = Layout::nhwc;
+      Tensor got = ops::conv2d(c, to_nhwc(xi), w, &b, pl);
+      ASSERT_EQ(got.shape(), (Shape{nchw.size(0), nchw.size(2), nchw.size(3), nchw.size(1)})) << what;
+      expect_close(to_nchw(got), nchw, 0, 0, what + " F32 (the nchw path, transposed)");
+      Tensor want = Tensor::zeros(nchw.shape(), DType::F32);
+      cpu::ref::conv2d(convert(xi, DType::BF16), convert(w, DType::BF16), &b, p, want);
+      expect_close(to_nchw(ops::conv2d(cb, to_nhwc(xi), w, &b, pl)), want, 1e-4, 1e-4, what + " bf16");
+    }
+  }
+}
+
 TEST(Ops, ErrorsNameTheOpAndShapes) {
   Ctx c;
   Tensor x = randn({4, 30}, 1), w = randn({64, 32}, 2);
@@ -634,6 +728,10 @@ TEST(Ops, ErrorsNameTheOpAndShapes) {
     EXPECT_NE(m.find("F32[64, 32]"), std::string::npos) << m;
   }
   EXPECT_THROW(ops::group_norm(c, randn({1, 30, 2, 2}, 3), 32, nullptr, nullptr, 1e-6f), std::exception);
+  EXPECT_THROW(ops::group_norm(c, randn({1, 2, 2, 30}, 3), 32, nullptr, nullptr, 1e-6f, false, Layout::nhwc), std::exception);
+  Conv2dParams nhwc;
+  nhwc.layout = Layout::nhwc;
+  EXPECT_THROW(ops::conv2d(c, randn({1, 4, 4, 3}, 9), randn({2, 4, 1, 1}, 10), nullptr, nhwc), std::exception);
   EXPECT_THROW(ops::add(c, randn({2, 3}, 4), randn({4}, 5)), std::exception);
   EXPECT_THROW(ops::attention(c, randn({1, 2, 3, 4}, 6), randn({1, 2, 3, 8}, 7), randn({1, 2, 3, 8}, 8), 1.0f), std::exception);
 }

@@ -135,9 +135,67 @@ FP_AVX512 void normalize(const float* x, float* out, int64_t n, float mean, floa
   }
 }
 
+// Sixteen channels at a time down the pixels; the running sums stay in `sums` (C doubles, in L1).
+template <bool squares>
+FP_AVX512 void channel_sums(const float* x, int64_t pixels, int64_t C, const double* mean, double* sums) {
+  for (int64_t c = 0; c < C; ++c) sums[c] = 0.0;
+  for (int64_t p = 0; p < pixels; ++p) {
+    const float* row = x + p * C;
+    for (int64_t c = 0; c < C; c += 16) {
+      __m512 v = _mm512_loadu_ps(row + c);
+      __m512d lo = lo_pd(v), hi = hi_pd(v);
+      __m512d s0 = _mm512_loadu_pd(sums + c), s1 = _mm512_loadu_pd(sums + c + 8);
+      if constexpr (squares) {
+        lo = _mm512_sub_pd(lo, _mm512_loadu_pd(mean + c));
+        hi = _mm512_sub_pd(hi, _mm512_loadu_pd(mean + c + 8));
+        s0 = _mm512_fmadd_pd(lo, lo, s0);
+        s1 = _mm512_fmadd_pd(hi, hi, s1);
+      } else {
+        s0 = _mm512_add_pd(s0, lo);
+        s1 = _mm512_add_pd(s1, hi);
+      }
+      _mm512_storeu_pd(sums + c, s0);
+      _mm512_storeu_pd(sums + c + 8, s1);
+    }
+  }
+}
+
+template <bool silu>
+FP_AVX512 void normalize_channels(const float* x, float* out, int64_t pixels, int64_t C, const float* mean, const float* scale,
+                                  const float* shift) {
+  for (int64_t p = 0; p < pixels; ++p) {
+    for (int64_t c = 0; c < C; c += 16) {
+      __m512 v = _mm512_loadu_ps(x + p * C + c);
+      _mm512_storeu_ps(out + p * C + c,
+                       normalized<silu>(v, _mm512_loadu_ps(mean + c), _mm512_loadu_ps(scale + c), _mm512_loadu_ps(shift + c)));
+    }
+  }
+}
+
 bool have_avx512() { return isa_at_least(Isa::avx512); }
 
 }  // namespace
+
+bool channel_sums_avx512(const float* x, int64_t pixels, int64_t C, const double* mean, double* sums) {
+  if (!have_avx512() || C % 16 != 0) return false;
+  if (mean) {
+    channel_sums<true>(x, pixels, C, mean, sums);
+  } else {
+    channel_sums<false>(x, pixels, C, nullptr, sums);
+  }
+  return true;
+}
+
+bool normalize_channels_avx512(const float* x, float* out, int64_t pixels, int64_t C, const float* mean, const float* scale,
+                               const float* shift, bool silu) {
+  if (!have_avx512() || C % 16 != 0) return false;
+  if (silu) {
+    normalize_channels<true>(x, out, pixels, C, mean, scale, shift);
+  } else {
+    normalize_channels<false>(x, out, pixels, C, mean, scale, shift);
+  }
+  return true;
+}
 
 bool sum_avx512(const float* x, int64_t n, double* sum) {
   if (!have_avx512()) return false;

@@ -33,4 +33,12 @@ bool squared_deviation_avx512(const float* x, int64_t n, double mean, double* sq
 // out[i] = y or silu(y) with y = (x[i] - mean) * scale + shift.
 bool normalize_avx512(const float* x, float* out, int64_t n, float mean, float scale, float shift, bool silu);
 
+// The same for channels-last rows, x [pixels, C] with C a multiple of 16 (false otherwise, or
+// without AVX-512): sums[c] = sum over pixels of x[p, c] (mean null) or of (x[p, c] - mean[c])^2,
+// per channel in double, pixels in order.
+bool channel_sums_avx512(const float* x, int64_t pixels, int64_t C, const double* mean, double* sums);
+// out[p, c] = y or silu(y) with y = (x[p, c] - mean[c]) * scale[c] + shift[c].
+bool normalize_channels_avx512(const float* x, float* out, int64_t pixels, int64_t C, const float* mean, const float* scale,
+                               const float* shift, bool silu);
+
 }  // namespace fluxpipe::cpu

@@ -89,15 +89,8 @@ class CpuBackend final : public Backend {
       to_f32(x.dtype(), x.data<uint8_t>(), widened.data(), M * K);
       A = widened.data();
     }
-    cpu::gemm(A, K, as_b(w), out.data<float>(), N, M, N, K, c, true);
-    if (bias) {
-      std::vector<float> bv = bias->to_floats();
-      float* o = out.data<float>();
-      for_rows(M, N, [&](int64_t b, int64_t e) {
-        for (int64_t m = b; m < e; ++m)
-          for (int64_t n = 0; n < N; ++n) o[m * N + n] += bv[static_cast<size_t>(n)];
-      });
-    }
+    std::vector<float> bv = bias ? bias->to_floats() : std::vector<float>();
+    cpu::gemm(A, K, as_b(w), out.data<float>(), N, M, N, K, c, true, bias ? bv.data() : nullptr);
   }
 
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale, const Tensor* bias, bool causal,
@@ -339,6 +332,97 @@ class CpuBackend final : public Backend {
     });
   }
 
+  bool has_nhwc() const override { return true; }
+
+  // x [B, H, W, C]: per channel and fixed chunk of pixels (the same chunks for any thread count,
+  // so the result is deterministic) the sum and, while the chunk is in cache, the squared
+  // deviations from the chunk's own mean; a group's variance then combines its (channel, chunk)
+  // pieces exactly (Chan et al.: M2 = sum of M2_k + n_k (mean_k - mean)^2), so the tensor is read
+  // from memory twice (statistics, normalization) and not three times. Normalizes 16 channels at a time.
+  void group_norm_nhwc(const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, bool silu, Tensor& out) override {
+    const int64_t B = x.size(0), HW = x.size(1) * x.size(2), C = x.size(3), cg = C / groups;
+    constexpr int64_t kChunk = 256;   // pixels
+    const int64_t chunks = (HW + kChunk - 1) / kChunk;
+    std::vector<float> wv = w ? w->to_floats() : std::vector<float>(), bv = b ? b->to_floats() : std::vector<float>();
+    const float* X = x.data<float>();
+    float* O = out.data<float>();
+    // [(batch, chunk), channel]: sum, and squared deviations from the piece's mean.
+    std::vector<double> sum(static_cast<size_t>(B * chunks * C)), dev(static_cast<size_t>(B * chunks * C));
+    for_rows(B * chunks, 2 * kChunk * C, [&](int64_t r0, int64_t r1) {
+      std::vector<double> mean(static_cast<size_t>(C));
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / chunks, p0 = (r % chunks) * kChunk, np = std::min(kChunk, HW - p0);
+        const float* xs = X + (n * HW + p0) * C;
+        double *s_r = sum.data() + r * C, *d_r = dev.data() + r * C;
+        const bool vec = cpu::channel_sums_avx512(xs, np, C, nullptr, s_r);
+        if (!vec) {
+          for (int64_t c = 0; c < C; ++c) s_r[c] = 0.0;
+          for (int64_t p = 0; p < np; ++p) {
+            for (int64_t c = 0; c < C; ++c) s_r[c] += xs[p * C + c];
+          }
+        }
+        for (int64_t c = 0; c < C; ++c) mean[static_cast<size_t>(c)] = s_r[c] / static_cast<double>(np);
+        if (vec && cpu::channel_sums_avx512(xs, np, C, mean.data(), d_r)) continue;
+        for (int64_t c = 0; c < C; ++c) d_r[c] = 0.0;
+        for (int64_t p = 0; p < np; ++p) {
+          for (int64_t c = 0; c < C; ++c) {
+            double d = xs[p * C + c] - mean[static_cast<size_t>(c)];
+            d_r[c] += d * d;
+          }
+        }
+      }
+    });
+    // Per (batch, group), pieces in order: chunks outer, the group's channels inner.
+    const double count = static_cast<double>(cg * HW);
+    std::vector<double> chan_mean(static_cast<size_t>(B * C)), group_var(static_cast<size_t>(B * groups));
+    for (int64_t n = 0; n < B; ++n) {
+      for (int64_t g = 0; g < groups; ++g) {
+        double s = 0, m2 = 0;
+        for (int64_t k = 0; k < chunks; ++k) {
+          for (int64_t c = g * cg; c < (g + 1) * cg; ++c) s += sum[static_cast<size_t>((n * chunks + k) * C + c)];
+        }
+        const double m = s / count;
+        for (int64_t k = 0; k < chunks; ++k) {
+          const double nk = static_cast<double>(std::min(kChunk, HW - k * kChunk));
+          for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
+            const size_t i = static_cast<size_t>((n * chunks + k) * C + c);
+            const double d = sum[i] / nk - m;
+            m2 += dev[i] + nk * d * d;
+          }
+        }
+        group_var[static_cast<size_t>(n * groups + g)] = m2 / count;
+        for (int64_t c = g * cg; c < (g + 1) * cg; ++c) chan_mean[static_cast<size_t>(n * C + c)] = m;
+      }
+    }
+    std::vector<float> mean_f(static_cast<size_t>(B * C)), scale_f(static_cast<size_t>(B * C)), shift_f(static_cast<size_t>(B * C));
+    for (int64_t n = 0; n < B; ++n) {
+      for (int64_t g = 0; g < groups; ++g) {
+        float inv = static_cast<float>(1.0 / std::sqrt(group_var[static_cast<size_t>(n * groups + g)] + eps));
+        for (int64_t cc = 0; cc < cg; ++cc) {
+          const int64_t ch = g * cg + cc;
+          const size_t i = static_cast<size_t>(n * C + ch);
+          mean_f[i] = static_cast<float>(chan_mean[i]);
+          scale_f[i] = inv * (w ? wv[static_cast<size_t>(ch)] : 1.0f);
+          shift_f[i] = b ? bv[static_cast<size_t>(ch)] : 0.0f;
+        }
+      }
+    }
+    for_rows(B * chunks, kChunk * C, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / chunks, p0 = (r % chunks) * kChunk, np = std::min(kChunk, HW - p0);
+        const float *xs = X + (n * HW + p0) * C, *m = mean_f.data() + n * C, *sc = scale_f.data() + n * C,
+                    *sh = shift_f.data() + n * C;
+        float* o = O + (n * HW + p0) * C;
+        if (cpu::normalize_channels_avx512(xs, o, np, C, m, sc, sh, silu)) continue;
+        for (int64_t i = 0; i < np * C; ++i) {
+          const int64_t c = i % C;
+          float y = (xs[i] - m[c]) * sc[c] + sh[c];
+          o[i] = silu ? y / (1.0f + std::exp(-y)) : y;
+        }
+      }
+    });
+  }
+
   void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& out) override {
     int64_t B = x.size(0), H = x.size(1), L = x.size(2), D = x.size(3), P = D / 2;
     const float *X = x.data<float>(), *Cs = cos.data<float>(), *Sn = sin.data<float>();
@@ -428,6 +512,18 @@ class CpuBackend final : public Backend {
                                                           : cpu::onednn_conv2d_bf16_values_f32(x, w, bias, p, out);
       if (done) return;
     }
+    if (p.layout == Layout::nhwc) {
+      // The im2col path below is nchw: through it, transposing in and out (F32 compute, or
+      // oneDNN declined; neither is the fast path).
+      Tensor xv = x.permute({0, 3, 1, 2}), xn = Tensor::empty(xv.shape(), DType::F32);
+      copy(xv, xn);
+      Tensor on = Tensor::empty({out.size(0), out.size(3), out.size(1), out.size(2)}, DType::F32);
+      Conv2dParams pn = p;
+      pn.layout = Layout::nchw;
+      conv2d(xn, w, bias, pn, on, c);
+      copy(on.permute({0, 2, 3, 1}), out);
+      return;
+    }
     int64_t B = x.size(0), Ci = x.size(1), H = x.size(2), W = x.size(3);
     int64_t Co = w.size(0), KH = w.size(2), KW = w.size(3), OH = out.size(2), OW = out.size(3);
     int64_t K = Ci * KH * KW;
@@ -481,6 +577,25 @@ class CpuBackend final : public Backend {
         float* d0 = O + (c * 2 * H + 2 * y) * 2 * W;
         for (int64_t i = 0; i < W; ++i) d0[2 * i] = d0[2 * i + 1] = src[i];
         std::memcpy(d0 + 2 * W, d0, static_cast<size_t>(2 * W) * sizeof(float));
+      }
+    });
+  }
+
+  void upsample_nearest2x_nhwc(const Tensor& x, Tensor& out) override {
+    const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+    const float* X = x.data<float>();
+    float* O = out.data<float>();
+    const size_t pixel = static_cast<size_t>(C) * sizeof(float);
+    for_rows(B * H, 4 * W * C, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {   // input row r = (n, y) -> output rows 2y and 2y + 1
+        const int64_t n = r / H, y = r % H;
+        const float* src = X + r * W * C;
+        float* d0 = O + ((n * 2 * H + 2 * y) * 2 * W) * C;
+        for (int64_t i = 0; i < W; ++i) {
+          std::memcpy(d0 + 2 * i * C, src + i * C, pixel);
+          std::memcpy(d0 + (2 * i + 1) * C, src + i * C, pixel);
+        }
+        std::memcpy(d0 + 2 * W * C, d0, static_cast<size_t>(2 * W) * pixel);
       }
     });
   }

@@ -456,7 +456,20 @@ void gemv_rows(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t 
   // Without bf16 instructions the one-pass bf16 widening is scalar: widen to floats and round
   // them in place instead (the same values).
   const bool via_f32 = !round_bf16 || !has_dequantize_bf16_avx512(B.dtype);
+  // F32 and BF16 weights (not rounded) are dotted where they lie: the dot widens bf16 exactly as
+  // the copy would, so the sums are the same, without a pass over a copy of every row.
+  const bool in_place = !round_bf16 && (B.dtype == DType::F32 || B.dtype == DType::BF16);
   auto work = [&](int, int64_t n0, int64_t n1) {
+    if (in_place) {
+      for (int64_t n = n0; n < n1; ++n) {
+        const uint8_t* w = B.data + n * B.row_bytes;
+        for (int64_t m = 0; m < M; ++m) {
+          C[m * ldc + n] = B.dtype == DType::F32 ? dot(A + m * lda, reinterpret_cast<const float*>(w), K)
+                                                 : dot(A + m * lda, reinterpret_cast<const uint16_t*>(w), K);
+        }
+      }
+      return;
+    }
     std::vector<float> row(static_cast<size_t>(K));
     std::vector<uint16_t> row16(via_f32 ? 0 : static_cast<size_t>(K));
     for (int64_t n = n0; n < n1; ++n) {
@@ -527,19 +540,22 @@ bool gemm_has_amx() { return cpu_has_amx(); }
 void gemm_force_no_amx(bool on) { g_force_no_amx = on; }
 void gemm_force_path(GemmPath p) { g_path = p; }
 
-void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N, int64_t K,
-          Compute compute, bool parallel) {
-  if (M <= 0 || N <= 0) return;
+namespace {
+
+// The product into C; true when it added `bias` too (oneDNN adds it while C is in cache), false
+// when the caller must.
+bool product(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N, int64_t K,
+             Compute compute, bool parallel, const float* bias) {
   if (K == 0) {
     for (int64_t m = 0; m < M; ++m) std::fill(C + m * ldc, C + m * ldc + N, 0.0f);
-    return;
+    return false;
   }
   // Q8_0 / Q4_0 weights on a CPU without bf16 dot products: integer products (activations
   // quantized per block of 32, as llama.cpp and stable-diffusion.cpp compute them), 1.6-3x the F32
   // path's rate there (gemm_int8.h says where each runs), matrix-vector products included.
   if (compute == Compute::BF16 && !g_force_portable && g_path != GemmPath::onednn && gemm_int8_available(B.dtype)) {
     gemm_int8(A, lda, B, C, ldc, M, N, K);
-    return;
+    return false;
   }
   Kernel kernel = pick(compute);
   // Large products (M >= 64) where the CPU has bf16 instructions: with AMX our kernel, which
@@ -555,9 +571,9 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
   const bool library = path == GemmPath::onednn || (path == GemmPath::automatic && kernel != Kernel::bf16_amx);
   if (large && library) {
     if (no_bf16_isa) {
-      if (onednn_gemm_f32(A, lda, B, C, ldc, M, N, K, compute == Compute::BF16)) return;
-    } else if (onednn_gemm_bf16(A, lda, B, C, ldc, M, N, K)) {
-      return;
+      if (onednn_gemm_f32(A, lda, B, C, ldc, M, N, K, compute == Compute::BF16, bias)) return true;
+    } else if (onednn_gemm_bf16(A, lda, B, C, ldc, M, N, K, bias)) {
+      return true;
     }
   }
   const bool bf16_kernel = kernel == Kernel::bf16_avx512 || kernel == Kernel::bf16_amx;
@@ -569,7 +585,7 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
       lda = K;
     }
     gemv_rows(A, lda, B, C, ldc, M, N, K, compute == Compute::BF16 && B.dtype != DType::BF16, parallel);
-    return;
+    return false;
   }
   // BF16 compute without bf16 instructions: the same rounding of A (and of B while packing).
   bool round_b = false;
@@ -753,6 +769,26 @@ void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, 
     ThreadPool::global().parallel_for(blocks * m_parts, run);
   } else {
     run(0, 0, blocks * m_parts);
+  }
+  return false;
+}
+
+}  // namespace
+
+void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N, int64_t K,
+          Compute compute, bool parallel, const float* bias) {
+  if (M <= 0 || N <= 0) return;
+  if (product(A, lda, B, C, ldc, M, N, K, compute, parallel, bias) || !bias) return;
+  auto add = [&](int, int64_t b, int64_t e) {
+    for (int64_t m = b; m < e; ++m) {
+      float* c = C + m * ldc;
+      for (int64_t n = 0; n < N; ++n) c[n] += bias[n];
+    }
+  };
+  if (parallel && M * N > 32768) {
+    ThreadPool::global().parallel_for(M, add);
+  } else {
+    add(0, 0, M);
   }
 }
 

@@ -29,9 +29,11 @@ struct BMatrix {
   const std::shared_ptr<Storage>* owner = nullptr;
 };
 
+// C[M,N] = A[M,K] · B[N,K]ᵀ (+ bias[N] on every row when bias is set: oneDNN adds it as it
+// writes C, the other paths in a pass after; the same single rounding either way).
 // REQUIRES: K is a multiple of B's block size; lda >= K; ldc >= N.
 void gemm(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N, int64_t K,
-          Compute compute, bool parallel);
+          Compute compute, bool parallel, const float* bias = nullptr);
 
 // Which kernels this CPU runs ("amx-bf16", "avx512-bf16", "avx512", "avx2", "generic").
 const char* gemm_kernel_name(Compute compute);

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include <dnnl.hpp>
@@ -19,11 +20,13 @@ using dt = dnnl::memory::data_type;
 using tag = dnnl::memory::format_tag;
 
 // One convolution shape: the primitive oneDNN chose and the reorders between our plain F32
-// NCHW tensors and its layouts, all made once (making them JIT-compiles code).
+// tensors (nchw or nhwc) and its layouts, all made once (making them JIT-compiles code). A
+// reorder is left out where oneDNN's layout is ours already (nhwc output: the convolution writes
+// straight into it).
 struct Plan {
   dnnl::convolution_forward::primitive_desc pd;
   dnnl::convolution_forward conv;
-  dnnl::reorder to_src, from_dst;
+  std::optional<dnnl::reorder> to_src, from_dst;
 };
 
 // A weight tensor reordered once into the layout a plan wants. Weights are immutable (file
@@ -107,13 +110,20 @@ bool conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dPa
   const dt data = bf16 ? dt::bf16 : dt::f32;
   try {
     ConvEngine& e = engine();
-    dnnl::memory::dims src{x.size(0), x.size(1), x.size(2), x.size(3)};
+    // oneDNN's dims are always N, C, H, W; the tag says how they lie in memory.
+    const bool nhwc = p.layout == Layout::nhwc;
+    auto nchw_dims = [&](const Tensor& t) {
+      return nhwc ? dnnl::memory::dims{t.size(0), t.size(3), t.size(1), t.size(2)}
+                  : dnnl::memory::dims{t.size(0), t.size(1), t.size(2), t.size(3)};
+    };
+    dnnl::memory::dims src = nchw_dims(x), dst = nchw_dims(out);
     dnnl::memory::dims wei{w.size(0), w.size(1), w.size(2), w.size(3)};
-    dnnl::memory::dims dst{out.size(0), out.size(1), out.size(2), out.size(3)};
     dnnl::memory::dims strides{p.stride, p.stride}, pad_l{p.pad_top, p.pad_left}, pad_r{p.pad_bottom, p.pad_right};
+    const tag user_tag = nhwc ? tag::nhwc : tag::nchw;
     std::vector<int64_t> key{src[0], src[1], src[2], src[3], wei[0], wei[2], wei[3], p.stride, p.pad_top, p.pad_left,
-                             p.pad_bottom, p.pad_right, bias ? 1 : 0, bf16 ? 1 : 0};
+                             p.pad_bottom, p.pad_right, bias ? 1 : 0, bf16 ? 1 : 0, nhwc ? 1 : 0};
     dnnl::stream stream(e.eng);
+    const dnnl::memory::desc user_src(src, dt::f32, user_tag), user_dst(dst, dt::f32, user_tag);
     Plan plan;
     Tensor wpk;
     {
@@ -129,24 +139,24 @@ bool conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dPa
         dnnl::primitive_attr attr;
         attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);   // from our allocator, not fresh pages per call
         dnnl::convolution_forward::primitive_desc pd(d, attr, e.eng);
-        dnnl::memory::desc user_src(src, dt::f32, tag::nchw), user_dst(dst, dt::f32, tag::nchw);
+        Plan made{pd, dnnl::convolution_forward(pd), std::nullopt, std::nullopt};
+        if (pd.src_desc() != user_src) made.to_src = dnnl::reorder(dnnl::reorder::primitive_desc(e.eng, user_src, e.eng, pd.src_desc()));
+        if (pd.dst_desc() != user_dst) made.from_dst = dnnl::reorder(dnnl::reorder::primitive_desc(e.eng, pd.dst_desc(), e.eng, user_dst));
         if (e.plans.size() > 128) e.plans.clear();
-        it = e.plans.emplace(key, Plan{pd, dnnl::convolution_forward(pd),
-                                       dnnl::reorder(dnnl::reorder::primitive_desc(e.eng, user_src, e.eng, pd.src_desc())),
-                                       dnnl::reorder(dnnl::reorder::primitive_desc(e.eng, pd.dst_desc(), e.eng, user_dst))})
-                 .first;
+        it = e.plans.emplace(key, std::move(made)).first;
       }
       plan = it->second;
       wpk = packed_weights(e, plan, w, stream, !bf16);
     }
     // Our plain F32 tensors, reordered (and rounded to bf16) into the layouts oneDNN chose.
-    dnnl::memory user_src({src, dt::f32, tag::nchw}, e.eng, const_cast<float*>(x.data<float>()));
-    dnnl::memory user_dst({dst, dt::f32, tag::nchw}, e.eng, out.data<float>());
+    dnnl::memory user_s(user_src, e.eng, const_cast<float*>(x.data<float>()));
+    dnnl::memory user_d(user_dst, e.eng, out.data<float>());
     Tensor s_buf, d_buf, pad_buf;
-    dnnl::memory s = on(plan.pd.src_desc(), e.eng, &s_buf), d = on(plan.pd.dst_desc(), e.eng, &d_buf);
+    dnnl::memory s = plan.to_src ? on(plan.pd.src_desc(), e.eng, &s_buf) : user_s;
+    dnnl::memory d = plan.from_dst ? on(plan.pd.dst_desc(), e.eng, &d_buf) : user_d;
     dnnl::memory scratch = on(plan.pd.scratchpad_desc(), e.eng, &pad_buf);
     dnnl::memory wm(plan.pd.weights_desc(), e.eng, wpk.data<uint8_t>());
-    plan.to_src.execute(stream, user_src, s);
+    if (plan.to_src) plan.to_src->execute(stream, user_s, s);
     std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, s}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, d},
                                                {DNNL_ARG_SCRATCHPAD, scratch}};
     std::vector<float> bf;
@@ -155,7 +165,7 @@ bool conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dPa
       args.emplace(DNNL_ARG_BIAS, dnnl::memory({{wei[0]}, dt::f32, tag::a}, e.eng, bf.data()));
     }
     plan.conv.execute(stream, args);
-    plan.from_dst.execute(stream, d, user_dst);
+    if (plan.from_dst) plan.from_dst->execute(stream, d, user_d);
     stream.wait();
     return true;
   } catch (const dnnl::error&) {

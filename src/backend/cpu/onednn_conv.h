@@ -10,7 +10,9 @@
 namespace fluxpipe::cpu {
 
 // x [B, Cin, H, W] F32, w [Cout, Cin, kh, kw] any float dtype, bias [Cout] or null, out
-// [B, Cout, OH, OW] F32 preallocated. Returns false (nothing done) when oneDNN cannot run it.
+// [B, Cout, OH, OW] F32 preallocated (p.layout nhwc: x [B, H, W, Cin], out [B, OH, OW, Cout],
+// which is oneDNN's own layout for these: no transposes). Returns false (nothing done) when
+// oneDNN cannot run it.
 bool onednn_conv2d_bf16(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p, Tensor& out);
 // The same products where the CPU (or FLUXPIPE_ISA) has no bf16 instructions: x and w rounded to
 // bf16 values, then oneDNN's F32 convolution (exact bf16 products, F32 sums).

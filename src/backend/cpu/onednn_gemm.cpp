@@ -5,6 +5,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <unordered_map>
 #include <set>
 #include <string>
 #include <tuple>
@@ -20,23 +21,27 @@
 namespace fluxpipe::cpu {
 namespace {
 
+// A bias row of N floats, added to every row of C.
+dnnl::memory::desc bias_desc(int64_t N) { return dnnl::memory::desc({1, N}, dnnl::memory::data_type::f32, dnnl::memory::dims{N, 1}); }
+
 struct Engine {
   bool isa_held = (isa_apply_to_onednn(), true);   // before the engine: FLUXPIPE_ISA holds oneDNN too
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   std::mutex mu;
-  // (M, N, K, lda, ldc, input type): A [M, K] row stride lda, B [N, K] rows of K, C F32.
-  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int>, dnnl::matmul> cache;
+  // (M, N, K, lda, ldc, input type, bias): A [M, K] row stride lda, B [N, K] rows of K, C F32,
+  // bias F32 [1, N] or none.
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int, bool>, dnnl::matmul> cache;
 
-  dnnl::matmul get(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldc, dnnl::memory::data_type in) {
+  dnnl::matmul get(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldc, dnnl::memory::data_type in, bool bias) {
     std::lock_guard lock(mu);
-    auto key = std::make_tuple(M, N, K, lda, ldc, static_cast<int>(in));
+    auto key = std::make_tuple(M, N, K, lda, ldc, static_cast<int>(in), bias);
     auto it = cache.find(key);
     if (it != cache.end()) return it->second;
     using dt = dnnl::memory::data_type;
     dnnl::memory::desc a({M, K}, in, dnnl::memory::dims{lda, 1});
     dnnl::memory::desc b({K, N}, in, dnnl::memory::dims{1, K});   // B[n, k] row-major = Bᵀ
     dnnl::memory::desc c({M, N}, dt::f32, dnnl::memory::dims{ldc, 1});
-    dnnl::matmul mm(dnnl::matmul::primitive_desc(dnnl::matmul::desc(a, b, c), eng));
+    dnnl::matmul mm(dnnl::matmul::primitive_desc(bias ? dnnl::matmul::desc(a, b, bias_desc(N), c) : dnnl::matmul::desc(a, b, c), eng));
     if (cache.size() > 256) cache.clear();
     cache.emplace(key, mm);
     return mm;
@@ -72,7 +77,7 @@ struct PackCache {
   }();
   std::multimap<const void*, PackedWeights> weights;   // by weight address
   size_t bytes = 0;
-  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, PackedProduct> products;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, bool>, PackedProduct> products;   // (M, N, K, ldc, bias)
   std::set<std::pair<int64_t, int64_t>> plain_only;   // (N, K) for which oneDNN wants the plain layout
 };
 
@@ -121,8 +126,9 @@ std::pair<dnnl::memory::desc, Tensor> packed_weights(Engine& e, const BMatrix& B
   return {it->second.desc, it->second.data};
 }
 
-// C = A · Bᵀ with B's packed copy; false when there is none (then nothing was done).
-bool packed_product(Engine& e, const uint16_t* a, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N, int64_t K) {
+// C = A · Bᵀ (+ bias) with B's packed copy; false when there is none (then nothing was done).
+bool packed_product(Engine& e, const uint16_t* a, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N, int64_t K,
+                    const float* bias) {
   using dt = dnnl::memory::data_type;
   auto [desc, data] = packed_weights(e, B, M, N, K);
   if (!data.defined()) return false;
@@ -130,12 +136,13 @@ bool packed_product(Engine& e, const uint16_t* a, const BMatrix& B, float* C, in
   {
     PackCache& pc = pack_cache();
     std::lock_guard lock(pc.mu);
-    auto key = std::make_tuple(M, N, K, ldc);
+    auto key = std::make_tuple(M, N, K, ldc, bias != nullptr);
     auto it = pc.products.find(key);
     if (it == pc.products.end() || !(it->second.weights == desc)) {
       dnnl::memory::desc am({M, K}, dt::bf16, dnnl::memory::dims{K, 1}), cm({M, N}, dt::f32, dnnl::memory::dims{ldc, 1});
       if (pc.products.size() > 256) pc.products.clear();
-      it = pc.products.insert_or_assign(key, PackedProduct{desc, dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(am, desc, cm), e.eng))}).first;
+      auto d = bias ? dnnl::matmul::desc(am, desc, bias_desc(N), cm) : dnnl::matmul::desc(am, desc, cm);
+      it = pc.products.insert_or_assign(key, PackedProduct{desc, dnnl::matmul(dnnl::matmul::primitive_desc(d, e.eng))}).first;
     }
     mm = it->second.mm;
   }
@@ -143,7 +150,9 @@ bool packed_product(Engine& e, const uint16_t* a, const BMatrix& B, float* C, in
   dnnl::memory am(dnnl::memory::desc({M, K}, dt::bf16, dnnl::memory::dims{K, 1}), e.eng, const_cast<uint16_t*>(a));
   dnnl::memory bm(desc, e.eng, data.data<uint8_t>());
   dnnl::memory cm(dnnl::memory::desc({M, N}, dt::f32, dnnl::memory::dims{ldc, 1}), e.eng, C);
-  mm.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}};
+  if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(bias_desc(N), e.eng, const_cast<float*>(bias)));
+  mm.execute(stream, args);
   stream.wait();
   return true;
 }
@@ -209,13 +218,13 @@ void widen_rows_bf16(const BMatrix& B, int64_t n0, int64_t count, int64_t K, uin
 }
 
 bool onednn_gemm_bf16(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N,
-                      int64_t K) {
+                      int64_t K, const float* bias) {
   try {
     Engine& e = engine();
     uint16_t* a = scratch<uint16_t>(2, static_cast<size_t>(M * K));
     convert_rows_bf16(A, lda, M, K, a, K);
     if (B.dtype == DType::BF16 && B.row_bytes == K * 2 && B.owner && *B.owner && (*B.owner)->file_mapped && pack_cache().on &&
-        packed_product(e, a, B, C, ldc, M, N, K)) {
+        packed_product(e, a, B, C, ldc, M, N, K, bias)) {
       return true;
     }
     // Column chunks of about 16 MiB of bf16 weights: BF16 weights are read in place, others are
@@ -238,13 +247,15 @@ bool onednn_gemm_bf16(const float* A, int64_t lda, const BMatrix& B, float* C, i
         widen_rows_bf16(B, n0, nc, K, w);
         wp = w;
       }
-      dnnl::matmul mm = e.get(M, nc, K, K, ldc, dnnl::memory::data_type::bf16);
+      dnnl::matmul mm = e.get(M, nc, K, K, ldc, dnnl::memory::data_type::bf16, bias != nullptr);
       dnnl::memory am(dnnl::memory::desc({M, K}, dnnl::memory::data_type::bf16, dnnl::memory::dims{K, 1}), e.eng, a);
       dnnl::memory bm(dnnl::memory::desc({K, nc}, dnnl::memory::data_type::bf16, dnnl::memory::dims{1, K}), e.eng,
                       const_cast<uint16_t*>(wp));
       dnnl::memory cm(dnnl::memory::desc({M, nc}, dnnl::memory::data_type::f32, dnnl::memory::dims{ldc, 1}), e.eng,
                       C + n0);
-      mm.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+      std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}};
+      if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(bias_desc(nc), e.eng, const_cast<float*>(bias + n0)));
+      mm.execute(stream, args);
       stream.wait();
     }
     return true;
@@ -254,7 +265,7 @@ bool onednn_gemm_bf16(const float* A, int64_t lda, const BMatrix& B, float* C, i
 }
 
 bool onednn_gemm_f32(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N, int64_t K,
-                     bool round_bf16) {
+                     bool round_bf16, const float* bias) {
   try {
     using dt = dnnl::memory::data_type;
     Engine& e = engine();
@@ -290,11 +301,13 @@ bool onednn_gemm_f32(const float* A, int64_t lda, const BMatrix& B, float* C, in
         });
         wp = w;
       }
-      dnnl::matmul mm = e.get(M, nc, K, a_ld, ldc, dt::f32);
+      dnnl::matmul mm = e.get(M, nc, K, a_ld, ldc, dt::f32, bias != nullptr);
       dnnl::memory am(dnnl::memory::desc({M, K}, dt::f32, dnnl::memory::dims{a_ld, 1}), e.eng, const_cast<float*>(a));
       dnnl::memory bm(dnnl::memory::desc({K, nc}, dt::f32, dnnl::memory::dims{1, K}), e.eng, const_cast<float*>(wp));
       dnnl::memory cm(dnnl::memory::desc({M, nc}, dt::f32, dnnl::memory::dims{ldc, 1}), e.eng, C + n0);
-      mm.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+      std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}};
+      if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(bias_desc(nc), e.eng, const_cast<float*>(bias + n0)));
+      mm.execute(stream, args);
       stream.wait();
     }
     return true;

@@ -16,17 +16,17 @@
 
 namespace fluxpipe::cpu {
 
-// C[M,N] = A[M,K] · B[N,K]ᵀ with A and B rounded to bf16, F32 accumulation.
-// Returns false (and does nothing) when oneDNN cannot run it.
+// C[M,N] = A[M,K] · B[N,K]ᵀ (+ bias[N], F32, when set) with A and B rounded to bf16, F32
+// accumulation. Returns false (and does nothing) when oneDNN cannot run it.
 bool onednn_gemm_bf16(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N,
-                      int64_t K);
+                      int64_t K, const float* bias = nullptr);
 
 // C[M,N] = A[M,K] · B[N,K]ᵀ in F32 through oneDNN's sgemm, for CPUs without bf16 instructions
 // (AVX2, AVX-512 F): weights of any dtype are widened to F32 in column chunks (about 8 MiB),
 // never as a whole. `round_bf16`: A and the widened B rounded to bf16 values first, what the
 // BF16 path computes (bf16 products, F32 sums). Returns false (nothing done) when oneDNN cannot.
 bool onednn_gemm_f32(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t ldc, int64_t M, int64_t N, int64_t K,
-                     bool round_bf16);
+                     bool round_bf16, const float* bias = nullptr);
 
 // C[M,N] (F32, row stride ldc) = alpha * A · B with A [M,K] bf16 (row stride lda) and B [K,N]
 // bf16 with element (k, n) at B[k * b_k + n * b_n] — so Bᵀ and B alike are read in place

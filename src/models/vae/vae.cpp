@@ -10,6 +10,16 @@ namespace {
 
 [[noreturn]] void fail(const std::string& why) { throw UserError("[vae] " + why); }
 
+// Between the callers' nchw tensors and the layout the towers compute in (ops::image_layout:
+// nhwc on the CPU, whose convolutions work in it, so only the tower's input and output are
+// transposed, not every convolution's).
+Tensor into_layout(Ctx& c, const Tensor& nchw) {
+  return ops::image_layout(c) == Layout::nhwc ? ops::contiguous(c, nchw.permute({0, 2, 3, 1})) : nchw;
+}
+Tensor to_nchw(Ctx& c, const Tensor& t) {
+  return ops::image_layout(c) == Layout::nhwc ? ops::contiguous(c, t.permute({0, 3, 1, 2})) : t;
+}
+
 }  // namespace
 
 Config Config::from_weights(const io::WeightSet& w, const nlohmann::json* params) {
@@ -86,11 +96,12 @@ Tensor Model::conv(Ctx& c, const Tensor& x, const Conv& k, int stride, bool asym
     p.pad_top = p.pad_bottom = static_cast<int>(k.w.size(2) / 2);
     p.pad_left = p.pad_right = static_cast<int>(k.w.size(3) / 2);
   }
+  p.layout = ops::image_layout(c);
   return ops::conv2d(c, x, k.w, &k.b, p);
 }
 
 Tensor Model::norm(Ctx& c, const Tensor& x, const Norm& n, bool silu) const {
-  return ops::group_norm(c, x, 32, &n.w, &n.b, 1e-6f, silu);
+  return ops::group_norm(c, x, 32, &n.w, &n.b, 1e-6f, silu, ops::image_layout(c));
 }
 
 Tensor Model::resnet(Ctx& c, const Tensor& x, const Resnet& r) const {
@@ -100,36 +111,40 @@ Tensor Model::resnet(Ctx& c, const Tensor& x, const Resnet& r) const {
 }
 
 Tensor Model::attention(Ctx& c, const Tensor& x, const Attn& a) const {
-  // Single head over the h*w positions, scale 1/sqrt(C).
-  int64_t B = x.size(0), C = x.size(1), h = x.size(2), w = x.size(3);
+  // Single head over the h*w positions, scale 1/sqrt(C). In nhwc the positions' channels are
+  // rows already; in nchw they are transposed to rows and back.
+  const bool nhwc = ops::image_layout(c) == Layout::nhwc;
+  const int64_t B = x.size(0), C = x.size(nhwc ? 3 : 1), h = x.size(nhwc ? 1 : 2), w = x.size(nhwc ? 2 : 3);
   Tensor n = norm(c, x, a.norm);
-  auto tokens = [&](const Tensor& t) { return ops::contiguous(c, t.reshape({B, C, h * w}).permute({0, 2, 1})).reshape({B, 1, h * w, C}); };
+  auto tokens = [&](const Tensor& t) {
+    return nhwc ? t.reshape({B, 1, h * w, C}) : ops::contiguous(c, t.reshape({B, C, h * w}).permute({0, 2, 1})).reshape({B, 1, h * w, C});
+  };
   Tensor q = tokens(conv(c, n, a.q)), k = tokens(conv(c, n, a.k)), v = tokens(conv(c, n, a.v));
   Tensor o = ops::attention(c, q, k, v, 1.0f / std::sqrt(static_cast<float>(C)));   // [B, 1, hw, C]
-  Tensor back = ops::contiguous(c, o.reshape({B, h * w, C}).permute({0, 2, 1})).reshape({B, C, h, w});
+  Tensor back = nhwc ? o.reshape({B, h, w, C}) : ops::contiguous(c, o.reshape({B, h * w, C}).permute({0, 2, 1})).reshape({B, C, h, w});
   return ops::add(c, x, conv(c, back, a.proj));
 }
 
 Tensor Model::middle(Ctx& c, Tensor h, const Tower& t, const models::Trace& trace) const {
   h = resnet(c, h, t.mid1);
-  if (trace) trace("mid.block_1", h);
+  if (trace) trace("mid.block_1", to_nchw(c, h));
   h = attention(c, h, t.mid_attn);
-  if (trace) trace("mid.attn_1", h);
+  if (trace) trace("mid.attn_1", to_nchw(c, h));
   h = resnet(c, h, t.mid2);
-  if (trace) trace("mid.block_2", h);
+  if (trace) trace("mid.block_2", to_nchw(c, h));
   return h;
 }
 
 Tensor Model::decode(Ctx& c, const Tensor& z, const models::Trace& trace) const {
-  auto emit = [&](const std::string& n, const Tensor& t) {
-    if (trace) trace(n, t);
+  auto emit = [&](const std::string& n, const Tensor& t) {   // t in the tower's layout; traces are nchw
+    if (trace) trace(n, to_nchw(c, t));
   };
   if (z.dim() != 4 || z.size(1) != cfg_.z_channels) {
     fail("decode: z " + z.describe() + " must be [B, " + std::to_string(cfg_.z_channels) + ", h, w]");
   }
   Tensor scale = ops::constant(c, {1}, {cfg_.scale_factor}), shift = ops::constant(c, {1}, {cfg_.shift_factor});
   // z / scale + shift, as a division (not a multiply by the reciprocal) like the reference.
-  Tensor x = ops::add(c, ops::div(c, z, scale), shift);
+  Tensor x = into_layout(c, ops::add(c, ops::div(c, z, scale), shift));
   emit("decoder_in", x);
   Tensor h = conv(c, x, dec_.conv_in);
   emit("conv_in", h);
@@ -141,14 +156,14 @@ Tensor Model::decode(Ctx& c, const Tensor& z, const models::Trace& trace) const 
       emit("up." + std::to_string(lv) + ".block." + std::to_string(j), h);
     }
     if (l.resample) {
-      h = conv(c, ops::upsample_nearest2x(c, h), *l.resample);
+      h = conv(c, ops::upsample_nearest2x(c, h, ops::image_layout(c)), *l.resample);
       emit("up." + std::to_string(lv) + ".upsample", h);
     }
   }
-  if (!trace) return conv(c, norm(c, h, dec_.norm_out, true), dec_.conv_out);
+  if (!trace) return to_nchw(c, conv(c, norm(c, h, dec_.norm_out, true), dec_.conv_out));
   h = norm(c, h, dec_.norm_out);
   emit("norm_out", h);
-  return conv(c, ops::silu(c, h), dec_.conv_out);
+  return to_nchw(c, conv(c, ops::silu(c, h), dec_.conv_out));
 }
 
 std::vector<Span> tile_spans(int64_t size, int64_t tile, int64_t overlap) {
@@ -226,12 +241,12 @@ Tensor decode_in_tiles(Ctx& c, const Tensor& z, int64_t f, int64_t tile, int64_t
 }
 
 Tensor Model::encode(Ctx& c, const Tensor& x, const models::Trace& trace) const {
-  auto emit = [&](const std::string& n, const Tensor& t) {
-    if (trace) trace(n, t);
+  auto emit = [&](const std::string& n, const Tensor& t) {   // t in the tower's layout; traces are nchw
+    if (trace) trace(n, to_nchw(c, t));
   };
   if (!has_encoder_) fail("these weights have no encoder");
   if (x.dim() != 4 || x.size(1) != enc_.conv_in.w.size(1)) fail("encode: x " + x.describe() + " must be [B, 3, H, W]");
-  Tensor h = conv(c, x, enc_.conv_in);
+  Tensor h = conv(c, into_layout(c, x), enc_.conv_in);
   emit("conv_in", h);
   for (size_t lv = 0; lv < enc_.levels.size(); ++lv) {
     const Level& l = enc_.levels[lv];
@@ -247,8 +262,8 @@ Tensor Model::encode(Ctx& c, const Tensor& x, const models::Trace& trace) const 
   h = middle(c, h, enc_, trace);
   h = norm(c, h, enc_.norm_out);
   emit("norm_out", h);
-  Tensor moments = conv(c, ops::silu(c, h), enc_.conv_out);
-  emit("moments", moments);
+  Tensor moments = to_nchw(c, conv(c, ops::silu(c, h), enc_.conv_out));
+  if (trace) trace("moments", moments);
   Tensor mean = ops::contiguous(c, moments.slice(1, 0, cfg_.z_channels));
   Tensor scale = ops::constant(c, {1}, {cfg_.scale_factor}), shift = ops::constant(c, {1}, {cfg_.shift_factor});
   return ops::mul(c, scale, ops::sub(c, mean, shift));

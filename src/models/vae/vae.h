@@ -4,6 +4,8 @@
 // block's channel counts are read off the tensors (encoder.down.<i>, decoder.up.<i>); the
 // latent scale and shift come from the model's parameters (BFL AutoEncoderParams JSON) or
 // default to FLUX.1's published 0.3611 and 0.1159. GroupNorm: 32 groups, eps 1e-6.
+// Inputs, outputs and traces are nchw; inside, the towers compute in ops::image_layout (nhwc on
+// the CPU: its convolutions' own layout).
 // Thread-safety: one caller at a time per Ctx.
 // Letters: B batch, C channels, h/w latent size, Hi/Wi image size.
 #pragma once
