@@ -57,6 +57,10 @@ class ProfilingBackend final : public Backend {
   void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& out) override {
     timed("rope", [&] { inner_.rope(x, cos, sin, out); });
   }
+  void qkv_heads(const std::vector<QkvPart>& parts, const Tensor& cos, const Tensor& sin, float eps, Tensor& q, Tensor& k,
+                 Tensor& v) override {
+    timed("qkv_heads", [&] { inner_.qkv_heads(parts, cos, sin, eps, q, k, v); });
+  }
   void unary(Unary op, const Tensor& x, Tensor& out) override {
     static const char* names[] = {"gelu_tanh", "gelu_erf", "silu", "quick_gelu"};
     timed(names[static_cast<int>(op)], [&] { inner_.unary(op, x, out); });

@@ -37,6 +37,13 @@ struct Conv2dParams {
   Layout layout = Layout::nchw;   // of x and out; the weights are always [Cout, Cin, kh, kw]
 };
 
+// One stream's rows for Backend::qkv_heads: qkv F32 [B, L, 3 * heads * hd] contiguous, and the
+// RMS-norm scales [hd] of its queries and keys.
+struct QkvPart {
+  Tensor qkv;
+  Tensor q_scale, k_scale;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -91,6 +98,13 @@ class Backend {
   virtual void group_norm_nhwc(const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, bool silu, Tensor& out);
   // x [B,H,L,D]; cos/sin [1 or B, L, D/2]; rotates interleaved pairs (x[2i], x[2i+1]).
   virtual void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& out) = 0;
+  // Attention's inputs out of qkv rows: the parts' rows one after another along L (part 0's
+  // first), split into heads; q = rope(rms_norm(q rows, q_scale, eps)), k the same with k_scale,
+  // v as it is. q, k, v [B, heads, L, hd]; cos/sin [1 or B, L, hd/2]. The default is those ops
+  // one after another (a permuting copy per part, rms_norm, concat, rope); the CPU backend does
+  // it in one pass, bit-identical to them.
+  virtual void qkv_heads(const std::vector<QkvPart>& parts, const Tensor& cos, const Tensor& sin, float eps, Tensor& q,
+                         Tensor& k, Tensor& v);
   virtual void unary(Unary op, const Tensor& x, Tensor& out) = 0;
   // a and b broadcast numpy-style to out's shape.
   virtual void binary(Binary op, const Tensor& a, const Tensor& b, Tensor& out) = 0;

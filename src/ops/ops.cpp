@@ -218,6 +218,39 @@ Tensor rope(Ctx& c, const Tensor& x, const Tensor& cos, const Tensor& sin) {
   return out;
 }
 
+std::array<Tensor, 3> qkv_heads(Ctx& c, const std::vector<QkvPart>& parts, int64_t heads, const Tensor& cos,
+                                const Tensor& sin, float eps) {
+  if (parts.empty()) fail("qkv_heads", "no parts");
+  const Tensor& first = parts[0].qkv;
+  if (heads <= 0 || first.dim() != 3 || first.size(2) % (6 * heads) != 0) {
+    fail("qkv_heads", "qkv " + first.describe() + " must be [B, L, 3 * heads * hd] with even hd (heads " + std::to_string(heads) + ")");
+  }
+  const int64_t B = first.size(0), width = first.size(2), hd = width / (3 * heads);
+  int64_t L = 0;
+  for (const QkvPart& p : parts) {
+    need_float(c, "qkv_heads", "qkv", p.qkv);
+    need_contiguous("qkv_heads", "qkv", p.qkv);
+    if (p.qkv.dim() != 3 || p.qkv.size(0) != B || p.qkv.size(2) != width) {
+      fail("qkv_heads", "qkv " + p.qkv.describe() + " does not match the first part " + first.describe());
+    }
+    need_vector(c, "qkv_heads", "q_scale", &p.q_scale, hd);
+    need_vector(c, "qkv_heads", "k_scale", &p.k_scale, hd);
+    L += p.qkv.size(1);
+  }
+  need_float(c, "qkv_heads", "cos", cos);
+  need_float(c, "qkv_heads", "sin", sin);
+  need_contiguous("qkv_heads", "cos", cos);
+  need_contiguous("qkv_heads", "sin", sin);
+  if (cos.shape() != sin.shape() || cos.dim() != 3 || (cos.size(0) != 1 && cos.size(0) != B) || cos.size(1) != L ||
+      cos.size(2) != hd / 2) {
+    fail("qkv_heads", "cos " + cos.describe() + " / sin " + sin.describe() + " must be [1|B, " + std::to_string(L) + ", " +
+                          std::to_string(hd / 2) + "]");
+  }
+  Tensor q = c.empty({B, heads, L, hd}, DType::F32), k = c.empty({B, heads, L, hd}, DType::F32), v = c.empty({B, heads, L, hd}, DType::F32);
+  c.backend->qkv_heads(parts, cos, sin, eps, q, k, v);
+  return {q, k, v};
+}
+
 Tensor gelu_tanh(Ctx& c, const Tensor& x) { return unary(c, Unary::gelu_tanh, "gelu_tanh", x); }
 Tensor gelu_erf(Ctx& c, const Tensor& x) { return unary(c, Unary::gelu_erf, "gelu_erf", x); }
 Tensor silu(Ctx& c, const Tensor& x) { return unary(c, Unary::silu, "silu", x); }

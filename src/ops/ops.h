@@ -5,6 +5,8 @@
 // Thread-safety: a Ctx is used by one thread.
 #pragma once
 
+#include <array>
+
 #include <vector>
 
 #include "backend/backend.h"
@@ -53,6 +55,12 @@ Tensor add_gated(Ctx& c, const Tensor& x, const Tensor& gate, const Tensor& y);
 Tensor group_norm(Ctx& c, const Tensor& x, int groups, const Tensor* w, const Tensor* b, float eps, bool silu = false,
                   Layout layout = Layout::nchw);
 Tensor rope(Ctx& c, const Tensor& x, const Tensor& cos, const Tensor& sin);
+// Attention's q, k, v [B, heads, L, hd] from the parts' qkv rows [B, L_p, 3 * heads * hd] placed one
+// after another along L: q = rope(rms_norm(queries, q_scale, eps)), k likewise, v as it is;
+// cos/sin [1 or B, L, hd/2] with L the parts' total. Equal, bit for bit, to the permuted copies,
+// rms_norm, concat and rope one after another.
+std::array<Tensor, 3> qkv_heads(Ctx& c, const std::vector<QkvPart>& parts, int64_t heads, const Tensor& cos,
+                                const Tensor& sin, float eps);
 Tensor gelu_tanh(Ctx& c, const Tensor& x);
 Tensor gelu_erf(Ctx& c, const Tensor& x);
 Tensor silu(Ctx& c, const Tensor& x);

@@ -662,6 +662,52 @@ TEST(Kernels, ConvUpsampleConcatAgainstReference) {
   expect_close(ops::concat(c, {a, b}, 1), want, 0, 0, "concat");
 }
 
+// The attention inputs in one pass (the CPU's qkv_heads) against the ops it replaces, one after
+// another (the Backend's default, which other backends run): bit for bit, for one stream and for
+// two joined along L, RoPE tables per batch and shared.
+TEST(Kernels, QkvHeadsInOnePassEqualTheOpsOneAfterAnother) {
+  Ctx c;
+  const int64_t B = 2, heads = 3, hd = 8, H = heads * hd;
+  Tensor txt = randn({B, 5, 3 * H}, 90, 2.0f), img = randn({B, 7, 3 * H}, 91, 2.0f);
+  Tensor tq = randn({hd}, 92), tk = randn({hd}, 93), iq = randn({hd}, 94), ik = randn({hd}, 95);
+  auto by_ops = [&](const std::vector<QkvPart>& parts, const Tensor& cs, const Tensor& sn) {
+    std::vector<Tensor> qs, ks, vs;
+    for (const QkvPart& p : parts) {
+      const int64_t L = p.qkv.size(1);
+      Tensor t = ops::contiguous(c, p.qkv.reshape({B, L, 3, heads, hd}).permute({2, 0, 3, 1, 4}));
+      qs.push_back(ops::rms_norm(c, t.slice(0, 0, 1).reshape({B, heads, L, hd}), &p.q_scale, 1e-6f));
+      ks.push_back(ops::rms_norm(c, t.slice(0, 1, 1).reshape({B, heads, L, hd}), &p.k_scale, 1e-6f));
+      vs.push_back(ops::contiguous(c, t.slice(0, 2, 1).reshape({B, heads, L, hd})));
+    }
+    auto cat = [&](const std::vector<Tensor>& xs) { return xs.size() == 1 ? xs[0] : ops::concat(c, xs, 2); };
+    return std::array<Tensor, 3>{ops::rope(c, cat(qs), cs, sn), ops::rope(c, cat(ks), cs, sn), cat(vs)};
+  };
+  for (int64_t tables : {int64_t{1}, B}) {
+    for (bool joint : {true, false}) {
+      std::vector<QkvPart> parts{{img, iq, ik}};
+      if (joint) parts.insert(parts.begin(), QkvPart{txt, tq, tk});
+      const int64_t L = joint ? 12 : 7;
+      Tensor cs = randn({tables, L, hd / 2}, 96), sn = randn({tables, L, hd / 2}, 97);
+      const std::string what = std::string(joint ? "txt + img" : "img") + ", tables for " + std::to_string(tables);
+      auto got = ops::qkv_heads(c, parts, heads, cs, sn, 1e-6f);
+      auto want = by_ops(parts, cs, sn);
+      Tensor dq = Tensor::empty(got[0].shape(), DType::F32), dk = Tensor::empty(got[0].shape(), DType::F32),
+             dv = Tensor::empty(got[0].shape(), DType::F32);
+      c.backend->Backend::qkv_heads(parts, cs, sn, 1e-6f, dq, dk, dv);   // the default, on the CPU's ops
+      for (int i = 0; i < 3; ++i) {
+        ASSERT_EQ(got[i].shape(), (Shape{B, heads, L, hd})) << what;
+        EXPECT_EQ(got[i].to_floats(), want[i].to_floats()) << what << ", output " << i;
+      }
+      EXPECT_EQ(dq.to_floats(), want[0].to_floats()) << what << ": the default";
+      EXPECT_EQ(dk.to_floats(), want[1].to_floats()) << what << ": the default";
+      EXPECT_EQ(dv.to_floats(), want[2].to_floats()) << what << ": the default";
+    }
+  }
+  EXPECT_THROW(ops::qkv_heads(c, {{randn({B, 5, 3 * H + 2}, 98), tq, tk}}, heads, randn({1, 5, 4}, 99), randn({1, 5, 4}, 99), 1e-6f),
+               fluxpipe::UserError);
+  EXPECT_THROW(ops::qkv_heads(c, {{txt, tq, tk}}, heads, randn({1, 6, 4}, 99), randn({1, 6, 4}, 99), 1e-6f), fluxpipe::UserError);
+}
+
 // The channels-last (nhwc) image ops the autoencoder computes in on the CPU, against the nchw
 // reference on the same values transposed: group norm (channel counts on and off the 16-lane
 // path, several 256-pixel chunks, the same bits for any thread count), upsampling, and the

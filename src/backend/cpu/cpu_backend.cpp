@@ -281,6 +281,16 @@ class CpuBackend final : public Backend {
     });
   }
 
+  // 1 / sqrt(mean(x^2) + eps) of a row, the squares summed in double (over 16 lanes in a fixed
+  // order where AVX-512 is, else one after another): rms_norm's and qkv_heads' one statistic.
+  static float rms_inverse(const float* xr, int64_t D, float eps) {
+    double ms = 0;
+    if (!cpu::squared_deviation_avx512(xr, D, 0.0, &ms)) {
+      for (int64_t i = 0; i < D; ++i) ms += static_cast<double>(xr[i]) * xr[i];
+    }
+    return static_cast<float>(1.0 / std::sqrt(ms / static_cast<double>(D) + eps));
+  }
+
   void rms_norm(const Tensor& x, const Tensor* w, float eps, Tensor& out) override {
     int64_t D = x.size(-1), rows = x.numel() / std::max<int64_t>(D, 1);
     std::vector<float> wv = w ? w->to_floats() : std::vector<float>();
@@ -289,9 +299,7 @@ class CpuBackend final : public Backend {
     for_rows(rows, D, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const float* xr = X + r * D;
-        double ms = 0;
-        for (int64_t i = 0; i < D; ++i) ms += static_cast<double>(xr[i]) * xr[i];
-        float inv = static_cast<float>(1.0 / std::sqrt(ms / static_cast<double>(D) + eps));
+        float inv = rms_inverse(xr, D, eps);
         for (int64_t i = 0; i < D; ++i) O[r * D + i] = xr[i] * inv * (w ? wv[static_cast<size_t>(i)] : 1.0f);
       }
     });
@@ -438,6 +446,54 @@ class CpuBackend final : public Backend {
           float x0 = xr[2 * i], x1 = xr[2 * i + 1];
           o[2 * i] = c[i] * x0 - s[i] * x1;
           o[2 * i + 1] = s[i] * x0 + c[i] * x1;
+        }
+      }
+    });
+  }
+
+  // One pass over the qkv rows (in parallel over them), each head's query and key normed and
+  // rotated in a row buffer: the statements of rms_norm and rope above in the same order, so the
+  // results are theirs bit for bit, without the permuted copy, the norms' and rope's passes and
+  // the concatenation in between.
+  void qkv_heads(const std::vector<QkvPart>& parts, const Tensor& cos, const Tensor& sin, float eps, Tensor& q, Tensor& k,
+                 Tensor& v) override {
+    const int64_t B = q.size(0), heads = q.size(1), L = q.size(2), hd = q.size(3), H = heads * hd, P = hd / 2;
+    std::vector<int64_t> begin;   // each part's first position
+    std::vector<std::vector<float>> qw, kw;
+    int64_t at = 0;
+    for (const QkvPart& p : parts) {
+      begin.push_back(at);
+      at += p.qkv.size(1);
+      qw.push_back(p.q_scale.to_floats());
+      kw.push_back(p.k_scale.to_floats());
+    }
+    const float *Cs = cos.data<float>(), *Sn = sin.data<float>();
+    float *Q = q.data<float>(), *K = k.data<float>(), *V = v.data<float>();
+    for_rows(B * L, 3 * H, [&](int64_t r0, int64_t r1) {
+      std::vector<float> y(static_cast<size_t>(hd));
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / L, l = r % L;
+        size_t pi = parts.size() - 1;
+        while (begin[pi] > l) --pi;
+        const Tensor& src = parts[pi].qkv;
+        const float* row = src.data<float>() + (b * src.size(1) + (l - begin[pi])) * 3 * H;
+        const int64_t cb = cos.size(0) == 1 ? 0 : b;
+        const float *c = Cs + (cb * L + l) * P, *s = Sn + (cb * L + l) * P;
+        for (int64_t h = 0; h < heads; ++h) {
+          const size_t out = static_cast<size_t>(((b * heads + h) * L + l) * hd);
+          for (int which = 0; which < 2; ++which) {   // the query, then the key
+            const float* xr = row + which * H + h * hd;
+            const std::vector<float>& w = which == 0 ? qw[pi] : kw[pi];
+            float inv = rms_inverse(xr, hd, eps);
+            for (int64_t i = 0; i < hd; ++i) y[static_cast<size_t>(i)] = xr[i] * inv * w[static_cast<size_t>(i)];
+            float* o = (which == 0 ? Q : K) + out;
+            for (int64_t i = 0; i < P; ++i) {
+              float x0 = y[static_cast<size_t>(2 * i)], x1 = y[static_cast<size_t>(2 * i + 1)];
+              o[2 * i] = c[i] * x0 - s[i] * x1;
+              o[2 * i + 1] = s[i] * x0 + c[i] * x1;
+            }
+          }
+          std::memcpy(V + out, row + 2 * H + h * hd, static_cast<size_t>(hd) * sizeof(float));
         }
       }
     });

@@ -134,22 +134,10 @@ struct Rope {
   Tensor cos, sin;   // [B, L, Hd/2]
 };
 
-// qkv [B, L, 3*H] -> q, k, v [B, heads, L, Hd] (q and k RMS-normed with their scales).
-std::array<Tensor, 3> split_qkv(Ctx& c, const Tensor& qkv, int64_t heads, int64_t hd, const Tensor& q_scale,
-                                const Tensor& k_scale) {
-  int64_t B = qkv.size(0), L = qkv.size(1);
-  Tensor t = ops::contiguous(c, qkv.reshape({B, L, 3, heads, hd}).permute({2, 0, 3, 1, 4}));   // [3, B, heads, L, Hd]
-  Tensor q = t.slice(0, 0, 1).reshape({B, heads, L, hd});
-  Tensor k = t.slice(0, 1, 1).reshape({B, heads, L, hd});
-  Tensor v = t.slice(0, 2, 1).reshape({B, heads, L, hd});
-  return {ops::rms_norm(c, q, &q_scale, 1e-6f), ops::rms_norm(c, k, &k_scale, 1e-6f), v};
-}
-
-// Attention with RoPE on q and k; [B, heads, L, Hd] in, [B, L, heads*Hd] out.
-Tensor rope_attention(Ctx& c, const Tensor& q, const Tensor& k, const Tensor& v, const Rope& pe) {
+// q, k, v [B, heads, L, Hd] (RoPE applied to q and k already) -> attention [B, L, heads*Hd].
+Tensor attend(Ctx& c, const Tensor& q, const Tensor& k, const Tensor& v) {
   int64_t B = q.size(0), heads = q.size(1), L = q.size(2), hd = q.size(3);
-  Tensor qr = ops::rope(c, q, pe.cos, pe.sin), kr = ops::rope(c, k, pe.cos, pe.sin);
-  Tensor a = ops::attention(c, qr, kr, v, 1.0f / std::sqrt(static_cast<float>(hd)));
+  Tensor a = ops::attention(c, q, k, v, 1.0f / std::sqrt(static_cast<float>(hd)));
   return ops::contiguous(c, a.permute({0, 2, 1, 3})).reshape({B, L, heads * hd});
 }
 
@@ -219,12 +207,12 @@ Tensor Model::forward(Ctx& c, const Tensor& img_tokens, const Tensor& img_ids, c
     emit(p + "img_mod_lin", img_mod_lin);
     emit(p + "txt_mod_lin", txt_mod_lin);
     std::vector<Tensor> im = chunks(c, img_mod_lin, 6), tm = chunks(c, txt_mod_lin, 6);   // shift1 scale1 gate1 shift2 scale2 gate2
-    auto [iq, ik, iv] = split_qkv(c, apply(c, modulate(c, img, im[0], im[1]), d.img.qkv), cfg_.num_heads,
-                                  cfg_.head_dim, d.img.q_scale, d.img.k_scale);
-    auto [tq, tk, tv] = split_qkv(c, apply(c, modulate(c, txt, tm[0], tm[1]), d.txt.qkv), cfg_.num_heads,
-                                  cfg_.head_dim, d.txt.q_scale, d.txt.k_scale);
-    Tensor attn = rope_attention(c, ops::concat(c, {tq, iq}, 2), ops::concat(c, {tk, ik}, 2),
-                                 ops::concat(c, {tv, iv}, 2), pe);   // [B, L, H], txt first
+    Tensor img_qkv = apply(c, modulate(c, img, im[0], im[1]), d.img.qkv);
+    Tensor txt_qkv = apply(c, modulate(c, txt, tm[0], tm[1]), d.txt.qkv);
+    // The joint attention's heads, txt first, each stream's q and k RMS-normed with its scales, then RoPE.
+    auto [q, k, v] = ops::qkv_heads(c, {{txt_qkv, d.txt.q_scale, d.txt.k_scale}, {img_qkv, d.img.q_scale, d.img.k_scale}},
+                                    cfg_.num_heads, pe.cos, pe.sin, 1e-6f);
+    Tensor attn = attend(c, q, k, v);   // [B, L, H], txt first
     Tensor txt_attn = ops::contiguous(c, attn.slice(1, 0, Lt));
     Tensor img_attn = ops::contiguous(c, attn.slice(1, Lt, Li));
     emit(p + "img_attn_out", img_attn);
@@ -247,8 +235,8 @@ Tensor Model::forward(Ctx& c, const Tensor& img_tokens, const Tensor& img_ids, c
     Tensor h = apply(c, modulate(c, x, m[0], m[1]), s.linear1);   // [B, L, 3H + M]
     Tensor qkv = ops::contiguous(c, h.slice(2, 0, 3 * H));
     Tensor mlp = ops::contiguous(c, h.slice(2, 3 * H, cfg_.mlp_hidden));
-    auto [q, k, v] = split_qkv(c, qkv, cfg_.num_heads, cfg_.head_dim, s.q_scale, s.k_scale);
-    Tensor l2_in = ops::concat(c, {rope_attention(c, q, k, v, pe), ops::gelu_tanh(c, mlp)}, 2);
+    auto [q, k, v] = ops::qkv_heads(c, {{qkv, s.q_scale, s.k_scale}}, cfg_.num_heads, pe.cos, pe.sin, 1e-6f);
+    Tensor l2_in = ops::concat(c, {attend(c, q, k, v), ops::gelu_tanh(c, mlp)}, 2);
     emit(p + ".linear2_in", l2_in);
     x = ops::add_gated(c, x, m[2], apply(c, l2_in, s.linear2));
     emit(p, x);
