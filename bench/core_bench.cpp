@@ -217,8 +217,8 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("\nattention, 24 heads x 128, BF16 compute (FLOP = 4 L^2 D H); fused: the AMX kernel (where the CPU has\n"
-              "AMX), unfused: the oneDNN-product path, in the same run:\n");
+  std::printf("\nattention, 24 heads x 128, BF16 compute (FLOP = 4 L^2 D H); fused: the fused kernel (AMX tiles where the\n"
+              "CPU has AMX, else AVX-512 BF16 dot products), unfused: the oneDNN-product path, in the same run:\n");
   for (int64_t L : {512, 1280, 4352}) {
     if (quick && L > 1280) break;
     Tensor q = Tensor::zeros({1, 24, L, 128}, DType::F32);

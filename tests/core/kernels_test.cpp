@@ -523,11 +523,17 @@ TEST(Kernels, LongSequenceAttentionAgainstReference) {
 }
 
 TEST(Kernels, FusedAttentionAgainstReference) {
-  // No bias and no mask (the FLUX transformer): the fused AMX kernel where the CPU has AMX, with
-  // lengths that end mid-chunk and mid-block; the unfused BF16 path elsewhere.
+  // No bias and no mask (the FLUX transformer): the fused kernel with each tile product this CPU
+  // has (AMX tiles; AVX-512 BF16 dot products, also run at FLUXPIPE_ISA=avx512bf16 on an AMX
+  // CPU), with lengths that end mid-chunk and mid-block; the unfused path below those levels.
   Ctx c;
   c.compute = Compute::BF16;
+  const cpu::Isa before = cpu::active_isa();
+  std::vector<cpu::Isa> levels{before};
+  if (before == cpu::Isa::amx) levels.push_back(cpu::Isa::avx512bf16);
+  for (cpu::Isa level : levels)
   for (auto [Lq, Lk, D] : {std::tuple<int64_t, int64_t, int64_t>{300, 260, 32}, {257, 300, 64}, {520, 1100, 128}}) {
+    cpu::isa_set_for_tests(level);
     Tensor q = randn({1, 3, Lq, D}, 60, 2.0f), k = randn({1, 3, Lk, D}, 61), v = randn({1, 3, Lk, D}, 62);
     Tensor want = Tensor::zeros(q.shape(), DType::F32);
     const float scale = 1.0f / std::sqrt(static_cast<float>(D));
@@ -541,6 +547,7 @@ TEST(Kernels, FusedAttentionAgainstReference) {
     ThreadPool::set_global_threads(0);
     EXPECT_EQ(one.to_floats(), three.to_floats()) << "attention must not depend on the thread count";
   }
+  cpu::isa_set_for_tests(before);
 }
 
 TEST(Kernels, FusedAttentionFollowsAMovingMaximum) {

@@ -105,7 +105,7 @@ class CpuBackend final : public Backend {
     // parallel GEMM (scores are QB x Lk, never Lq x Lk). Short ones: many small single-thread
     // products in parallel over (head, block).
     const bool long_seq = Lq * Lk >= 256 * 256;
-    if (long_seq && c == Compute::BF16 && !bias && !causal && cpu::flash_attention_amx(q, k, v, scale, out)) return;
+    if (long_seq && c == Compute::BF16 && !bias && !causal && cpu::flash_attention_bf16(q, k, v, scale, out)) return;
     // oneDNN has bf16 products only with bf16 instructions: below that level, do not convert a
     // head and fail a primitive on every call to find out.
     if (long_seq && c == Compute::BF16 && cpu::isa_at_least(cpu::Isa::avx512bf16) &&

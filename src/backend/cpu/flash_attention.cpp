@@ -4,10 +4,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
 #include "backend/cpu/gemm.h"
+#include "backend/cpu/isa.h"
 #include "backend/cpu/scratch.h"
 #include "backend/cpu/vec_math.h"
 #include "core/dtype.h"
@@ -160,16 +162,53 @@ void pack_queries(const float* Q, int64_t L, int64_t Lp, int64_t D, uint16_t* ou
   std::fill(out + L * D, out + Lp * D, uint16_t{0});
 }
 
+// The AMX tile product's contract (gemm.h: C[32 x 32] (+)= A[32 x kc] · P, the same panels) with
+// AVX-512 BF16 dot products, for CPUs without AMX (AMD Zen 4 and 5): vdpbf16ps adds a pair of
+// bf16 products to each F32 lane. Eight rows at a time: their 8 x 32 sums stay in 16 registers
+// over the whole kc, each pair of k's two panel vectors is loaded once for the eight rows (the
+// panel stays in L1 for the next eight), each row's pair of A values broadcast.
+FP_FLASH void tile_product_dp(const uint16_t* A, int64_t lda, const uint16_t* P, int64_t kc, float* C, int64_t ldc, bool first) {
+  constexpr int R = 8;
+  for (int64_t r0 = 0; r0 < QR; r0 += R) {
+    __m512 acc[R][2];
+    for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    const uint16_t* a = A + r0 * lda;
+    for (int64_t p = 0; p < kc / 2; ++p) {
+      const __m512bh b0 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(P + p * 64));
+      const __m512bh b1 = reinterpret_cast<__m512bh>(_mm512_loadu_si512(P + p * 64 + 32));
+      for (int i = 0; i < R; ++i) {
+        int32_t pair;
+        std::memcpy(&pair, a + i * lda + 2 * p, 4);
+        const __m512bh av = reinterpret_cast<__m512bh>(_mm512_set1_epi32(pair));
+        acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, b0);
+        acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, b1);
+      }
+    }
+    for (int i = 0; i < R; ++i) {
+      float* c = C + (r0 + i) * ldc;
+      if (first) {
+        _mm512_storeu_ps(c, acc[i][0]);
+        _mm512_storeu_ps(c + 16, acc[i][1]);
+      } else {
+        _mm512_storeu_ps(c, _mm512_add_ps(_mm512_loadu_ps(c), acc[i][0]));
+        _mm512_storeu_ps(c + 16, _mm512_add_ps(_mm512_loadu_ps(c + 16), acc[i][1]));
+      }
+    }
+  }
+}
+
 bool g_enabled = true;
 
 }  // namespace
 
 void flash_attention_enable(bool on) { g_enabled = on; }
 
-bool flash_attention_amx(const Tensor& q, const Tensor& k, const Tensor& v, float scale, Tensor& out) {
-  const bool ok = gemm_has_amx();   // AMX implies AVX-512 BF16/BW/DQ (backend/cpu/isa.h)
+bool flash_attention_bf16(const Tensor& q, const Tensor& k, const Tensor& v, float scale, Tensor& out) {
+  // AMX implies AVX-512 BF16/BW/DQ (backend/cpu/isa.h); AVX-512 BF16 alone runs the dot-product tile.
+  const bool amx = gemm_has_amx(), ok = amx || isa_at_least(Isa::avx512bf16);
   const int64_t B = q.size(0), H = q.size(1), Lq = q.size(2), Lk = k.size(2), D = q.size(3);
   if (!ok || !g_enabled || D % PW != 0 || D > 256 || Lk == 0 || Lq == 0 || !(scale > 0.0f)) return false;
+  auto tile = amx ? amx_tile_product : tile_product_dp;
   const int64_t BH = B * H, Lqp = (Lq + QR - 1) / QR * QR, Lkp = (Lk + PW - 1) / PW * PW;
   Tensor qb = Tensor::empty({BH * Lqp * D}, DType::I16), kb = Tensor::empty({BH * Lkp * D}, DType::I16),
          vb = Tensor::empty({BH * Lkp * D}, DType::I16);
@@ -203,7 +242,7 @@ bool flash_attention_amx(const Tensor& q, const Tensor& k, const Tensor& v, floa
     float* accs = scratch<float>(6, static_cast<size_t>(kGroup * QR * D));   // each block's output so far
     alignas(64) float mx[QR * 16];   // a chunk's row maxima, 16 lanes each
     RowState states[kGroup];
-    amx_begin();
+    if (amx) amx_begin();
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t bh = u / units_per_head, b0 = (u % units_per_head) * kGroup, nb = std::min(kGroup, qblocks - b0);
       const uint16_t *keys = KB + bh * Lkp * D, *values = VB + bh * Lkp * D;
@@ -215,12 +254,12 @@ bool flash_attention_amx(const Tensor& q, const Tensor& k, const Tensor& v, floa
           const uint16_t* qrows = QB + (bh * Lqp + (b0 + g) * QR) * D;
           float* acc = accs + g * QR * D;
           for (int64_t j = 0; j < len; j += PW) {
-            amx_tile_product(qrows, D, keys + (c0 + j) * D, D, s + j, lds, true);
+            tile(qrows, D, keys + (c0 + j) * D, D, s + j, lds, true);
             fold_row_max(s + j, lds, valid - j, j == 0, mx);
           }
           softmax_chunk(s, lds, valid, len, scale, mx, p, ldp, states[g], acc, D);
           for (int64_t t = 0; t < D / PW; ++t) {
-            amx_tile_product(p, ldp, values + (t * Lkp + c0) * PW, len, acc + t * PW, D, c0 == 0);
+            tile(p, ldp, values + (t * Lkp + c0) * PW, len, acc + t * PW, D, c0 == 0);
           }
         }
       }
@@ -229,7 +268,7 @@ bool flash_attention_amx(const Tensor& q, const Tensor& k, const Tensor& v, floa
         write_rows(accs + g * QR * D, states[g], std::min(QR, Lq - i0), D, O + (bh * Lq + i0) * D);
       }
     }
-    amx_end();
+    if (amx) amx_end();
   });
   return true;
 }
