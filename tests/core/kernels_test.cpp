@@ -298,9 +298,11 @@ TEST(Kernels, EveryIsaLevelThisCpuHasMatchesTheReference) {
   cpu::gemm_int8_allow(true);
 }
 
-// The integer path for Q8_0 / Q4_0 weights (CPUs with AVX-VNNI and no bf16 dot products; here
-// forced with the ISA level): bit for bit the scalar arithmetic it documents, and within the
-// activation-rounding bound of the exact product. Odd M and N exercise the partial tiles and panel.
+// The integer path for Q8_0 / Q4_0 weights (CPUs with AVX2 and no bf16 dot products; here
+// forced with the ISA level): bit for bit the scalar arithmetic it documents, with AVX-VNNI and
+// with the plain AVX2 kernels, and within the activation-rounding bound of the exact product.
+// Odd M and N exercise the partial tiles and panel; Q8_0 weights of -128 and 127 (the extremes
+// of the signed-byte kernel's pairs) are set by hand.
 TEST(Kernels, Int8ProductsAreTheirArithmeticAndWithinTheRoundingBound) {
   const cpu::Isa before = cpu::active_isa();
   if (static_cast<int>(cpu::detected_isa()) < static_cast<int>(cpu::Isa::avx2)) GTEST_SKIP() << "no AVX2 on this CPU";
@@ -317,11 +319,12 @@ TEST(Kernels, Int8ProductsAreTheirArithmeticAndWithinTheRoundingBound) {
   xp[5] = 300.0f;                                      // an outlier: its block's other values lose precision
   for (int j = 64; j < 96; ++j) xp[K + j] = 0.0f;      // an all-zero block (scale 0)
   for (DType wt : {DType::Q8_0, DType::Q4_0}) {
-    if (!cpu::gemm_int8_available(wt)) {   // Q8_0 without AVX-VNNI
-      std::printf("%s: no integer path on this CPU (no AVX-VNNI)\n", name(wt));
-      continue;
-    }
+    ASSERT_TRUE(cpu::gemm_int8_available(wt)) << name(wt);
     Tensor w = convert(randn({N, K}, 52, 0.1f), wt);
+    if (wt == DType::Q8_0) {   // row 3's first block: -128 and 127 against the outlier row's large values
+      int8_t* q = reinterpret_cast<int8_t*>(w.data<uint8_t>() + 3 * (K / 32) * 34 + 2);
+      for (int j = 0; j < 32; ++j) q[j] = static_cast<int8_t>(j % 2 ? 127 : -128);
+    }
     cpu::BMatrix B{wt, w.data<uint8_t>(), w.size(1) / 32 * static_cast<int64_t>(info(wt).block_bytes)};
     Tensor got = ops::linear(c, x, w);
     Tensor want = Tensor::zeros({M, N}, DType::F32);
@@ -356,16 +359,11 @@ TEST(Kernels, Int8ProductsAreTheirArithmeticAndWithinTheRoundingBound) {
     Tensor off = ops::linear(c, x, w);
     cpu::gemm_int8_allow(true);
     EXPECT_NE(off.to_floats(), g) << name(wt);
-    // The plain AVX2 kernel (CPUs without AVX-VNNI) runs Q4_0 with the same integers: the same
-    // bits; Q8_0 is not offered there (its int16 pair sums could overflow).
+    // The plain AVX2 kernels (CPUs without AVX-VNNI) compute the same integers: the same bits.
     cpu::gemm_int8_force_no_vnni(true);
-    if (wt == DType::Q4_0) {
-      EXPECT_STREQ(cpu::gemm_int8_kernel_name(), "avx2");
-      ASSERT_TRUE(cpu::gemm_int8_available(wt));
-      EXPECT_EQ(ops::linear(c, x, w).to_floats(), r) << "plain AVX2 Q4_0";
-    } else {
-      EXPECT_FALSE(cpu::gemm_int8_available(wt));
-    }
+    EXPECT_STREQ(cpu::gemm_int8_kernel_name(), "avx2");
+    ASSERT_TRUE(cpu::gemm_int8_available(wt));
+    EXPECT_EQ(ops::linear(c, x, w).to_floats(), r) << "plain AVX2 " << name(wt);
     cpu::gemm_int8_force_no_vnni(false);
   }
   cpu::isa_set_for_tests(before);

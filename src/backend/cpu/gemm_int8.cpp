@@ -233,10 +233,34 @@ FP_AVX2 inline void block_avx2(const uint8_t* pb, const uint8_t* ab, int64_t K, 
   for (int r = 0; r < R; ++r) s[r] = _mm256_madd_epi16(s[r], _mm256_set1_epi16(1));
 }
 
-// acc[r] += float(s[r] - corr) · (dw · da[r]) for one block.
+// Plain AVX2 for Q8_0: with 8-bit weights the unsigned form's pair sums (255 · 127 · 2) overflow
+// int16, so the activations go back to signed bytes (q + 128 with the top bit flipped is q) and
+// each pair is |w| (an unsigned byte, 128 for -128 too) times q with w's sign (vpsignb; q is in
+// [-127, 127], so its negation is exact): at most 2 · 128 · 127 = 32,512, which fits; every
+// group's pairs go to int32 at once (vpmaddwd). The sums are Σ q·w exactly, with no correction
+// for the offset: the same integers as the other kernels.
 template <int R>
+FP_AVX2 inline void block_avx2_signed(const uint8_t* pb, const uint8_t* ab, int64_t K, __m256i* s) {
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80)), ones16 = _mm256_set1_epi16(1);
+  for (int r = 0; r < R; ++r) s[r] = _mm256_setzero_si256();
+  for (int g = 0; g < 8; ++g) {
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pb + g * 32)), wa = _mm256_abs_epi8(w);
+    for (int r = 0; r < R; ++r) {
+      int32_t four;
+      std::memcpy(&four, ab + r * K + g * 4, 4);
+      const __m256i q = _mm256_xor_si256(_mm256_set1_epi32(four), flip);
+      const __m256i pairs = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(q, w));
+      s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(pairs, ones16));
+    }
+  }
+}
+
+// acc[r] += float(s[r] - corr) · (dw · da[r]) for one block (`offset`: s holds (q + 128)·w sums,
+// from which corr = 128 Σ w is taken; otherwise s is Σ q·w already).
+template <int R, bool offset = true>
 FP_AVX2 inline void scale_block(const __m256i* s, const Panel& pn, int64_t b, const float* da, int64_t nb, __m256* acc) {
-  __m256i corr = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&pn.corr[static_cast<size_t>(b * PN)]));
+  __m256i corr = offset ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&pn.corr[static_cast<size_t>(b * PN)]))
+                        : _mm256_setzero_si256();
   __m256 dw = _mm256_loadu_ps(&pn.dw[static_cast<size_t>(b * PN)]);
   for (int r = 0; r < R; ++r) {
     __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(s[r], corr));
@@ -285,10 +309,25 @@ FP_AVX2 void kernel_avx2(const uint8_t* qa, int64_t K, const float* da, int64_t 
 }
 
 template <int R>
-void kernel(bool vnni, const uint8_t* qa, int64_t K, const float* da, int64_t nb, const Panel& pn, float* C, int64_t ldc,
-            int cols) {
+FP_AVX2 void kernel_avx2_q8(const uint8_t* qa, int64_t K, const float* da, int64_t nb, const Panel& pn, float* C,
+                            int64_t ldc, int cols) {
+  __m256 acc[R];
+  __m256i s[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    block_avx2_signed<R>(pn.P.data() + b * QB * PN, qa + b * QB, K, s);
+    scale_block<R, false>(s, pn, b, da, nb, acc);
+  }
+  store_rows<R>(acc, C, ldc, cols);
+}
+
+template <int R>
+void kernel(bool vnni, bool q8, const uint8_t* qa, int64_t K, const float* da, int64_t nb, const Panel& pn, float* C,
+            int64_t ldc, int cols) {
   if (vnni) {
     kernel_vnni<R>(qa, K, da, nb, pn, C, ldc, cols);
+  } else if (q8) {
+    kernel_avx2_q8<R>(qa, K, da, nb, pn, C, ldc, cols);
   } else {
     kernel_avx2<R>(qa, K, da, nb, pn, C, ldc, cols);
   }
@@ -301,7 +340,7 @@ bool use_vnni() { return cpu_has_avxvnni() && !g_no_vnni.load() && env_mode() !=
 bool gemm_int8_available(DType w) {
   if (w != DType::Q8_0 && w != DType::Q4_0) return false;   // before the env: gemm runs inside parallel loops too
   if (!g_allowed.load() || !env_allows() || !isa_at_least(Isa::avx2) || isa_at_least(Isa::avx512bf16)) return false;
-  return w == DType::Q4_0 || (w == DType::Q8_0 && use_vnni());
+  return true;
 }
 
 void gemm_int8_allow(bool on) { g_allowed.store(on); }
@@ -316,7 +355,7 @@ void gemm_int8(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t 
     for (int64_t m = b; m < e; ++m) quantize_row_avx2(A + m * lda, K, qa + m * K, da + m * nb);
   });
   const int64_t panels = (N + PN - 1) / PN;
-  const bool vnni = use_vnni();
+  const bool vnni = use_vnni(), q8 = B.dtype == DType::Q8_0;
   ThreadPool::global().parallel_for(panels, [&](int, int64_t p0, int64_t p1) {
     Panel pn;
     pn.resize(nb);
@@ -325,11 +364,11 @@ void gemm_int8(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t 
       int cols = static_cast<int>(std::min<int64_t>(PN, N - n0));
       repack_avx2(B, n0, N, nb, pn);
       int64_t m = 0;
-      for (; m + MRI <= M; m += MRI) kernel<MRI>(vnni, qa + m * K, K, da + m * nb, nb, pn, C + m * ldc + n0, ldc, cols);
+      for (; m + MRI <= M; m += MRI) kernel<MRI>(vnni, q8, qa + m * K, K, da + m * nb, nb, pn, C + m * ldc + n0, ldc, cols);
       switch (M - m) {
-        case 3: kernel<3>(vnni, qa + m * K, K, da + m * nb, nb, pn, C + m * ldc + n0, ldc, cols); break;
-        case 2: kernel<2>(vnni, qa + m * K, K, da + m * nb, nb, pn, C + m * ldc + n0, ldc, cols); break;
-        case 1: kernel<1>(vnni, qa + m * K, K, da + m * nb, nb, pn, C + m * ldc + n0, ldc, cols); break;
+        case 3: kernel<3>(vnni, q8, qa + m * K, K, da + m * nb, nb, pn, C + m * ldc + n0, ldc, cols); break;
+        case 2: kernel<2>(vnni, q8, qa + m * K, K, da + m * nb, nb, pn, C + m * ldc + n0, ldc, cols); break;
+        case 1: kernel<1>(vnni, q8, qa + m * K, K, da + m * nb, nb, pn, C + m * ldc + n0, ldc, cols); break;
         default: break;
       }
     }

@@ -1,7 +1,8 @@
 // CPU GEMM with Q8_0 / Q4_0 weights in integer arithmetic, for CPUs without bf16 dot products
-// (AVX2 desktops and laptops, or any CPU under FLUXPIPE_ISA=avx2 / avx512). Q8_0 needs AVX-VNNI
-// (Intel since Alder Lake, AMD since Zen 5); Q4_0 runs on plain AVX2 too (vpmaddubsw, whose
-// int16 sums cannot overflow for 4-bit weights), at a lower rate.
+// (AVX2 desktops and laptops, or any CPU under FLUXPIPE_ISA=avx2 / avx512). With AVX-VNNI (Intel
+// since Alder Lake, AMD since Zen 5) vpdpbusd; on plain AVX2 vpmaddubsw — for Q4_0 with the
+// pairs summed in int16 (they cannot overflow for 4-bit weights), for Q8_0 on signed bytes
+// (|q| times w with q's sign, each group's pairs widened to int32 at once) — at a lower rate.
 //
 // C[M,N] = A[M,K] · B[N,K]ᵀ where A's rows are first quantized to Q8_0 blocks (per 32 values
 // d_a = max|x| / 127, q = nearest(x / d_a) in [-127, 127]), each block's 32 products q_a · q_w are
@@ -26,7 +27,7 @@
 namespace fluxpipe::cpu {
 
 // Whether this CPU (at the FLUXPIPE_ISA level in force) runs the integer path for weights of
-// type `w`: AVX2, no bf16 dot products allowed, FLUXPIPE_INT8 not 0, and Q4_0, or Q8_0 with AVX-VNNI.
+// type `w` (Q8_0 or Q4_0): AVX2, no bf16 dot products allowed, FLUXPIPE_INT8 not 0.
 bool gemm_int8_available(DType w);
 
 // REQUIRES gemm_int8_available(B.dtype), K a multiple of 32, lda >= K, ldc >= N.
@@ -42,7 +43,7 @@ double gemm_int8_error_bound(const float* A, int64_t lda, const BMatrix& B, int6
 
 // For tests: force the integer path off (false) or back to the default (true).
 void gemm_int8_allow(bool on);
-// For tests: run as on a CPU without AVX-VNNI (plain AVX2: Q4_0 only).
+// For tests: run as on a CPU without AVX-VNNI (the plain AVX2 kernels).
 void gemm_int8_force_no_vnni(bool on);
 // "avx-vnni" or "avx2": the instructions the integer products use here.
 const char* gemm_int8_kernel_name();
