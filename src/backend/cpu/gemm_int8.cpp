@@ -234,21 +234,21 @@ FP_AVX2 inline void block_avx2(const uint8_t* pb, const uint8_t* ab, int64_t K, 
 }
 
 // Plain AVX2 for Q8_0: with 8-bit weights the unsigned form's pair sums (255 · 127 · 2) overflow
-// int16, so the activations go back to signed bytes (q + 128 with the top bit flipped is q) and
+// int16, so the activations are signed bytes here (gemm_int8 flips the top bit of q + 128) and
 // each pair is |w| (an unsigned byte, 128 for -128 too) times q with w's sign (vpsignb; q is in
 // [-127, 127], so its negation is exact): at most 2 · 128 · 127 = 32,512, which fits; every
 // group's pairs go to int32 at once (vpmaddwd). The sums are Σ q·w exactly, with no correction
 // for the offset: the same integers as the other kernels.
 template <int R>
 FP_AVX2 inline void block_avx2_signed(const uint8_t* pb, const uint8_t* ab, int64_t K, __m256i* s) {
-  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80)), ones16 = _mm256_set1_epi16(1);
+  const __m256i ones16 = _mm256_set1_epi16(1);
   for (int r = 0; r < R; ++r) s[r] = _mm256_setzero_si256();
   for (int g = 0; g < 8; ++g) {
     const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pb + g * 32)), wa = _mm256_abs_epi8(w);
     for (int r = 0; r < R; ++r) {
       int32_t four;
       std::memcpy(&four, ab + r * K + g * 4, 4);
-      const __m256i q = _mm256_xor_si256(_mm256_set1_epi32(four), flip);
+      const __m256i q = _mm256_set1_epi32(four);
       const __m256i pairs = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(q, w));
       s[r] = _mm256_add_epi32(s[r], _mm256_madd_epi16(pairs, ones16));
     }
@@ -351,11 +351,17 @@ void gemm_int8(const float* A, int64_t lda, const BMatrix& B, float* C, int64_t 
   const int64_t nb = K / QB;
   uint8_t* qa = scratch<uint8_t>(0, static_cast<size_t>(M * K));
   float* da = scratch<float>(1, static_cast<size_t>(M * nb));
+  const bool vnni = use_vnni(), q8 = B.dtype == DType::Q8_0;
   ThreadPool::global().parallel_for(M, [&](int, int64_t b, int64_t e) {
-    for (int64_t m = b; m < e; ++m) quantize_row_avx2(A + m * lda, K, qa + m * K, da + m * nb);
+    for (int64_t m = b; m < e; ++m) {
+      uint8_t* q = qa + m * K;
+      quantize_row_avx2(A + m * lda, K, q, da + m * nb);
+      if (q8 && !vnni) {   // the signed-byte kernel: q + 128 with its top bit flipped is q
+        for (int64_t k = 0; k < K; ++k) q[k] ^= 0x80;
+      }
+    }
   });
   const int64_t panels = (N + PN - 1) / PN;
-  const bool vnni = use_vnni(), q8 = B.dtype == DType::Q8_0;
   ThreadPool::global().parallel_for(panels, [&](int, int64_t p0, int64_t p1) {
     Panel pn;
     pn.resize(nb);
