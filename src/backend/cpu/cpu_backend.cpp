@@ -431,6 +431,15 @@ class CpuBackend final : public Backend {
     });
   }
 
+  // RoPE of one row: pairs (x[2i], x[2i+1]) rotated by (c[i], s[i]); rope's and qkv_heads' one rotation.
+  static void rotate_pairs(const float* x, const float* c, const float* s, int64_t pairs, float* o) {
+    for (int64_t i = 0; i < pairs; ++i) {
+      float x0 = x[2 * i], x1 = x[2 * i + 1];
+      o[2 * i] = c[i] * x0 - s[i] * x1;
+      o[2 * i + 1] = s[i] * x0 + c[i] * x1;
+    }
+  }
+
   void rope(const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& out) override {
     int64_t B = x.size(0), H = x.size(1), L = x.size(2), D = x.size(3), P = D / 2;
     const float *X = x.data<float>(), *Cs = cos.data<float>(), *Sn = sin.data<float>();
@@ -440,19 +449,13 @@ class CpuBackend final : public Backend {
         int64_t b = r / (H * L), l = r % L;
         const float* c = Cs + ((cos.size(0) == 1 ? 0 : b) * L + l) * P;
         const float* s = Sn + ((cos.size(0) == 1 ? 0 : b) * L + l) * P;
-        const float* xr = X + r * D;
-        float* o = O + r * D;
-        for (int64_t i = 0; i < P; ++i) {
-          float x0 = xr[2 * i], x1 = xr[2 * i + 1];
-          o[2 * i] = c[i] * x0 - s[i] * x1;
-          o[2 * i + 1] = s[i] * x0 + c[i] * x1;
-        }
+        rotate_pairs(X + r * D, c, s, P, O + r * D);
       }
     });
   }
 
   // One pass over the qkv rows (in parallel over them), each head's query and key normed and
-  // rotated in a row buffer: the statements of rms_norm and rope above in the same order, so the
+  // rotated in a row buffer: rms_norm's statistic and statement and rope's rotate_pairs, so the
   // results are theirs bit for bit, without the permuted copy, the norms' and rope's passes and
   // the concatenation in between.
   void qkv_heads(const std::vector<QkvPart>& parts, const Tensor& cos, const Tensor& sin, float eps, Tensor& q, Tensor& k,
@@ -486,12 +489,7 @@ class CpuBackend final : public Backend {
             const std::vector<float>& w = which == 0 ? qw[pi] : kw[pi];
             float inv = rms_inverse(xr, hd, eps);
             for (int64_t i = 0; i < hd; ++i) y[static_cast<size_t>(i)] = xr[i] * inv * w[static_cast<size_t>(i)];
-            float* o = (which == 0 ? Q : K) + out;
-            for (int64_t i = 0; i < P; ++i) {
-              float x0 = y[static_cast<size_t>(2 * i)], x1 = y[static_cast<size_t>(2 * i + 1)];
-              o[2 * i] = c[i] * x0 - s[i] * x1;
-              o[2 * i + 1] = s[i] * x0 + c[i] * x1;
-            }
+            rotate_pairs(y.data(), c, s, P, (which == 0 ? Q : K) + out);
           }
           std::memcpy(V + out, row + 2 * H + h * hd, static_cast<size_t>(hd) * sizeof(float));
         }

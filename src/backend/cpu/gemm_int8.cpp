@@ -295,28 +295,20 @@ FP_VNNI void kernel_vnni(const uint8_t* qa, int64_t K, const float* da, int64_t 
   store_rows<R>(acc, C, ldc, cols);
 }
 
-template <int R>
+// `q8`: the signed-byte block (Q8_0, its sums need no offset correction); else the unsigned one (Q4_0).
+template <int R, bool q8>
 FP_AVX2 void kernel_avx2(const uint8_t* qa, int64_t K, const float* da, int64_t nb, const Panel& pn, float* C, int64_t ldc,
                          int cols) {
   __m256 acc[R];
   __m256i s[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
-    block_avx2<R>(pn.P.data() + b * QB * PN, qa + b * QB, K, s);
-    scale_block<R>(s, pn, b, da, nb, acc);
-  }
-  store_rows<R>(acc, C, ldc, cols);
-}
-
-template <int R>
-FP_AVX2 void kernel_avx2_q8(const uint8_t* qa, int64_t K, const float* da, int64_t nb, const Panel& pn, float* C,
-                            int64_t ldc, int cols) {
-  __m256 acc[R];
-  __m256i s[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    block_avx2_signed<R>(pn.P.data() + b * QB * PN, qa + b * QB, K, s);
-    scale_block<R, false>(s, pn, b, da, nb, acc);
+    if constexpr (q8) {
+      block_avx2_signed<R>(pn.P.data() + b * QB * PN, qa + b * QB, K, s);
+    } else {
+      block_avx2<R>(pn.P.data() + b * QB * PN, qa + b * QB, K, s);
+    }
+    scale_block<R, !q8>(s, pn, b, da, nb, acc);
   }
   store_rows<R>(acc, C, ldc, cols);
 }
@@ -327,9 +319,9 @@ void kernel(bool vnni, bool q8, const uint8_t* qa, int64_t K, const float* da, i
   if (vnni) {
     kernel_vnni<R>(qa, K, da, nb, pn, C, ldc, cols);
   } else if (q8) {
-    kernel_avx2_q8<R>(qa, K, da, nb, pn, C, ldc, cols);
+    kernel_avx2<R, true>(qa, K, da, nb, pn, C, ldc, cols);
   } else {
-    kernel_avx2<R>(qa, K, da, nb, pn, C, ldc, cols);
+    kernel_avx2<R, false>(qa, K, da, nb, pn, C, ldc, cols);
   }
 }
 

@@ -24,6 +24,16 @@ namespace {
 // A bias row of N floats, added to every row of C.
 dnnl::memory::desc bias_desc(int64_t N) { return dnnl::memory::desc({1, N}, dnnl::memory::data_type::f32, dnnl::memory::dims{N, 1}); }
 
+// Runs a product made with (bias set) or without a bias of N floats, and waits for it.
+void execute(const dnnl::matmul& mm, const dnnl::engine& eng, const dnnl::memory& a, const dnnl::memory& b,
+             const dnnl::memory& c, const float* bias, int64_t N) {
+  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}};
+  if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(bias_desc(N), eng, const_cast<float*>(bias)));
+  dnnl::stream stream(eng);
+  mm.execute(stream, args);
+  stream.wait();
+}
+
 struct Engine {
   bool isa_held = (isa_apply_to_onednn(), true);   // before the engine: FLUXPIPE_ISA holds oneDNN too
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
@@ -146,14 +156,10 @@ bool packed_product(Engine& e, const uint16_t* a, const BMatrix& B, float* C, in
     }
     mm = it->second.mm;
   }
-  dnnl::stream stream(e.eng);
   dnnl::memory am(dnnl::memory::desc({M, K}, dt::bf16, dnnl::memory::dims{K, 1}), e.eng, const_cast<uint16_t*>(a));
   dnnl::memory bm(desc, e.eng, data.data<uint8_t>());
   dnnl::memory cm(dnnl::memory::desc({M, N}, dt::f32, dnnl::memory::dims{ldc, 1}), e.eng, C);
-  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}};
-  if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(bias_desc(N), e.eng, const_cast<float*>(bias)));
-  mm.execute(stream, args);
-  stream.wait();
+  execute(mm, e.eng, am, bm, cm, bias, N);
   return true;
 }
 
@@ -194,10 +200,8 @@ bool onednn_matmul_bf16(const uint16_t* A, int64_t lda, const uint16_t* B, int64
       }
       mm = it->second;
     }
-    dnnl::stream stream(e.eng);
     dnnl::memory am(a, e.eng, const_cast<uint16_t*>(A)), bm(b, e.eng, const_cast<uint16_t*>(B)), cm(c, e.eng, C);
-    mm.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
-    stream.wait();
+    execute(mm, e.eng, am, bm, cm, nullptr, N);
     return true;
   } catch (const dnnl::error&) {
     return false;
@@ -237,7 +241,6 @@ bool onednn_gemm_bf16(const float* A, int64_t lda, const BMatrix& B, float* C, i
     int64_t chunk = direct && M < 512 ? N : std::max<int64_t>(64, (int64_t{8} << 20) / std::max<int64_t>(K, 1));
     chunk = std::min(chunk, N);
     uint16_t* w = direct ? nullptr : scratch<uint16_t>(3, static_cast<size_t>(chunk * K));
-    dnnl::stream stream(e.eng);
     for (int64_t n0 = 0; n0 < N; n0 += chunk) {
       int64_t nc = std::min(chunk, N - n0);
       const uint16_t* wp;
@@ -253,10 +256,7 @@ bool onednn_gemm_bf16(const float* A, int64_t lda, const BMatrix& B, float* C, i
                       const_cast<uint16_t*>(wp));
       dnnl::memory cm(dnnl::memory::desc({M, nc}, dnnl::memory::data_type::f32, dnnl::memory::dims{ldc, 1}), e.eng,
                       C + n0);
-      std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}};
-      if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(bias_desc(nc), e.eng, const_cast<float*>(bias + n0)));
-      mm.execute(stream, args);
-      stream.wait();
+      execute(mm, e.eng, am, bm, cm, bias ? bias + n0 : nullptr, nc);
     }
     return true;
   } catch (const dnnl::error&) {
@@ -285,7 +285,6 @@ bool onednn_gemm_f32(const float* A, int64_t lda, const BMatrix& B, float* C, in
     bool direct = B.dtype == DType::F32 && B.row_bytes == K * 4 && !round_bf16;
     int64_t chunk = direct ? N : std::min(N, std::max<int64_t>(64, (int64_t{2} << 20) / std::max<int64_t>(K, 1)));
     float* w = direct ? nullptr : scratch<float>(3, static_cast<size_t>(chunk * K));
-    dnnl::stream stream(e.eng);
     for (int64_t n0 = 0; n0 < N; n0 += chunk) {
       int64_t nc = std::min(chunk, N - n0);
       const float* wp;
@@ -305,10 +304,7 @@ bool onednn_gemm_f32(const float* A, int64_t lda, const BMatrix& B, float* C, in
       dnnl::memory am(dnnl::memory::desc({M, K}, dt::f32, dnnl::memory::dims{a_ld, 1}), e.eng, const_cast<float*>(a));
       dnnl::memory bm(dnnl::memory::desc({K, nc}, dt::f32, dnnl::memory::dims{1, K}), e.eng, const_cast<float*>(wp));
       dnnl::memory cm(dnnl::memory::desc({M, nc}, dt::f32, dnnl::memory::dims{ldc, 1}), e.eng, C + n0);
-      std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}};
-      if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(bias_desc(nc), e.eng, const_cast<float*>(bias + n0)));
-      mm.execute(stream, args);
-      stream.wait();
+      execute(mm, e.eng, am, bm, cm, bias ? bias + n0 : nullptr, nc);
     }
     return true;
   } catch (const dnnl::error&) {
