@@ -15,6 +15,7 @@
 #include "backend/cpu/onednn_gemm.h"
 #include "backend/cpu/scratch.h"
 #include "backend/cpu/table_ops.h"
+#include "backend/cpu/winograd.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 
@@ -559,6 +560,11 @@ class CpuBackend final : public Backend {
 
   void conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p, Tensor& out,
               Compute c) override {
+    if (c == Compute::BF16 && cpu::winograd_applies(x, w, p, out)) {
+      // 3 x 3 convolutions without AMX: a quarter of the products (winograd.h).
+      cpu::winograd_conv3x3(x, w, bias, p, out, true);
+      return;
+    }
     if (c == Compute::BF16) {
       // Where the CPU (or FLUXPIPE_ISA) has bf16 instructions oneDNN's bf16 convolution; where it
       // has not, its F32 one on bf16-rounded inputs (the same products): both beat im2col here.

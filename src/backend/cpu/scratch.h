@@ -6,7 +6,8 @@
 // every row (measured: the AMX GEMM ran 1,300-1,450 or 1,700-1,950 GFLOP/s at M = 512 from one
 // run to the next, depending on where its buffers fell).
 // Each (slot, thread) pair is one buffer: a kernel must not use a slot that a kernel it calls
-// also uses. Slots: 0-1 gemm (or gemm_int8, which runs in its place), 2-3 oneDNN path, 4-9 attention, 10-15 the GEMM's packing.
+// also uses. Slots: 0-1 gemm (or gemm_int8, which runs in its place), 2-3 oneDNN path, 4-9 attention, 10-15 the GEMM's packing, 16-17 the
+// Winograd convolution (winograd.h).
 // Contents are unspecified (not zeroed) when a buffer is first handed out or grows.
 #pragma once
 
@@ -26,7 +27,7 @@ struct ScratchBuffer {
 
 template <typename T>
 T* scratch(int slot, size_t n) {
-  thread_local ScratchBuffer buffers[16];
+  thread_local ScratchBuffer buffers[18];
   ScratchBuffer& b = buffers[slot];
   const size_t bytes = n * sizeof(T);
   if (b.capacity < bytes || !b.data) {
