@@ -4,9 +4,12 @@
 //     GFLOP/s, as a fraction of the measured BF16 peak, and as ratios to oneDNN's bf16 matmul,
 //     to ops::linear forced onto its oneDNN path, and to OpenBLAS sgemm on the same shapes;
 //     "own": ops::linear forced onto our kernels (AMX, or AVX-512 BF16), BF16 weights;
-//   - attention at L = 512, 1280, 4352 with 24 heads of 128.
+//   - attention at L = 512, 1280, 4352 with 24 heads of 128;
+//   - with --conv S, only the FLUX.1 decoder's 3 x 3 convolutions at image size S (BF16 compute,
+//     nhwc): the direct convolution (oneDNN) against the Winograd one (backend/cpu/winograd.h),
+//     interleaved, as GFLOP/s of direct-convolution work (2 * 9 * Ci * Co per output pixel).
 //
-//   build/bench/core_bench [--threads 2] [--quick] [--reps 3] [--m M] [--shape K,N] [--attention]
+//   build/bench/core_bench [--threads 2] [--quick] [--reps 3] [--m M] [--shape K,N] [--attention] [--conv S]
 // GEMM variants of one shape are timed in interleaved rounds, each keeping its best of --reps.
 // --attention runs the attention part only.
 // --quick runs M = 512 and the first three (K, N) shapes only; --shape K,N that one shape.
@@ -28,6 +31,7 @@
 #include "backend/cpu/flash_attention.h"
 #include "backend/cpu/gemm.h"
 #include "backend/cpu/isa.h"
+#include "backend/cpu/winograd.h"
 #include "peak.h"
 #include "core/thread_pool.h"
 #include "ops/ops.h"
@@ -98,6 +102,41 @@ std::vector<double> best_interleaved(const std::vector<std::function<void()>>& v
   return best;
 }
 
+// The decoder's 3 x 3 convolutions at image size S (latent S / 8), direct against Winograd.
+void conv_bench(int64_t S, int reps) {
+  const int64_t s = S / 8;
+  struct Shape3 {
+    int64_t ci, co, hw;
+  };
+  const Shape3 shapes[] = {{512, 512, s},     {512, 512, 2 * s}, {512, 512, 4 * s}, {512, 256, 4 * s},
+                           {256, 256, 4 * s}, {256, 256, 8 * s}, {256, 128, 8 * s}, {128, 128, 8 * s}};
+  Ctx ctx;
+  ctx.compute = Compute::BF16;
+  Conv2dParams p{1, 1, 1, 1, 1};
+  p.layout = Layout::nhwc;
+  std::printf("decoder 3x3 convolutions at image %lldx%lld, nhwc, BF16 compute, best of %d (GFLOP/s of direct work)\n",
+              static_cast<long long>(S), static_cast<long long>(S), reps);
+  std::printf("  %4s %4s %6s | %8s %8s | winograd/direct time\n", "Ci", "Co", "pixels", "direct", "winograd");
+  for (const Shape3& sh : shapes) {
+    Tensor x = Tensor::from_floats({1, sh.hw, sh.hw, sh.ci}, random_floats(sh.hw * sh.hw * sh.ci, 1.0f, 5));
+    Tensor w = Tensor::from_floats({sh.co, sh.ci, 3, 3}, random_floats(sh.co * sh.ci * 9, 0.05f, 6));
+    std::vector<std::function<void()>> variants = {[&] {
+                                                     cpu::winograd_force(0);
+                                                     ops::conv2d(ctx, x, w, nullptr, p);
+                                                   },
+                                                   [&] {
+                                                     cpu::winograd_force(1);
+                                                     ops::conv2d(ctx, x, w, nullptr, p);
+                                                   }};
+    std::vector<double> t = best_interleaved(variants, reps);
+    cpu::winograd_force(-1);
+    const double flop = 2.0 * 9 * static_cast<double>(sh.ci * sh.co) * static_cast<double>(sh.hw * sh.hw);
+    std::printf("  %4lld %4lld %4lld^2 | %8.0f %8.0f | %.2f\n", static_cast<long long>(sh.ci), static_cast<long long>(sh.co),
+                static_cast<long long>(sh.hw), flop / t[0] / 1e9, flop / t[1] / 1e9, t[1] / t[0]);
+    std::fflush(stdout);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -108,9 +147,10 @@ int main(int argc, char** argv) {
   bool quick = false;
   int64_t only_m = 0;
   bool attention_only = false;
+  int64_t conv_size = 0;
   long long only_k = 0, only_n = 0;
   auto usage = [] {
-    std::fprintf(stderr, "usage: core_bench [--threads N] [--reps N] [--quick] [--m M] [--shape K,N] [--attention]\n");
+    std::fprintf(stderr, "usage: core_bench [--threads N] [--reps N] [--quick] [--m M] [--shape K,N] [--attention] [--conv S]\n");
     return 2;
   };
   for (int i = 1; i < argc; ++i) {
@@ -118,6 +158,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (!std::strcmp(argv[i], "--quick")) quick = true;
     else if (!std::strcmp(argv[i], "--attention")) attention_only = true;
+    else if (!std::strcmp(argv[i], "--conv") && i + 1 < argc) conv_size = std::atoll(argv[++i]);
     else if (!std::strcmp(argv[i], "--m") && i + 1 < argc) only_m = std::atoll(argv[++i]);
     else if (!std::strcmp(argv[i], "--shape") && i + 1 < argc) {
       if (std::sscanf(argv[++i], "%lld,%lld", &only_k, &only_n) != 2 || only_k <= 0 || only_n <= 0) return usage();
@@ -139,6 +180,10 @@ int main(int argc, char** argv) {
   }
   std::printf("BF16 peak used below: %.0f GFLOP/s\n", bfN / 1e9);
   ThreadPool::set_global_threads(threads);
+  if (conv_size > 0) {
+    conv_bench(conv_size, reps);
+    return 0;
+  }
   std::printf("gemm kernels: F32 %s, BF16 %s; %d threads, best of %d\n\n", cpu::gemm_kernel_name(Compute::F32),
               cpu::gemm_kernel_name(Compute::BF16), threads, reps);
 

@@ -140,10 +140,12 @@ TEST(Winograd, TheBackendTakesItWhereSwitchedOnAndNoticesNewWeights) {
     EXPECT_LT(scaled_error(wino, direct), 2e-5) << "round " << round;
     EXPECT_GT(scaled_error(wino, direct), 0.0) << "round " << round << ": the two paths were the same one";
   }
-  // The default: every width without bf16 instructions, 256 channels and more with them, never with AMX.
+  // The default: every width without bf16 instructions, 256 channels and more on 64² pixels and more
+  // with them, never with AMX.
   cpu::winograd_force(-1);
   if (!std::getenv("FLUXPIPE_WINOGRAD")) {
-    Tensor wide = to_nhwc(randn({1, 256, 8, 8}, 934)), wide_out = Tensor::empty({1, 8, 8, 256}, DType::F32);
+    Tensor wide = to_nhwc(randn({1, 256, 64, 64}, 934)), wide_out = Tensor::empty({1, 64, 64, 256}, DType::F32);
+    Tensor small = to_nhwc(randn({1, 256, 32, 32}, 937)), small_out = Tensor::empty({1, 32, 32, 256}, DType::F32);
     Tensor wide_w = randn({256, 256, 3, 3}, 935, 0.05f);
     const cpu::Isa before = cpu::active_isa();
     for (cpu::Isa level : {before, cpu::Isa::avx2}) {
@@ -151,6 +153,7 @@ TEST(Winograd, TheBackendTakesItWhereSwitchedOnAndNoticesNewWeights) {
       const bool amx = cpu::isa_at_least(cpu::Isa::amx), bf16 = cpu::isa_at_least(cpu::Isa::avx512bf16);
       EXPECT_EQ(cpu::winograd_applies(x, randn({16, 32, 3, 3}, 936), p, out), !bf16) << cpu::isa_name(level);
       EXPECT_EQ(cpu::winograd_applies(wide, wide_w, p, wide_out), !amx) << cpu::isa_name(level);
+      EXPECT_EQ(cpu::winograd_applies(small, wide_w, p, small_out), !bf16) << cpu::isa_name(level);
     }
     cpu::isa_set_for_tests(before);
   }

@@ -254,8 +254,7 @@ std::shared_ptr<std::vector<float>> weights_for(const Tensor& w, bool round) {
 }
 
 // M[p][0:rows] = V[p][0:rows] · U[p]ᵀ for the 36 positions (V [36][T][Ci], U [36][Co][Ci], M
-// [36][T][Co]), one oneDNN F32 GEMM each (one batched matmul over the 36 was slower: measured
-// 0.99 against 0.89 s for the decode at 256²).
+// [36][T][Co]), one oneDNN F32 GEMM each, one after another (see switched_on for what else was tried).
 void products(const float* V, const float* U, float* M, int64_t rows, int64_t T, int64_t Ci, int64_t Co) {
   for (int64_t p = 0; p < 36; ++p) {
     const float* A = V + p * T * Ci;
@@ -279,19 +278,22 @@ int env_switch() {
   return v;
 }
 
-// The default, measured (bench/flux_bench vae --profile 1, a Zen 5): without bf16 dot products
-// the F32 direct convolution does 4x the products, and Winograd took the decode at 256² from 3.73
-// to 1.52 s; with them (AVX-512 BF16, no AMX) a Winograd product runs at about half the bf16
-// rate, a win at 256 channels and more (512 -> 512 at 128²: 943-1067 against 663-695 GFLOP/s
-// of direct-convolution work) and even at 128, where the transforms' memory traffic is as large
-// as the products; with AMX tiles the direct convolution is several times faster.
-bool switched_on(int64_t Ci, int64_t Co) {
+// The default, measured on a Zen 5 (`core_bench --conv 256`: the decoder's shapes, direct and
+// Winograd interleaved, best of 3). Without bf16 dot products the F32 direct convolution does 4x
+// the products: Winograd took 0.31-0.41 of its time at every shape (the decode at 256² from 3.73
+// to 1.52 s). With AVX-512 BF16 but no AMX a Winograd product runs at about half the bf16 rate:
+// 0.70-0.85 of the direct time at 256 channels and more in and out on 64² pixels and more, 0.98-1.05
+// at 128 channels (the transforms' memory traffic is as large as the products there) and 1.04 on
+// 32² (64 tiles: too few rows for the products). With AMX tiles the direct convolution is several
+// times faster. One oneDNN call per position (36 per chunk) from several threads at once gave
+// wrong results, and one batched matmul over the 36 was slower (0.99 against 0.89 s for the decode).
+bool switched_on(int64_t Ci, int64_t Co, int64_t pixels) {
   int forced = g_forced.load();
   if (forced >= 0) return forced == 1;
   int env = env_switch();
   if (env >= 0) return env == 1;
   if (isa_at_least(Isa::amx)) return false;
-  return !isa_at_least(Isa::avx512bf16) || (Ci >= 256 && Co >= 256);
+  return !isa_at_least(Isa::avx512bf16) || (Ci >= 256 && Co >= 256 && pixels >= 64 * 64);
 }
 
 }  // namespace
@@ -304,7 +306,7 @@ bool winograd_applies(const Tensor& x, const Tensor& w, const Conv2dParams& p, c
   for (int pad : {p.pad_top, p.pad_left, p.pad_bottom, p.pad_right}) {
     if (pad < 0 || pad > 2) return false;
   }
-  if (x.size(3) % 8 != 0 || out.size(3) % 8 != 0 || !switched_on(x.size(3), out.size(3))) return false;
+  if (x.size(3) % 8 != 0 || out.size(3) % 8 != 0 || !switched_on(x.size(3), out.size(3), out.size(1) * out.size(2))) return false;
   return out.size(1) == x.size(1) + p.pad_top + p.pad_bottom - 2 && out.size(2) == x.size(2) + p.pad_left + p.pad_right - 2 &&
          out.size(0) == x.size(0) && out.size(1) > 0 && out.size(2) > 0;
 }

@@ -27,7 +27,8 @@ namespace fluxpipe::cpu {
 // contiguous nhwc, w [Co, Ci, 3, 3], stride 1, paddings 0-2, Ci and Co multiples of 8 — and
 // whether it is switched on: FLUXPIPE_WINOGRAD=0 never, =1 wherever it can run, unset: where
 // the CPU (or FLUXPIPE_ISA) has no bf16 instructions, and with AVX-512 BF16 but no AMX for 256
-// channels and more in and out (measured: winograd.cpp, switched_on).
+// channels and more in and out on 64 x 64 output pixels and more (measured: winograd.cpp,
+// switched_on).
 bool winograd_applies(const Tensor& x, const Tensor& w, const Conv2dParams& p, const Tensor& out);
 
 // out = conv(x, w) + bias (bias [Co] or null). REQUIRES winograd_applies(x, w, p, out) but for
