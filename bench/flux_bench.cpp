@@ -25,6 +25,7 @@
 #include "profiling_backend.h"
 #include "backend/cpu/gemm.h"
 #include "backend/cpu/isa.h"
+#include "backend/cpu/winograd.h"
 #include "models/flux/flux.h"
 #include "models/text/encoders.h"
 #include "models/vae/vae.h"
@@ -273,7 +274,8 @@ int vae_step(const std::vector<int>& sizes, const std::string& compute, int reps
     double t = bench::seconds_of([&] {
       ae.decode(c, z);
     }, reps);
-    std::printf("  latent %lldx%lld -> image %dx%d: %.3f s\n", static_cast<long long>(lat), static_cast<long long>(lat), size, size, t);
+    std::printf("  latent %lldx%lld -> image %dx%d: %.3f s (Winograd weights held: %.0f MiB)\n", static_cast<long long>(lat),
+                static_cast<long long>(lat), size, size, t, static_cast<double>(cpu::winograd_weight_bytes()) / (1 << 20));
     std::fflush(stdout);
     if (profile) {
       // One more decode through a timing wrapper (every primitive is made by now): where it goes.

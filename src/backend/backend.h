@@ -70,6 +70,13 @@ class Backend {
     (void)of;
     return 0;
   }
+  // The most bytes this backend may come to hold, beyond the weights, for copies derived from
+  // weight tensor `w` (the CPU's Winograd-transformed 3 x 3 kernels: 4x the kernel in F32); the
+  // memory plan counts them with the weights' part.
+  virtual size_t weight_copy_bytes(const Tensor& w) const {
+    (void)w;
+    return 0;
+  }
 
   // out[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]); x F32 or BF16, w any float or block dtype.
   virtual void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, Compute c) = 0;

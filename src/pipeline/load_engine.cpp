@@ -63,7 +63,13 @@ class FluxEngine final : public Engine {
     }
     planner_ = std::make_unique<MemoryPlanner>(budget, held);
     auto part = [&](const char* name, const io::WeightSet& w) {
-      return planner_->add_part(name, io::total_bytes(w), [this, &w] {
+      // The part's bytes: the weights and what the backend may derive from them (on CPUs without
+      // AMX, the decoder's Winograd kernels: about 0.7 GB for FLUX.1's).
+      size_t bytes = io::total_bytes(w);
+      for (const auto& [n, t] : w.tensors) {
+        if (t.defined()) bytes += backend_->weight_copy_bytes(t);
+      }
+      return planner_->add_part(name, bytes, [this, &w] {
         io::release_resident_pages(w);
         // The backend's reordered copies of these weights hold their memory in place of the pages.
         std::set<const Storage*> storages;

@@ -119,7 +119,7 @@ TEST(Winograd, RoundsItsInputToBf16AndIsDeterministic) {
 
 // The backend's BF16 convolution takes the Winograd path only where it applies and is switched on,
 // and both paths compute the same convolution; weights freed and replaced at the same address
-// are transformed again, not taken from the cache.
+// are transformed again, not taken from the cache; the memory plan's figure for them and their release.
 TEST(Winograd, TheBackendTakesItWhereSwitchedOnAndNoticesNewWeights) {
   if (!cpu::isa_at_least(cpu::Isa::avx2)) GTEST_SKIP() << "the Winograd convolution needs AVX2 + FMA";
   Ctx c;
@@ -139,6 +139,13 @@ TEST(Winograd, TheBackendTakesItWhereSwitchedOnAndNoticesNewWeights) {
     EXPECT_GE(cpu::winograd_weight_bytes(), size_t{36 * 16 * 32 * 4});
     EXPECT_LT(scaled_error(wino, direct), 2e-5) << "round " << round;
     EXPECT_GT(scaled_error(wino, direct), 0.0) << "round " << round << ": the two paths were the same one";
+    // What the memory plan counts for these weights, and what releasing them frees.
+    EXPECT_EQ(c.backend->weight_copy_bytes(w), size_t{36 * 16 * 32 * 4});
+    const size_t before = cpu::winograd_weight_bytes();
+    EXPECT_GE(c.backend->release_weight_copies(*w.storage()), size_t{36 * 16 * 32 * 4});
+    EXPECT_LE(cpu::winograd_weight_bytes(), before - 36 * 16 * 32 * 4);
+    cpu::winograd_force(0);
+    EXPECT_EQ(c.backend->weight_copy_bytes(w), size_t{0});
   }
   // The default: every width without bf16 instructions, 256 channels and more on 64² pixels and more
   // with them, never with AMX.

@@ -79,7 +79,10 @@ class CpuBackend final : public Backend {
   void zero(Tensor& out) override {
     if (out.nbytes()) std::memset(out.data<uint8_t>(), 0, out.nbytes());
   }
-  size_t release_weight_copies(const Storage& of) override { return cpu::release_packed_weights(&of); }
+  size_t release_weight_copies(const Storage& of) override {
+    return cpu::release_packed_weights(&of) + cpu::winograd_release(&of);
+  }
+  size_t weight_copy_bytes(const Tensor& w) const override { return cpu::winograd_copy_bytes(w); }
 
   void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out, Compute c) override {
     int64_t M = x.size(0), K = x.size(1), N = w.size(0);

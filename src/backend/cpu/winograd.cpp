@@ -351,6 +351,31 @@ void winograd_conv3x3(const Tensor& x, const Tensor& w, const Tensor* bias, cons
 
 void winograd_force(int on) { g_forced = on; }
 
+size_t winograd_release(const Storage* of) {
+  WeightCache& c = cache();
+  std::lock_guard lock(c.mu);
+  size_t freed = 0;
+  for (auto it = c.entries.begin(); it != c.entries.end();) {
+    auto owner = it->second.owner.lock();
+    if (!of || !owner || owner.get() == of) {
+      freed += it->second.u->size() * 4;
+      it = c.entries.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  c.bytes -= freed;
+  return freed;
+}
+
+size_t winograd_copy_bytes(const Tensor& w) {
+  if (w.dim() != 4 || w.size(2) != 3 || w.size(3) != 3 || w.size(0) % 8 != 0 || w.size(1) % 8 != 0) return 0;
+  if (!isa_at_least(Isa::avx2)) return 0;
+  // The widest case the default allows (pixels large enough): whether any call will run it.
+  if (!switched_on(w.size(1), w.size(0), int64_t{1} << 40)) return 0;
+  return static_cast<size_t>(36 * w.size(0) * w.size(1)) * 4;
+}
+
 size_t winograd_weight_bytes() {
   WeightCache& c = cache();
   std::lock_guard lock(c.mu);

@@ -40,5 +40,11 @@ void winograd_conv3x3(const Tensor& x, const Tensor& w, const Tensor* bias, cons
 void winograd_force(int on);
 // Bytes held in transformed weights now.
 size_t winograd_weight_bytes();
+// Drops the transformed weights made from weights on `of` (nullptr: all), and those whose weights
+// are gone. Returns the bytes freed.
+size_t winograd_release(const Storage* of);
+// The bytes transformed weights of `w` would take if the switch lets any convolution on it run
+// here (36 * Co * Ci floats for a [Co, Ci, 3, 3] kernel; 0 otherwise).
+size_t winograd_copy_bytes(const Tensor& w);
 
 }  // namespace fluxpipe::cpu
