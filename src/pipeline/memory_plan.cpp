@@ -113,9 +113,12 @@ size_t text_activation_bytes(int64_t t5_width) { return (size_t{128} << 10) * st
 // The autoencoder's decoder holds a handful of 128- and 256-channel F32 maps at full size at
 // once (the peak is at the last upsampling); measured ~3.7 KB per output pixel at 1024².
 constexpr double kDecodeBytesPerPixel = 4096.0;
+// Whatever the size: 64 MiB of small maps and oneDNN's workspace, and the CPU's Winograd
+// convolutions' two scratch buffers of up to 64 MiB (backend/cpu/winograd.cpp).
+constexpr size_t kDecodeFixedBytes = size_t{192} << 20;
 
 size_t decode_activation_bytes(int64_t batch, int64_t pixels) {
-  return static_cast<size_t>(kDecodeBytesPerPixel * static_cast<double>(batch * pixels)) + (size_t{64} << 20);
+  return static_cast<size_t>(kDecodeBytesPerPixel * static_cast<double>(batch * pixels)) + kDecodeFixedBytes;
 }
 
 int64_t batch_that_fits(int64_t count, size_t weights, size_t room, const std::function<size_t(int64_t)>& act) {
@@ -127,7 +130,7 @@ int64_t batch_that_fits(int64_t count, size_t weights, size_t room, const std::f
 }
 
 int64_t decode_tile_for(size_t room, int64_t factor) {
-  double px = std::max(0.0, static_cast<double>(room) - static_cast<double>(size_t{64} << 20)) / kDecodeBytesPerPixel;
+  double px = std::max(0.0, static_cast<double>(room) - static_cast<double>(kDecodeFixedBytes)) / kDecodeBytesPerPixel;
   int64_t side = static_cast<int64_t>(std::sqrt(px)) / factor / 8 * 8;
   return std::max<int64_t>(32, side);
 }
