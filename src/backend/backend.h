@@ -63,7 +63,8 @@ class Backend {
   // Waits until all queued work is done (the CPU computes as it is called: nothing to wait for).
   virtual void synchronize() {}
   // Drops copies this backend made of weights on `of` to compute faster (the CPU backend keeps
-  // BF16 weights of file mappings reordered for its products, in place of the mapped pages);
+  // BF16 weights of file mappings reordered for its products, in place of the mapped pages, and
+  // the autoencoder's kernels reordered or Winograd-transformed for its convolutions);
   // they are made again on next use. The memory plan calls this when it releases a part.
   // Returns the bytes freed.
   virtual size_t release_weight_copies(const Storage& of) {

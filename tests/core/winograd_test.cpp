@@ -117,6 +117,29 @@ TEST(Winograd, RoundsItsInputToBf16AndIsDeterministic) {
   cpu::winograd_force(-1);
 }
 
+// An image gets the same bits alone and in a batch (a batch of images is what `generate` decodes
+// when several fit), at every vector width.
+TEST(Winograd, AnImageGetsTheSameBitsAloneAndInABatch) {
+  if (!cpu::isa_at_least(cpu::Isa::avx2)) GTEST_SKIP() << "the Winograd convolution needs AVX2 + FMA";
+  cpu::winograd_force(1);
+  const cpu::Isa before = cpu::active_isa();
+  Tensor x = randn({2, 64, 64, 64}, 940), w = randn({64, 64, 3, 3}, 941, 0.1f), b = randn({64}, 942);
+  Conv2dParams p{1, 1, 1, 1, 1};
+  p.layout = Layout::nhwc;
+  Tensor both = to_nhwc(x);
+  for (cpu::Isa level : {before, cpu::Isa::avx2}) {
+    cpu::isa_set_for_tests(level);
+    Tensor batch = winograd(both, w, &b, p, 64, 64, true);
+    for (int64_t i = 0; i < 2; ++i) {
+      Tensor alone = winograd(to_nhwc(x.slice(0, i, 1)), w, &b, p, 64, 64, true);
+      Tensor part = batch.slice(0, i, 1);
+      EXPECT_EQ(alone.to_floats(), part.to_floats()) << "image " << i << " at " << cpu::isa_name(level);
+    }
+  }
+  cpu::isa_set_for_tests(before);
+  cpu::winograd_force(-1);
+}
+
 // The backend's BF16 convolution takes the Winograd path only where it applies and is switched on,
 // and both paths compute the same convolution; weights freed and replaced at the same address
 // are transformed again, not taken from the cache; the memory plan's figure for them and their release.

@@ -80,7 +80,7 @@ class CpuBackend final : public Backend {
     if (out.nbytes()) std::memset(out.data<uint8_t>(), 0, out.nbytes());
   }
   size_t release_weight_copies(const Storage& of) override {
-    return cpu::release_packed_weights(&of) + cpu::winograd_release(&of);
+    return cpu::release_packed_weights(&of) + cpu::release_conv_weights(&of) + cpu::winograd_release(&of);
   }
   size_t weight_copy_bytes(const Tensor& w) const override { return cpu::winograd_copy_bytes(w); }
 

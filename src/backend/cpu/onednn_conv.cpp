@@ -11,6 +11,7 @@
 
 #include "backend/cpu/dequant_avx512.h"
 #include "backend/cpu/isa.h"
+#include "backend/cpu/weight_copies.h"
 #include "core/thread_pool.h"
 
 namespace fluxpipe::cpu {
@@ -29,11 +30,9 @@ struct Plan {
   std::optional<dnnl::reorder> to_src, from_dst;
 };
 
-// A weight tensor reordered once into the layout a plan wants. Weights are immutable (file
-// mappings or tensors nobody writes); `owner` notices when their storage is gone, so a new
-// tensor at the same address is never mistaken for the old one.
+// A weight tensor reordered once into the layout a plan wants (kept in a WeightCopies, which
+// notices when the weights' storage is gone).
 struct Packed {
-  std::weak_ptr<Storage> owner;
   dnnl::memory::desc desc;
   Tensor data;
 };
@@ -43,8 +42,7 @@ struct ConvEngine {
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   std::mutex mu;
   std::map<std::vector<int64_t>, Plan> plans;
-  std::multimap<const void*, Packed> packed;   // by weight address
-  size_t packed_bytes = 0;
+  WeightCopies<Packed> packed;
 };
 
 ConvEngine& engine() {
@@ -63,24 +61,7 @@ dnnl::memory on(const dnnl::memory::desc& d, const dnnl::engine& eng, Tensor* ke
 const Tensor& packed_weights(ConvEngine& e, const Plan& plan, const Tensor& w, dnnl::stream& stream, bool round_bf16) {
   const dnnl::memory::desc want = plan.pd.weights_desc();
   const void* addr = w.data<uint8_t>();
-  auto range = e.packed.equal_range(addr);
-  for (auto it = range.first; it != range.second; ++it) {
-    auto owner = it->second.owner.lock();
-    if (owner && owner == w.storage() && it->second.desc == want) return it->second.data;
-  }
-  // Drop entries whose weights are gone, and everything when the cache grew too large.
-  for (auto it = e.packed.begin(); it != e.packed.end();) {
-    if (it->second.owner.expired()) {
-      e.packed_bytes -= it->second.data.nbytes();
-      it = e.packed.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  if (e.packed_bytes > kMaxPackedBytes) {
-    e.packed.clear();
-    e.packed_bytes = 0;
-  }
+  if (const Packed* hit = e.packed.find(addr, w.storage(), [&](const Packed& p) { return p.desc == want; })) return hit->data;
   dnnl::memory::dims wei{w.size(0), w.size(1), w.size(2), w.size(3)};
   std::vector<float> wf;
   const float* wp = w.data<float>();
@@ -92,12 +73,12 @@ const Tensor& packed_weights(ConvEngine& e, const Plan& plan, const Tensor& w, d
     wp = wf.data();
   }
   dnnl::memory user({wei, dt::f32, tag::oihw}, e.eng, const_cast<float*>(wp));
-  Packed p{w.storage(), want, {}};
+  Packed p{want, {}};
   dnnl::memory m = on(want, e.eng, &p.data);
   dnnl::reorder(user, m).execute(stream, user, m);
   stream.wait();
-  e.packed_bytes += p.data.nbytes();
-  return e.packed.emplace(addr, std::move(p))->second.data;
+  const size_t bytes = p.data.nbytes();
+  return e.packed.add(addr, w.storage(), std::move(p), bytes, kMaxPackedBytes).data;
 }
 
 }  // namespace
@@ -174,6 +155,12 @@ bool conv2d(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dPa
 }
 
 }  // namespace
+
+size_t release_conv_weights(const Storage* of) {
+  ConvEngine& e = engine();
+  std::lock_guard lock(e.mu);
+  return e.packed.release(of);
+}
 
 bool onednn_conv2d_bf16(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p, Tensor& out) {
   return conv2d(x, w, bias, p, out, true);

@@ -18,4 +18,8 @@ bool onednn_conv2d_bf16(const Tensor& x, const Tensor& w, const Tensor* bias, co
 // bf16 values, then oneDNN's F32 convolution (exact bf16 products, F32 sums).
 bool onednn_conv2d_bf16_values_f32(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p, Tensor& out);
 
+// Drops the reordered weight copies made from weights on `of` (nullptr: all), and those whose
+// weights are gone; they are made again on next use. Returns the bytes freed.
+size_t release_conv_weights(const Storage* of);
+
 }  // namespace fluxpipe::cpu

@@ -16,6 +16,7 @@
 #include "backend/cpu/dequant_avx512.h"
 #include "backend/cpu/isa.h"
 #include "backend/cpu/scratch.h"
+#include "backend/cpu/weight_copies.h"
 #include "core/thread_pool.h"
 
 namespace fluxpipe::cpu {
@@ -63,11 +64,9 @@ Engine& engine() {
   return e;
 }
 
-// BF16 weights [N, K] of a file mapping, reordered once into the layout oneDNN's kernel reads.
-// `owner` notices when their storage is gone, so a new tensor at the same address is never
-// mistaken for the old one.
+// BF16 weights [N, K] of a file mapping, reordered once into the layout oneDNN's kernel reads
+// (kept in a WeightCopies, which notices when the mapping is gone).
 struct PackedWeights {
-  std::weak_ptr<Storage> owner;
   int64_t N, K;
   dnnl::memory::desc desc;
   Tensor data;   // U8, desc.get_size() bytes
@@ -85,8 +84,7 @@ struct PackCache {
     const char* v = std::getenv("FLUXPIPE_PACK_WEIGHTS");
     return !(v && std::string(v) == "0");
   }();
-  std::multimap<const void*, PackedWeights> weights;   // by weight address
-  size_t bytes = 0;
+  WeightCopies<PackedWeights> weights;
   std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, bool>, PackedProduct> products;   // (M, N, K, ldc, bias)
   std::set<std::pair<int64_t, int64_t>> plain_only;   // (N, K) for which oneDNN wants the plain layout
 };
@@ -103,18 +101,8 @@ std::pair<dnnl::memory::desc, Tensor> packed_weights(Engine& e, const BMatrix& B
   PackCache& pc = pack_cache();
   std::lock_guard lock(pc.mu);
   const std::shared_ptr<Storage>& storage = *B.owner;
-  auto range = pc.weights.equal_range(B.data);
-  for (auto it = range.first; it != range.second; ++it) {
-    if (it->second.owner.lock() == storage && it->second.N == N && it->second.K == K) return {it->second.desc, it->second.data};
-  }
-  for (auto it = pc.weights.begin(); it != pc.weights.end();) {   // entries whose weights are gone
-    if (it->second.owner.expired()) {
-      pc.bytes -= it->second.data.nbytes();
-      it = pc.weights.erase(it);
-    } else {
-      ++it;
-    }
-  }
+  const PackedWeights* hit = pc.weights.find(B.data, storage, [&](const PackedWeights& p) { return p.N == N && p.K == K; });
+  if (hit) return {hit->desc, hit->data};
   if (pc.plain_only.count({N, K})) return {};
   dnnl::memory::desc a({M, K}, dt::bf16, dnnl::memory::dims{K, 1});
   dnnl::memory::desc any({K, N}, dt::bf16, dnnl::memory::format_tag::any);
@@ -125,15 +113,15 @@ std::pair<dnnl::memory::desc, Tensor> packed_weights(Engine& e, const BMatrix& B
     pc.plain_only.insert({N, K});
     return {};
   }
-  PackedWeights p{storage, N, K, want, Tensor::empty({static_cast<int64_t>(want.get_size())}, DType::U8)};
+  PackedWeights p{N, K, want, Tensor::empty({static_cast<int64_t>(want.get_size())}, DType::U8)};
   dnnl::memory src(plain, e.eng, const_cast<uint8_t*>(B.data)), dst(want, e.eng, p.data.data<uint8_t>());
   dnnl::stream stream(e.eng);
   dnnl::reorder(src, dst).execute(stream, src, dst);
   stream.wait();
   drop_mapped_pages(B.data, static_cast<size_t>(N * K * 2));
-  pc.bytes += p.data.nbytes();
-  auto it = pc.weights.emplace(B.data, std::move(p));
-  return {it->second.desc, it->second.data};
+  const size_t bytes = p.data.nbytes();
+  const PackedWeights& kept = pc.weights.add(B.data, storage, std::move(p), bytes, SIZE_MAX);   // as many as the weights
+  return {kept.desc, kept.data};
 }
 
 // C = A · Bᵀ (+ bias) with B's packed copy; false when there is none (then nothing was done).
@@ -315,24 +303,13 @@ bool onednn_gemm_f32(const float* A, int64_t lda, const BMatrix& B, float* C, in
 size_t release_packed_weights(const Storage* of) {
   PackCache& pc = pack_cache();
   std::lock_guard lock(pc.mu);
-  size_t freed = 0;
-  for (auto it = pc.weights.begin(); it != pc.weights.end();) {
-    auto owner = it->second.owner.lock();
-    if (!of || !owner || owner.get() == of) {
-      freed += it->second.data.nbytes();
-      it = pc.weights.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  pc.bytes -= freed;
-  return freed;
+  return pc.weights.release(of);
 }
 
 size_t packed_weight_bytes() {
   PackCache& pc = pack_cache();
   std::lock_guard lock(pc.mu);
-  return pc.bytes;
+  return pc.weights.bytes();
 }
 
 void set_pack_weights(bool on) { pack_cache().on = on; }

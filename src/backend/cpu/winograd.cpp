@@ -5,7 +5,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -15,6 +14,7 @@
 #include "backend/cpu/isa.h"
 #include "backend/cpu/onednn_gemm.h"
 #include "backend/cpu/scratch.h"
+#include "backend/cpu/weight_copies.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -175,17 +175,16 @@ constexpr double kG[6][3] = {{1.0 / 4, 0, 0},
                              {1.0 / 24, -1.0 / 12, 1.0 / 6},
                              {0, 0, 1}};
 
-// Transformed weights U[36][Co][Ci] (each position a [Co, Ci] matrix: the GEMM's B rows).
+// Transformed weights U[36][Co][Ci] (each position a [Co, Ci] matrix: the GEMM's B rows), with
+// whether they were rounded to bf16 values first.
 struct Transformed {
-  std::weak_ptr<Storage> owner;
   bool rounded;
   std::shared_ptr<std::vector<float>> u;
 };
 
 struct WeightCache {
   std::mutex mu;
-  std::multimap<const void*, Transformed> entries;   // by weight address
-  size_t bytes = 0;
+  WeightCopies<Transformed> copies;
 };
 
 WeightCache& cache() {
@@ -228,28 +227,12 @@ std::shared_ptr<std::vector<float>> weights_for(const Tensor& w, bool round) {
   const void* addr = w.data<uint8_t>();
   {
     std::lock_guard lock(c.mu);
-    auto range = c.entries.equal_range(addr);
-    for (auto it = range.first; it != range.second; ++it) {
-      auto owner = it->second.owner.lock();
-      if (owner && owner == w.storage() && it->second.rounded == round) return it->second.u;
-    }
+    const Transformed* hit = c.copies.find(addr, w.storage(), [&](const Transformed& t) { return t.rounded == round; });
+    if (hit) return hit->u;
   }
-  std::shared_ptr<std::vector<float>> u = transform_weights(w, round);
+  std::shared_ptr<std::vector<float>> u = transform_weights(w, round);   // outside the lock: it takes a while
   std::lock_guard lock(c.mu);
-  for (auto it = c.entries.begin(); it != c.entries.end();) {   // entries whose weights are gone
-    if (it->second.owner.expired()) {
-      c.bytes -= it->second.u->size() * 4;
-      it = c.entries.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  if (c.bytes + u->size() * 4 > kMaxTransformedBytes) {
-    c.entries.clear();
-    c.bytes = 0;
-  }
-  c.bytes += u->size() * 4;
-  c.entries.emplace(addr, Transformed{w.storage(), round, u});
+  c.copies.add(addr, w.storage(), Transformed{round, u}, u->size() * 4, kMaxTransformedBytes);
   return u;
 }
 
@@ -316,21 +299,23 @@ void winograd_conv3x3(const Tensor& x, const Tensor& w, const Tensor* bias, cons
   Geometry g{x.size(0), x.size(1), x.size(2), x.size(3), out.size(3), out.size(1), out.size(2), 0, 0, p.pad_top, p.pad_left};
   g.tiles_y = (g.OH + 3) / 4;
   g.tiles_x = (g.OW + 3) / 4;
-  const int64_t tiles = g.B * g.tiles_y * g.tiles_x;
+  const int64_t per_image = g.tiles_y * g.tiles_x;
   const bool wide = isa_at_least(Isa::avx512) && g.Ci % 16 == 0 && g.Co % 16 == 0;
   std::shared_ptr<std::vector<float>> u = weights_for(w, round_bf16);
   std::vector<float> bv = bias ? bias->to_floats() : std::vector<float>();
   // Tiles per chunk: the chunk's transformed input and products (36 × T × channels each) about
   // 16 MiB, so that a position's [T, Ci] and [T, Co] matrices stay near the cache while the
-  // weights of that position (read once per chunk) are reused over T rows.
-  const int64_t T = std::min<int64_t>(tiles, std::max<int64_t>(32, (int64_t{16} << 20) / (36 * std::max(g.Ci, g.Co))));
+  // weights of that position (read once per chunk) are reused over T rows. Chunks never straddle
+  // two images, so an image gets the same products, bit for bit, alone or in a batch (oneDNN's
+  // F32 GEMM rounds a row differently for other row counts at some ISAs).
+  const int64_t T = std::min<int64_t>(per_image, std::max<int64_t>(32, (int64_t{16} << 20) / (36 * std::max(g.Ci, g.Co))));
   float* V = scratch<float>(16, static_cast<size_t>(36 * T * g.Ci));
   float* M = scratch<float>(17, static_cast<size_t>(36 * T * g.Co));
   const float* X = x.data<float>();
   float* O = out.data<float>();
   ThreadPool& pool = ThreadPool::global();
-  for (int64_t first = 0; first < tiles; first += T) {
-    const int64_t n = std::min(T, tiles - first);
+  for (int64_t first = 0, n = 0; first < g.B * per_image; first += n) {
+    n = std::min(T, per_image - first % per_image);
     pool.parallel_for(n, [&](int, int64_t b, int64_t e) {
       if (wide) {
         input_tiles_avx512(X, g, first, b, e, T, round_bf16, V);
@@ -354,18 +339,7 @@ void winograd_force(int on) { g_forced = on; }
 size_t winograd_release(const Storage* of) {
   WeightCache& c = cache();
   std::lock_guard lock(c.mu);
-  size_t freed = 0;
-  for (auto it = c.entries.begin(); it != c.entries.end();) {
-    auto owner = it->second.owner.lock();
-    if (!of || !owner || owner.get() == of) {
-      freed += it->second.u->size() * 4;
-      it = c.entries.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  c.bytes -= freed;
-  return freed;
+  return c.copies.release(of);
 }
 
 size_t winograd_copy_bytes(const Tensor& w) {
@@ -379,7 +353,7 @@ size_t winograd_copy_bytes(const Tensor& w) {
 size_t winograd_weight_bytes() {
   WeightCache& c = cache();
   std::lock_guard lock(c.mu);
-  return c.bytes;
+  return c.copies.bytes();
 }
 
 }  // namespace fluxpipe::cpu
