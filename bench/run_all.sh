@@ -23,6 +23,7 @@ for dtype in bf16 q8_0 q4_0; do
   rm -f "$weights"
 done
 echo "== autoencoder decode"; ./build/bench/flux_bench vae --sizes 256,512,1024 --reps 2
+echo "== the decoder's convolutions, direct against Winograd"; ./build/bench/core_bench --conv 256 --reps 3
 for dtype in bf16 q8_0; do
   echo "== T5-XXL encoding, $dtype"; ./build/bench/flux_bench t5 --blocks 2,0 --dtype "$dtype" --reps 2
 done
@@ -46,6 +47,8 @@ for dtype in bf16 q8_0 q4_0; do
   rm -f "$weights"
 done
 echo "== autoencoder decode, FLUXPIPE_ISA=avx2"; FLUXPIPE_ISA=avx2 ./build/bench/flux_bench vae --sizes 256 --reps 2
+echo "== the same, Winograd off (FLUXPIPE_WINOGRAD=0)"; FLUXPIPE_WINOGRAD=0 FLUXPIPE_ISA=avx2 ./build/bench/flux_bench vae --sizes 256 --reps 2
+echo "== the decoder's convolutions at AVX2"; FLUXPIPE_ISA=avx2 ./build/bench/core_bench --conv 256 --reps 2
 if /usr/bin/python3 -c "import torch" 2>/dev/null; then
   echo "== peer: eager PyTorch bf16 (Debian python3-torch)"; /usr/bin/python3 bench/peer_pytorch.py --threads "$FLUXPIPE_THREADS" --sizes 256,512,1024
   echo "== peer: eager PyTorch f32 held to AVX2"
