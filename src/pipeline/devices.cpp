@@ -7,6 +7,7 @@
 #include "backend/cpu/gemm.h"
 #include "backend/cpu/gemm_int8.h"
 #include "backend/cpu/isa.h"
+#include "backend/cpu/winograd.h"
 #include "core/thread_pool.h"
 #include "core/error.h"
 #include "pipeline/device_select.h"
@@ -50,6 +51,7 @@ std::vector<DeviceReport> devices() {
                                          " in force (FLUXPIPE_ISA=amx|avx512bf16|avx512|avx2|generic caps it)"});
   r.facts.push_back({"bf16 weights", std::string(gemm_kernel_name(Compute::BF16)) + " kernels" +
                                          (isa_at_least(Isa::avx512bf16) ? "" : ", products in F32 on bf16-rounded values")});
+  r.facts.push_back({"3x3 convolutions", winograd_policy()});
   // Which products Q8_0 / Q4_0 weights get here, and why not the integer ones where they do not.
   for (DType t : {DType::Q8_0, DType::Q4_0}) {
     std::string what;

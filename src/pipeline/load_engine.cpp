@@ -9,6 +9,7 @@
 
 #include "backend/cpu/gemm_int8.h"
 #include "backend/cpu/isa.h"
+#include "backend/cpu/winograd.h"
 #include "core/block_cache.h"
 #include "core/error.h"
 #include "models/flux/flux.h"
@@ -329,10 +330,11 @@ Tiling parse_tiling(const std::string& op, const std::string& text) {
 }
 
 std::unique_ptr<Engine> load_engine(const std::string& model_path, const EngineOptions& options) {
-  // FLUXPIPE_ISA and FLUXPIPE_INT8 are read at first use: check them now, so a typo fails the
-  // start (naming the variable) and not the first job.
+  // FLUXPIPE_ISA, FLUXPIPE_INT8 and FLUXPIPE_WINOGRAD are read at first use: check them now, so a
+  // typo fails the start (naming the variable) and not the first job.
   (void)cpu::active_isa();
   (void)cpu::gemm_int8_available(DType::Q8_0);
+  (void)cpu::winograd_policy();
   std::string said;
   size_t gpu_free = 0;   // before the weights are copied there
   Backend& backend = resolve_device(options.device, &said, &gpu_free);

@@ -188,6 +188,9 @@ TEST_F(EndToEnd, DevicesNamesTheCpuTheLevelInForceAndItsKernels) {
   std::string avx2 = capture("FLUXPIPE_ISA=avx2 " + std::string(FLUXPIPE_BIN) + " devices");
   EXPECT_NE(avx2.find("avx2 in force"), std::string::npos) << avx2;
   EXPECT_NE(avx2.find("bf16 weights:      avx2 kernels"), std::string::npos) << avx2;
+  EXPECT_NE(avx2.find("3x3 convolutions:  Winograd F(4x4, 3x3) (a quarter"), std::string::npos) << avx2;
+  std::string off = capture("FLUXPIPE_WINOGRAD=0 " + std::string(FLUXPIPE_BIN) + " devices");
+  EXPECT_NE(off.find("3x3 convolutions:  direct"), std::string::npos) << off;
   EXPECT_NE(sh("FLUXPIPE_ISA=avx1024 " + std::string(FLUXPIPE_BIN) + " devices"), 0);
   EXPECT_NE(capture("FLUXPIPE_ISA=avx1024 " + std::string(FLUXPIPE_BIN) + " devices").find("'avx1024' is not one of"), std::string::npos);
   EXPECT_NE(sh(std::string(FLUXPIPE_BIN) + " devices extra"), 0);
@@ -196,6 +199,11 @@ TEST_F(EndToEnd, DevicesNamesTheCpuTheLevelInForceAndItsKernels) {
   std::string bad = capture("FLUXPIPE_INT8=sometimes " + std::string(FLUXPIPE_BIN) + " generate cat --model " + model_->path() +
                             " --width 64 --height 64 --steps 1 -o " + out.path() + "/x.png");
   EXPECT_NE(bad.find("FLUXPIPE_INT8='sometimes' is not 0, 1 or avx2"), std::string::npos) << bad;
+  EXPECT_FALSE(std::filesystem::exists(out.path() + "/x.png"));
+  bad = capture("FLUXPIPE_WINOGRAD=maybe " + std::string(FLUXPIPE_BIN) + " generate cat --model " + model_->path() +
+                " --width 64 --height 64 --steps 1 -o " + out.path() + "/x.png");
+  EXPECT_NE(bad.find("FLUXPIPE_WINOGRAD must be 0 or 1, not 'maybe'"), std::string::npos) << bad;
+  EXPECT_EQ(bad.find("step"), std::string::npos) << "denoised before failing: " << bad;
   EXPECT_FALSE(std::filesystem::exists(out.path() + "/x.png"));
 }
 

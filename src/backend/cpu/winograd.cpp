@@ -334,6 +334,18 @@ void winograd_conv3x3(const Tensor& x, const Tensor& w, const Tensor* bias, cons
   }
 }
 
+std::string winograd_policy() {
+  const int forced = g_forced.load(), env = forced >= 0 ? forced : env_switch();
+  if (!isa_at_least(Isa::avx2)) return "direct (Winograd needs AVX2 + FMA)";
+  if (env == 0) return "direct (FLUXPIPE_WINOGRAD=0)";
+  if (env == 1) return "Winograd F(4x4, 3x3) wherever it applies (FLUXPIPE_WINOGRAD=1)";
+  if (isa_at_least(Isa::amx)) return "direct (oneDNN on AMX tiles is faster; FLUXPIPE_WINOGRAD=1 forces Winograd)";
+  if (isa_at_least(Isa::avx512bf16)) {
+    return "Winograd F(4x4, 3x3) at 256+ channels on 64x64+ pixels, direct bf16 otherwise (FLUXPIPE_WINOGRAD=0|1)";
+  }
+  return "Winograd F(4x4, 3x3) (a quarter of the F32 products; FLUXPIPE_WINOGRAD=0 turns it off)";
+}
+
 void winograd_force(int on) { g_forced = on; }
 
 size_t winograd_release(const Storage* of) {

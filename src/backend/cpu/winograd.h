@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 
 #include "backend/backend.h"
 
@@ -35,6 +36,9 @@ bool winograd_applies(const Tensor& x, const Tensor& w, const Conv2dParams& p, c
 // the switch.
 void winograd_conv3x3(const Tensor& x, const Tensor& w, const Tensor* bias, const Conv2dParams& p, Tensor& out,
                       bool round_bf16);
+
+// Which 3 x 3 convolutions take the Winograd path here and why, in words (`fluxpipe devices`).
+std::string winograd_policy();
 
 // Tests and benchmarks: override the switch (-1: back to FLUXPIPE_WINOGRAD / the default).
 void winograd_force(int on);
