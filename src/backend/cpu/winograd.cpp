@@ -10,12 +10,12 @@
 #include <string>
 #include <vector>
 
+#include "backend/cpu/dequant_avx512.h"
 #include "backend/cpu/gemm.h"
 #include "backend/cpu/isa.h"
 #include "backend/cpu/onednn_gemm.h"
 #include "backend/cpu/scratch.h"
 #include "backend/cpu/weight_copies.h"
-#include "core/dtype.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 
@@ -197,9 +197,7 @@ constexpr size_t kMaxTransformedBytes = size_t{2} << 30;   // FLUX.1's decoder n
 std::shared_ptr<std::vector<float>> transform_weights(const Tensor& w, bool round) {
   const int64_t Co = w.size(0), Ci = w.size(1);
   std::vector<float> g = w.to_floats();
-  if (round) {
-    for (float& v : g) v = bf16_to_f32(f32_to_bf16(v));
-  }
+  if (round) round_to_bf16_values(g.data(), static_cast<int64_t>(g.size()));   // as onednn_conv.cpp rounds its kernels
   auto u = std::make_shared<std::vector<float>>(static_cast<size_t>(36 * Co * Ci));
   float* U = u->data();
   ThreadPool::global().parallel_for(Co, [&](int, int64_t b, int64_t e) {
